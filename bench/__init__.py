@@ -1,0 +1,1 @@
+"""Benchmarks: `kestrel bench <scenario> [--quick] [--out PATH]` against real services."""

@@ -1,0 +1,259 @@
+"""The `kestrel` command line: the composition root.
+
+Every command imports its engine lazily, inside the function, so `kestrel --help` answers at
+once and no kernel module depends on the packages above it.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import date
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from kestrel.settings import Settings
+
+app = typer.Typer(
+    help="Kestrel: real-time fraud features, decisions and insights.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _settings() -> Settings:
+    from kestrel.logs import configure_logging
+    from kestrel.settings import get_settings
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    return settings
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+def main() -> None:
+    """Entry point that turns Kestrel's own errors into one red line and exit code 1."""
+    from kestrel.errors import KestrelError
+
+    try:
+        app()
+    except KestrelError as exc:
+        _fail(exc)
+
+
+# --- services -------------------------------------------------------------------------------
+
+@app.command()
+def up() -> None:
+    """Start the local broker (and Redis when none answers); create the topics."""
+    from kestrel.errors import KestrelError
+    from kestrel.services import start_broker, start_redis
+
+    settings = _settings()
+    try:
+        typer.echo(start_broker(settings))
+        typer.echo(start_redis(settings))
+    except KestrelError as exc:
+        _fail(exc)
+
+
+@app.command()
+def down() -> None:
+    """Stop what `kestrel up` started, and nothing else."""
+    from kestrel.services import BROKER, REDIS, stop
+
+    settings = _settings()
+    for name in (BROKER, REDIS):
+        typer.echo(stop(settings, name))
+
+
+@app.command()
+def status() -> None:
+    """Each service, its address, whether it answers; topics, partitions, consumed offsets."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from kestrel.kafka import committed_offsets, topic_partitions
+    from kestrel.services import report
+    from kestrel.topics import CONSUMER_GROUPS, TOPICS
+
+    settings = _settings()
+    console = Console()
+    services = Table(title="services")
+    for col in ("service", "address", "answers", "started by kestrel", "pid"):
+        services.add_column(col)
+    answering = {}
+    for r in report(settings):
+        answering[r.name] = r.answers
+        services.add_row(r.name, r.address, "yes" if r.answers else "[red]no[/red]",
+                         "yes" if r.started_by_kestrel else "no", str(r.pid or "-"))
+    console.print(services)
+    if not answering.get("broker"):
+        console.print("broker does not answer: run `kestrel up`")
+        raise typer.Exit(1)
+    parts = topic_partitions(settings)
+    topics = Table(title="topics")
+    for col in ("topic", "partitions", "consumer group", "consumed (committed offsets)"):
+        topics.add_column(col)
+    for spec in TOPICS:
+        n = parts.get(spec.name)
+        groups = [g for g, ts in CONSUMER_GROUPS.items() if spec.name in ts]
+        if n is None:
+            topics.add_row(spec.name, "[red]missing[/red]", "", "")
+            continue
+        if not groups:
+            topics.add_row(spec.name, str(n), "-", "-")
+        for g in groups:
+            offs = committed_offsets(settings, g, spec.name, n)
+            total = sum(o for o in offs.values() if o > 0)
+            shown = " ".join(f"{p}:{o if o >= 0 else '-'}" for p, o in sorted(offs.items()))
+            topics.add_row(spec.name, str(n), g, f"{total} ({shown})")
+    console.print(topics)
+
+
+# --- data -----------------------------------------------------------------------------------
+
+class Target(StrEnum):
+    lake = "lake"
+    kafka = "kafka"
+
+
+@app.command()
+def simulate(
+    to: Annotated[Target, typer.Option(help="lake: history to Parquet; kafka: stream")] = (
+        Target.lake),
+    days: Annotated[int, typer.Option(min=1, help="Days to simulate")] = 183,
+    customers: Annotated[int, typer.Option(min=1)] = 5000,
+    terminals: Annotated[int, typer.Option(min=1)] = 10000,
+    start: Annotated[str, typer.Option(help="First day, YYYY-MM-DD")] = "2018-04-01",
+    seed: Annotated[int, typer.Option(help="Same seed, same data")] = 42,
+    scenarios: Annotated[str, typer.Option(help="Fraud scenarios, e.g. 1,2,3")] = "1,2,3,4,5",
+    rate: Annotated[float, typer.Option(min=0, help="kafka: events/s; 0 = full speed")] = 0,
+    labels: Annotated[bool, typer.Option(help="Emit ground-truth labels (delayed)")] = True,
+) -> None:
+    """Generate transactions (handbook generator + five fraud scenarios), to the lake or Kafka."""
+    from kestrel.errors import KestrelError
+    from kestrel.pan import CardTokenizer
+    from pipelines.simulator.config import SimulationConfig
+
+    settings = _settings()
+    try:
+        config = SimulationConfig(
+            customers=customers, terminals=terminals, days=days, start=date.fromisoformat(start),
+            seed=seed, scenarios=frozenset(int(s) for s in scenarios.split(",") if s.strip()),
+            label_delay_days=settings.label_delay_days,
+        )
+    except ValueError as exc:
+        _fail(exc)
+        return
+    tokenize = CardTokenizer(settings.secret("pan_token_key")).token
+    try:
+        if to is Target.lake:
+            from pipelines.simulator.run import run_to_lake
+
+            run_to_lake(config, settings, tokenize)
+        else:
+            from pipelines.simulator.run import run_to_kafka
+
+            run_to_kafka(config, settings, tokenize, rate=rate, with_labels=labels)
+    except KestrelError as exc:
+        _fail(exc)
+
+
+@app.command()
+def archive(
+    idle_seconds: Annotated[
+        float | None, typer.Option(help="Stop after this long without new records")
+    ] = None,
+) -> None:
+    """Consume `transactions` into the Parquet lake (exactly once per txn_id)."""
+    from kestrel.errors import KestrelError
+    from pipelines.archive import Archiver, ArchiveStats
+
+    settings = _settings()
+
+    def progress(s: ArchiveStats) -> None:
+        typer.echo(f"archived {s.written:,} events ({s.duplicates:,} duplicates, "
+                   f"{s.invalid:,} invalid) in {s.batches} batches, {s.seconds:.1f} s")
+
+    try:
+        stats = Archiver(settings).run(idle_seconds=idle_seconds, progress=progress)
+    except KestrelError as exc:
+        _fail(exc)
+    typer.echo(f"archive done: {stats.consumed:,} records read, {stats.written:,} written to "
+               f"{stats.files} files under {settings.lake_dir / 'transactions'}, "
+               f"{stats.duplicates:,} duplicates dropped, {stats.invalid:,} to the DLQ, "
+               f"{stats.seconds:.1f} s")
+
+
+@app.command()
+def lake() -> None:
+    """Summarize the lake: partitions, events, frauds (from labels), files."""
+    from pipelines.lake_summary import print_summary
+
+    print_summary(_settings())
+
+
+# --- serving --------------------------------------------------------------------------------
+
+@app.command()
+def serve(
+    port: Annotated[int | None, typer.Option(help="Port (default KESTREL_SERVE_PORT)")] = None,
+    host: Annotated[str | None, typer.Option(help="Address (default KESTREL_SERVE_HOST)")] = None,
+) -> None:
+    """Start the HTTP services (BentoML) in the foreground."""
+    import os
+
+    settings = _settings()
+    cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:Kestrel",
+           "--host", host or settings.serve_host, "--port", str(port or settings.serve_port)]
+    os.execv(sys.executable, cmd)
+
+
+@app.command()
+def token(
+    role: Annotated[str, typer.Option(help="scorer | bot | investigator | admin")],
+    tenant: Annotated[str, typer.Option(help="Tenant the caller belongs to")] = "demo",
+    ttl: Annotated[int, typer.Option(min=60, help="Lifetime in seconds")] = 3600,
+) -> None:
+    """Mint a development bearer token (HS256, KESTREL_JWT_SECRET)."""
+    from serving.auth import AuthError, mint_token
+
+    try:
+        typer.echo(mint_token(_settings(), role, tenant, ttl))
+    except AuthError as exc:
+        _fail(exc)
+
+
+# --- benchmarks and demo --------------------------------------------------------------------
+
+@app.command()
+def bench(
+    scenario: Annotated[str, typer.Argument(help="ingest")],
+    quick: Annotated[bool, typer.Option(help="Small version (the test suite runs it)")] = False,
+    out: Annotated[Path | None, typer.Option(help="JSON path (default bench/results/)")] = None,
+) -> None:
+    """Run a benchmark against real services; write JSON and print a table."""
+    from bench.runner import run_scenario
+
+    run_scenario(scenario, _settings(), quick=quick, out=out)
+
+
+@app.command()
+def demo(days: Annotated[int, typer.Option(min=1, help="Simulated days to stream")] = 3) -> None:
+    """Stream simulated days through ingest and the archiver into the lake; summarize."""
+    from pipelines.demo import run_demo
+
+    run_demo(_settings(), days=days)
+
+
+if __name__ == "__main__":
+    main()

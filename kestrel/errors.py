@@ -1,0 +1,65 @@
+"""Kestrel's error tree: one root, one subclass per kind of failure.
+
+The HTTP layer maps these to status codes (400, 401/403, 404, 409, 413, 429, 503); the CLI
+prints their message and exits non-zero. Messages say what to do, not only what went wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class KestrelError(Exception):
+    """Root of every error Kestrel raises on purpose."""
+
+
+class ConfigError(KestrelError):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+
+class ServiceError(KestrelError):
+    """A local service (broker, Redis) could not be started, reached or stopped."""
+
+
+class ServiceUnavailable(ServiceError):
+    """A service the operation needs does not answer (maps to HTTP 503)."""
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem with one field: ``path`` like ``events[3].amount``."""
+
+    path: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"path": self.path, "reason": self.reason}
+
+
+class EventValidationError(KestrelError):
+    """An event (or a batch of them) breaks its contract; carries every field error."""
+
+    def __init__(self, errors: list[FieldError]):
+        self.errors = errors
+        shown = "; ".join(f"{e.path}: {e.reason}" for e in errors[:5])
+        more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+        super().__init__(f"invalid event: {shown}{more}")
+
+
+class UnsupportedSchemaVersion(EventValidationError):
+    """The event's ``schema_version`` is not one this build understands."""
+
+
+class BatchTooLarge(KestrelError):
+    """A batch exceeds the configured maximum (maps to HTTP 413)."""
+
+    def __init__(self, size: int, limit: int):
+        self.size, self.limit = size, limit
+        super().__init__(
+            f"batch of {size} events exceeds the limit of {limit}; split it "
+            "(KESTREL_MAX_BATCH_EVENTS sets the limit)"
+        )
+
+
+class LakeError(KestrelError):
+    """The Parquet lake is missing, unreadable or inconsistent."""

@@ -1,0 +1,228 @@
+"""Event contracts: what travels on the `transactions` and `labels` topics.
+
+Pydantic v2 models validate; orjson encodes and decodes. Every event carries
+``schema_version``; a consumer that meets a version it does not know raises
+:class:`UnsupportedSchemaVersion` (the record goes to the dead-letter topic, the consumer goes
+on). Validation errors carry field paths (``events[3].amount``) and a reason, and never echo
+the offending value, so a raw card number cannot leak through an error message.
+
+On the wire an event is a JSON object; times are ISO-8601 UTC strings ending in ``Z``.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StrictBool,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from kestrel.errors import EventValidationError, FieldError, UnsupportedSchemaVersion
+from kestrel.iso import COUNTRIES, CURRENCIES
+
+SCHEMA_VERSION: Literal[1] = 1
+SUPPORTED_SCHEMA_VERSIONS = frozenset({SCHEMA_VERSION})
+MAX_AMOUNT = 1_000_000.0
+CHANNELS = ("pos", "ecom", "atm")
+LABEL_SOURCES = ("investigator", "chargeback", "simulator")
+
+Identifier = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=64,
+                      pattern=r"^[A-Za-z0-9_.:\-]+$"),
+]
+Mcc = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}$")]
+
+
+def _to_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+class _TransactionFields(BaseModel):
+    """Fields every transaction has, whether it arrives over HTTP or from Kafka."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    txn_id: Identifier = Field(description="Unique id; the idempotency key.")
+    event_time: AwareDatetime = Field(description="When the payment happened (with timezone).")
+    customer_id: Identifier
+    account_id: Identifier
+    terminal_id: Identifier
+    mcc: Mcc = Field(description="Merchant category code, four digits.")
+    amount: float = Field(gt=0, le=MAX_AMOUNT, description="Positive, finite, at most 1,000,000.")
+    currency: str = Field(description="ISO 4217 code, e.g. EUR.")
+    country: str = Field(description="ISO 3166-1 alpha-2 code, e.g. FR.")
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    channel: Literal["pos", "ecom", "atm"]
+    device_id: Identifier | None = None
+
+    @field_validator("event_time")
+    @classmethod
+    def _utc(cls, v: datetime) -> datetime:
+        return _to_utc(v)
+
+    @field_validator("amount", "lat", "lon")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+    @field_validator("currency")
+    @classmethod
+    def _currency(cls, v: str) -> str:
+        v = v.strip().upper()
+        if v not in CURRENCIES:
+            raise ValueError("must be an ISO 4217 currency code such as EUR or USD")
+        return v
+
+    @field_validator("country")
+    @classmethod
+    def _country(cls, v: str) -> str:
+        v = v.strip().upper()
+        if v not in COUNTRIES:
+            raise ValueError("must be an ISO 3166-1 alpha-2 country code such as FR or US")
+        return v
+
+
+class TransactionEvent(_TransactionFields):
+    """A card payment as it travels on `transactions`; ``card_id`` is always a token."""
+
+    card_id: Identifier = Field(description="Card token (never a raw card number).")
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.model_dump(), option=orjson.OPT_UTC_Z)
+
+
+class TransactionIn(_TransactionFields):
+    """A transaction as a client submits it: a ``card_id`` token or a raw ``card_number``.
+
+    The card number is held as a secret (never printed) and swapped for a token by the ingest
+    process before anything leaves it.
+    """
+
+    card_id: Identifier | None = None
+    card_number: SecretStr | None = Field(
+        None, description="Raw card number; tokenized at ingest, never stored or forwarded."
+    )
+
+    @model_validator(mode="after")
+    def _one_card_reference(self) -> TransactionIn:
+        if (self.card_id is None) == (self.card_number is None):
+            raise ValueError("give exactly one of card_id (a token) or card_number")
+        return self
+
+    def to_event(self, tokenize: Any) -> TransactionEvent:
+        """The event to publish; ``tokenize`` maps a card number to its token."""
+        data = self.model_dump(exclude={"card_number"})
+        if self.card_number is not None:
+            try:
+                data["card_id"] = tokenize(self.card_number.get_secret_value())
+            except ValueError as exc:  # the message never contains the number
+                raise EventValidationError([FieldError("card_number", str(exc))]) from None
+        return TransactionEvent.model_validate(data)
+
+
+class LabelEvent(BaseModel):
+    """A fraud / legit verdict on one transaction; the latest per txn_id wins."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    txn_id: Identifier
+    is_fraud: StrictBool
+    source: Literal["investigator", "chargeback", "simulator"]
+    analyst_id: Identifier | None = None
+    reason: Annotated[str, StringConstraints(max_length=500)] | None = None
+    labelled_at: AwareDatetime
+
+    @field_validator("labelled_at")
+    @classmethod
+    def _utc(cls, v: datetime) -> datetime:
+        return _to_utc(v)
+
+    @model_validator(mode="after")
+    def _analyst(self) -> LabelEvent:
+        if self.source == "investigator" and self.analyst_id is None:
+            raise ValueError("an investigator label needs analyst_id")
+        return self
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.model_dump(), option=orjson.OPT_UTC_Z)
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+def _path(loc: tuple[int | str, ...], prefix: str = "") -> str:
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "$"
+
+
+def field_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
+    """Pydantic errors as (path, reason) pairs, with the offending input left out."""
+    out = []
+    for err in exc.errors(include_input=False, include_url=False):
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        msg = err["msg"].removeprefix("Value error, ")
+        out.append(FieldError(_path(loc, prefix), msg))
+    return out
+
+
+# --- decoding -------------------------------------------------------------------------------
+
+def _load_object(raw: bytes | str) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise EventValidationError([FieldError("$", f"not valid JSON ({exc.msg})")]) from None
+    if not isinstance(obj, dict):
+        raise EventValidationError([FieldError("$", "must be a JSON object")])
+    version = obj.get("schema_version", SCHEMA_VERSION)
+    if version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise UnsupportedSchemaVersion(
+            [FieldError("schema_version", f"unsupported schema_version {version!r}; this "
+                        f"build reads {sorted(SUPPORTED_SCHEMA_VERSIONS)}")]
+        )
+    return obj
+
+
+def decode_transaction(raw: bytes | str) -> TransactionEvent:
+    """Parse and validate one `transactions` record; raises EventValidationError."""
+    obj = _load_object(raw)
+    try:
+        return TransactionEvent.model_validate(obj)
+    except ValidationError as exc:
+        raise EventValidationError(field_errors(exc)) from None
+
+
+def decode_label(raw: bytes | str) -> LabelEvent:
+    """Parse and validate one `labels` record; raises EventValidationError."""
+    obj = _load_object(raw)
+    try:
+        return LabelEvent.model_validate(obj)
+    except ValidationError as exc:
+        raise EventValidationError(field_errors(exc)) from None
+
+
+def encode_record(record: dict[str, Any]) -> bytes:
+    """Encode an already-valid event given as a plain dict (the producer's fast path)."""
+    return orjson.dumps(record, option=orjson.OPT_UTC_Z)

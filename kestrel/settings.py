@@ -1,0 +1,144 @@
+"""The one place Kestrel reads its configuration from.
+
+Every setting comes from the environment with the prefix ``KESTREL_`` (or a ``.env`` file in
+the working directory); nothing else in the project reads ``os.environ``. The object is
+frozen: a process sees one configuration for its whole life, which keeps the stream, the
+archiver and the services from disagreeing halfway through a run.
+
+Secrets (``pan_token_key``, ``jwt_secret``) are only ever taken from the environment. In the
+``dev`` environment a missing secret is generated once and kept under ``var/secrets/`` so that
+``make demo`` works on a fresh machine; in any other environment a missing secret is an error.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets as _secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kestrel.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """Kestrel settings; see the README's settings table for each one."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KESTREL_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    env: Literal["dev", "test", "prod"] = Field(
+        "dev", description="Deployment environment; secrets must be set explicitly outside dev."
+    )
+    var_dir: Path = Field(
+        Path("var"), description="Runtime files: lake, logs, pid files, registries."
+    )
+    log_level: str = Field("INFO", description="Log level of the JSON logs.")
+
+    # --- Kafka ---------------------------------------------------------------------------
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap address; `kestrel up` listens here."
+    )
+    transactions_partitions: int = Field(8, ge=1, description="Partitions of `transactions`.")
+    topic_partitions: int = Field(4, ge=1, description="Partitions of every other topic.")
+    topic_retention_ms: int = Field(
+        7 * 24 * 3600 * 1000, description="retention.ms set explicitly on every topic."
+    )
+    topic_retention_bytes: int = Field(
+        -1, description="retention.bytes set explicitly on every topic (-1: unbounded)."
+    )
+    producer_linger_ms: int = Field(10, ge=0, description="Producer linger.ms (batching).")
+    consumer_session_timeout_ms: int = Field(
+        6000, ge=1000, description="Consumer group session.timeout.ms (a join takes ~half)."
+    )
+
+    # --- Redis ---------------------------------------------------------------------------
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for online features.")
+
+    # --- Spark ---------------------------------------------------------------------------
+    spark_master: str = Field("local[*]", description="Spark master for the batch jobs.")
+
+    # --- Lake and archiver ---------------------------------------------------------------
+    archive_batch_records: int = Field(
+        50_000, ge=1, description="Archiver: most records written in one batch."
+    )
+    archive_batch_seconds: float = Field(
+        2.0, gt=0, description="Archiver: longest wait before a partial batch is written."
+    )
+
+    # --- Labels --------------------------------------------------------------------------
+    label_delay_days: float = Field(
+        7.0, ge=0, description="Days between a transaction and its ground-truth label."
+    )
+
+    # --- HTTP service --------------------------------------------------------------------
+    serve_host: str = Field("127.0.0.1", description="Address `kestrel serve` binds.")
+    serve_port: int = Field(3000, ge=1, le=65535, description="Port `kestrel serve` binds.")
+    max_batch_events: int = Field(
+        10_000, ge=1, description="Largest batch POST /v1/events/transactions accepts (413)."
+    )
+
+    # --- Secrets (environment only) ------------------------------------------------------
+    pan_token_key: SecretStr | None = Field(
+        None, description="HMAC key that turns card numbers into card_id tokens."
+    )
+    jwt_secret: SecretStr | None = Field(
+        None, description="HS256 secret for API bearer tokens (development auth)."
+    )
+    jwt_issuer: str = Field("kestrel", description="`iss` claim required on API tokens.")
+
+    # --- derived paths -------------------------------------------------------------------
+    @property
+    def lake_dir(self) -> Path:
+        return self.var_dir / "lake"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.var_dir / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.var_dir / "log"
+
+    def secret(self, name: Literal["pan_token_key", "jwt_secret"]) -> bytes:
+        """The secret's bytes; in dev a missing one is generated once under var/secrets."""
+        value: SecretStr | None = getattr(self, name)
+        if value is not None:
+            raw = value.get_secret_value()
+            if len(raw) < 16:
+                raise ConfigError(f"KESTREL_{name.upper()} must be at least 16 characters long")
+            return raw.encode()
+        if self.env != "dev":
+            raise ConfigError(
+                f"KESTREL_{name.upper()} is not set; outside KESTREL_ENV=dev every secret "
+                "must come from the environment"
+            )
+        return _dev_secret(self.var_dir / "secrets" / name)
+
+
+def _dev_secret(path: Path) -> bytes:
+    """Read or create a development secret (mode 0600) so every local process agrees."""
+    if path.exists():
+        return path.read_bytes().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{_secrets.token_hex(4)}.tmp")
+    tmp.write_text(_secrets.token_urlsafe(32))
+    tmp.chmod(0o600)
+    try:
+        # link() fails if another process won the race; then its key is the key.
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_bytes().strip()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

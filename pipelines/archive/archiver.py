@@ -1,0 +1,246 @@
+"""`kestrel archive`: consume `transactions`, write the date-partitioned Parquet lake.
+
+Micro-batches of up to ``KESTREL_ARCHIVE_BATCH_RECORDS`` records (or
+``KESTREL_ARCHIVE_BATCH_SECONDS``) are validated, deduplicated by txn_id, written and
+committed through :class:`CommitLog`, which stores the offsets with the files: a ``kill -9``
+and a restart neither lose nor duplicate an event. Invalid records go to `transactions.dlq`
+(flushed before the batch commits) and never stop the archiver. One archiver owns a lake at a
+time (a lock file enforces it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicCollection
+
+from kestrel.errors import EventValidationError, ServiceError
+from kestrel.events import decode_transaction
+from kestrel.kafka import admin, consumer_config
+from kestrel.lake import TRANSACTION_SCHEMA, partition_dir, write_parquet_durable
+from kestrel.settings import Settings
+from kestrel.topics import TRANSACTIONS, TRANSACTIONS_DLQ
+from pipelines.archive.commit_log import CommitLog, StagedFile
+from pipelines.archive.dedup import TxnIdIndex
+from pipelines.dlq import dead_letter
+from pipelines.ingest import EventProducer
+
+log = logging.getLogger("kestrel.archive")
+GROUP_ID = "kestrel-archiver"  # listed in kestrel.topics.CONSUMER_GROUPS
+
+
+@dataclass
+class ArchiveStats:
+    consumed: int = 0
+    written: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    files: int = 0
+    batches: int = 0
+    started: float = field(default_factory=time.monotonic)
+    partitions: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+
+class Archiver:
+    def __init__(self, settings: Settings, group_id: str = GROUP_ID):
+        self.settings = settings
+        self.group_id = group_id
+        self.lake_dir = settings.lake_dir
+        self.log = CommitLog(self.lake_dir, TRANSACTIONS)
+        self.index = TxnIdIndex(self.lake_dir)
+        self.stats = ArchiveStats()
+        self._stop = False
+        self._topic_id: str | None = None
+        self._resume: dict[int, int] = {}
+        self._assigned = False
+
+    # --- lifecycle ----------------------------------------------------------------------
+    def request_stop(self, *_: Any) -> None:
+        self._stop = True
+
+    def run(self, idle_seconds: float | None = None, progress: Any = None) -> ArchiveStats:
+        """Archive until stopped (SIGINT/SIGTERM), or until ``idle_seconds`` pass with no
+        new record once partitions are assigned."""
+        self.lake_dir.mkdir(parents=True, exist_ok=True)
+        with _exclusive(self.lake_dir / "_archiver.lock"):
+            return self._run(idle_seconds, progress)
+
+    def _run(self, idle_seconds: float | None, progress: Any) -> ArchiveStats:
+        checkpoint = self.log.recover()
+        self._topic_id = _topic_id(self.settings)
+        if checkpoint.topic_id not in (None, self._topic_id):
+            log.warning("topic %s was recreated (broker restart?); reading it from the start; "
+                        "txn_id deduplication keeps the lake free of duplicates", TRANSACTIONS)
+            self._resume = {}
+        else:
+            self._resume = dict(checkpoint.offsets)
+        consumer = Consumer(consumer_config(self.settings, self.group_id))
+        dlq = EventProducer(self.settings)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            # outside the main thread (tests, the demo) the caller stops us instead
+            with contextlib.suppress(ValueError):
+                signal.signal(sig, self.request_stop)
+        buffer: list[Message] = []
+        first_at = 0.0
+        last_record_at = time.monotonic()
+        batch_records = self.settings.archive_batch_records
+        batch_seconds = self.settings.archive_batch_seconds
+        consumer.subscribe([TRANSACTIONS], on_assign=self._on_assign,
+                           on_revoke=lambda c, parts: self._flush(buffer, c, dlq))
+        try:
+            while not self._stop:
+                msgs = consumer.consume(num_messages=min(10_000, batch_records), timeout=0.2)
+                now = time.monotonic()
+                for m in msgs:
+                    err = m.error()
+                    if err is not None:
+                        if err.code() != KafkaError._PARTITION_EOF:
+                            log.warning("consumer error: %s", err)
+                        continue
+                    if not buffer:
+                        first_at = now
+                    buffer.append(m)
+                if buffer:
+                    last_record_at = now
+                    if len(buffer) >= batch_records or now - first_at >= batch_seconds:
+                        self._flush(buffer, consumer, dlq)
+                        if progress:
+                            progress(self.stats)
+                elif (idle_seconds is not None and self._assigned
+                      and now - last_record_at >= idle_seconds):
+                    break
+            self._flush(buffer, consumer, dlq)
+        finally:
+            consumer.close()
+        return self.stats
+
+    def _on_assign(self, consumer: Consumer, partitions: list[Any]) -> None:
+        for tp in partitions:
+            tp.offset = self._resume.get(tp.partition, OFFSET_BEGINNING)
+        consumer.assign(partitions)
+        self._assigned = True
+        log.info("assigned partitions", extra={
+            "partitions": {tp.partition: tp.offset for tp in partitions}})
+
+    # --- one batch ----------------------------------------------------------------------
+    def _flush(self, buffer: list[Message], consumer: Consumer, dlq: EventProducer) -> None:
+        if not buffer:
+            return
+        batch, buffer[:] = list(buffer), []
+        next_offsets: dict[int, int] = {}
+        rows_by_day: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        seen_in_batch: set[str] = set()
+        invalid = duplicates = 0
+        for m in batch:
+            part, off = m.partition() or 0, m.offset() or 0
+            next_offsets[part] = max(next_offsets.get(part, 0), off + 1)
+            raw = m.value()
+            try:
+                event = decode_transaction(raw or b"")
+            except EventValidationError as exc:
+                invalid += 1
+                key, value = dead_letter(TRANSACTIONS, part, off, raw, exc, self.group_id)
+                dlq.produce(TRANSACTIONS_DLQ, key, value)
+                log.warning("invalid record sent to %s", TRANSACTIONS_DLQ,
+                            extra={"partition": part, "offset": off, "reason": str(exc)})
+                continue
+            day = event.event_time.date().isoformat()
+            if event.txn_id in seen_in_batch or event.txn_id in self.index.ids(day):
+                duplicates += 1
+                continue
+            seen_in_batch.add(event.txn_id)
+            row = event.model_dump()
+            rows_by_day[day].append(row)
+        if invalid:
+            dlq.flush()  # the DLQ copy must be durable before the offsets move past it
+        batch_id, staging = self.log.new_batch_dir()
+        files = []
+        for day, rows in sorted(rows_by_day.items()):
+            table = pa.Table.from_pylist(rows, schema=TRANSACTION_SCHEMA)
+            staged = staging / f"event_date={day}.parquet"
+            write_parquet_durable(table, staged)
+            final = partition_dir(self.lake_dir, "transactions", day) / f"part-{batch_id}.parquet"
+            files.append(StagedFile(staged, final))
+        written = sum(len(r) for r in rows_by_day.values())
+        self.log.commit(batch_id, self._topic_id, files, next_offsets,
+                        {"records": len(batch), "written": written, "invalid": invalid,
+                         "duplicates": duplicates})
+        for day, rows in rows_by_day.items():
+            self.index.ids(day).update(r["txn_id"] for r in rows)
+        self._resume.update(next_offsets)
+        _commit_advisory(consumer, next_offsets)
+        s = self.stats
+        s.consumed += len(batch)
+        s.written += written
+        s.invalid += invalid
+        s.duplicates += duplicates
+        s.files += len(files)
+        s.batches += 1
+        for day, rows in rows_by_day.items():
+            s.partitions[day] += len(rows)
+        log.info("batch committed", extra={"batch_id": batch_id, "records": len(batch),
+                                           "written": written, "invalid": invalid,
+                                           "duplicates": duplicates, "files": len(files)})
+
+
+def _commit_advisory(consumer: Consumer, next_offsets: dict[int, int]) -> None:
+    """Tell Kafka too (for `kestrel status` and lag); the lake's checkpoint is what counts."""
+    from confluent_kafka import TopicPartition
+
+    try:
+        consumer.commit(offsets=[TopicPartition(TRANSACTIONS, p, o)
+                                 for p, o in next_offsets.items()], asynchronous=True)
+    except Exception as exc:  # advisory only: never fail a durable batch over it
+        log.warning("could not commit offsets to Kafka: %s", exc)
+
+
+def _topic_id(settings: Settings) -> str | None:
+    try:
+        client = admin(settings)  # keep the handle alive until the future resolves
+        fut = client.describe_topics(TopicCollection([TRANSACTIONS]))[TRANSACTIONS]
+        return str(fut.result(timeout=10).topic_id)
+    except Exception as exc:
+        raise ServiceError(
+            f"cannot describe topic {TRANSACTIONS} at KESTREL_KAFKA_BOOTSTRAP="
+            f"{settings.kafka_bootstrap} ({exc}); run `kestrel up` first"
+        ) from exc
+
+
+class _exclusive:
+    """An exclusive lock file: one archiver per lake."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(self.fd, 32).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            raise ServiceError(
+                f"another archiver (pid {other}) is writing the lake at {self.path.parent}; "
+                "stop it first"
+            ) from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, str(os.getpid()).encode())
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)

@@ -1,0 +1,1 @@
+"""HTTP services: ingestion now; decisioning, insights, labels and alerts later."""
