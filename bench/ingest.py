@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import numpy as np
 import orjson
 import pyarrow as pa
 from rich.console import Console
@@ -78,7 +79,7 @@ def bench_producer(settings: Settings, table: pa.Table) -> Metric:
 
 
 def _http_batches(table: pa.Table, batch_size: int) -> list[bytes]:
-    pans = synthetic_pans(1000, __import__("numpy").random.default_rng(7))
+    pans = synthetic_pans(1000, np.random.default_rng(7))
     bodies = []
     rows = table.to_pylist()
     for lo in range(0, len(rows) - batch_size + 1, batch_size):
@@ -96,6 +97,8 @@ def _http_batches(table: pa.Table, batch_size: int) -> list[bytes]:
 def http_service(settings: Settings, port: int) -> Iterator[str]:
     env = dict(os.environ, KESTREL_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
                KESTREL_VAR_DIR=str(settings.var_dir), KESTREL_ENV=settings.env)
+    for name in ("pan_token_key", "jwt_secret"):  # the service must share our secrets
+        env[f"KESTREL_{name.upper()}"] = settings.secret(name).decode()
     log = open(settings.var_dir / "serve.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:Kestrel",
                              "--host", "127.0.0.1", "--port", str(port)],

@@ -12,6 +12,7 @@ On the wire an event is a JSON object; times are ISO-8601 UTC strings ending in 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -105,7 +106,7 @@ class TransactionEvent(_TransactionFields):
     card_id: Identifier = Field(description="Card token (never a raw card number).")
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self.model_dump(), option=orjson.OPT_UTC_Z)
+        return self.model_dump_json().encode()
 
 
 class TransactionIn(_TransactionFields):
@@ -126,15 +127,21 @@ class TransactionIn(_TransactionFields):
             raise ValueError("give exactly one of card_id (a token) or card_number")
         return self
 
-    def to_event(self, tokenize: Any) -> TransactionEvent:
-        """The event to publish; ``tokenize`` maps a card number to its token."""
-        data = self.model_dump(exclude={"card_number"})
-        if self.card_number is not None:
-            try:
-                data["card_id"] = tokenize(self.card_number.get_secret_value())
-            except ValueError as exc:  # the message never contains the number
-                raise EventValidationError([FieldError("card_number", str(exc))]) from None
-        return TransactionEvent.model_validate(data)
+    def to_wire(self, tokenize: Callable[[str], str]) -> bytes:
+        """The `transactions` record for this event: the card number swapped for its token.
+
+        Serialized straight from the validated fields (no second validation pass), so it
+        decodes to the same :class:`TransactionEvent` the consumers read.
+        """
+        if self.card_number is None:
+            return self.model_dump_json(exclude={"card_number"}).encode()
+        try:
+            token = tokenize(self.card_number.get_secret_value())
+        except ValueError as exc:  # the message never contains the number
+            raise EventValidationError([FieldError("card_number", str(exc))]) from None
+        data = self.model_dump(mode="json", exclude={"card_number"})
+        data["card_id"] = token
+        return orjson.dumps(data)
 
 
 class LabelEvent(BaseModel):
@@ -162,7 +169,7 @@ class LabelEvent(BaseModel):
         return self
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self.model_dump(), option=orjson.OPT_UTC_Z)
+        return self.model_dump_json().encode()
 
 
 # --- errors ---------------------------------------------------------------------------------

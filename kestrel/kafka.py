@@ -7,6 +7,7 @@ The same code talks to Apache Kafka / MSK / Confluent; only the bootstrap addres
 
 from __future__ import annotations
 
+import logging
 import socket
 from typing import Any
 
@@ -17,10 +18,14 @@ from kestrel.errors import ServiceUnavailable
 from kestrel.settings import Settings
 from kestrel.topics import TOPICS, partitions_for, topic_configs
 
+# librdkafka's own log lines go through Python logging (JSON, redacted), not raw stderr.
+CLIENT_LOG = logging.getLogger("kestrel.kafka.client")
+
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     conf: dict[str, Any] = {
         "bootstrap.servers": settings.kafka_bootstrap,
+        "logger": CLIENT_LOG,
         "enable.idempotence": True,
         "acks": "all",
         "compression.type": "lz4",
@@ -38,6 +43,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
 def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
     conf: dict[str, Any] = {
         "bootstrap.servers": settings.kafka_bootstrap,
+        "logger": CLIENT_LOG,
         "group.id": group_id,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
@@ -51,7 +57,8 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
 
 
 def admin(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    conf: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap, "logger": CLIENT_LOG}
+    return AdminClient(conf)
 
 
 def _port_open(bootstrap: str, timeout: float) -> bool:

@@ -33,7 +33,7 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        line = orjson.dumps(out, default=str).decode()
+        line = orjson.dumps(out, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
         return redact_pans(line)
 
 

@@ -7,6 +7,7 @@ what happened and where to look. Later issues add the stream, batch, training an
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -21,8 +22,8 @@ from pipelines.lake_summary import print_summary
 from pipelines.simulator.config import SimulationConfig
 from pipelines.simulator.to_kafka import stream_to_kafka
 
-DEMO_CUSTOMERS = 2000
-DEMO_TERMINALS = 4000
+DEMO_CUSTOMERS = 5000
+DEMO_TERMINALS = 10000
 
 
 def run_demo(settings: Settings, days: int = 3, timeout: float = 300.0) -> None:
@@ -31,6 +32,7 @@ def run_demo(settings: Settings, days: int = 3, timeout: float = 300.0) -> None:
         raise ServiceUnavailable(
             f"no broker at KESTREL_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}; run `kestrel up`")
     t0 = time.monotonic()
+    logging.getLogger("kestrel.archive").setLevel(logging.WARNING)  # the demo prints progress
     config = SimulationConfig(customers=DEMO_CUSTOMERS, terminals=DEMO_TERMINALS, days=days,
                               label_delay_days=settings.label_delay_days)
     archiver = Archiver(settings)
@@ -43,7 +45,8 @@ def run_demo(settings: Settings, days: int = 3, timeout: float = 300.0) -> None:
     tokenize = CardTokenizer(settings.secret("pan_token_key")).token
     sent = stream_to_kafka(config, settings, tokenize)
     console.print(f"      published {sent.transactions:,} transactions ({sent.frauds:,} frauds) "
-                  f"and {sent.labels:,} labels at {sent.events_per_s:,.0f} events/s")
+                  f"at {sent.events_per_s:,.0f} events/s, and {sent.labels:,} ground-truth "
+                  f"labels (delay {settings.label_delay_days:g} days) to topic `labels`")
     console.print("[bold]3/3[/bold] waiting for the archiver to catch up …")
     deadline = time.monotonic() + timeout
     while archiver.stats.consumed < sent.transactions and time.monotonic() < deadline:

@@ -49,7 +49,7 @@ class EventProducer:
                 self.failed += 1
                 self.last_error = str(err)
 
-    def produce(self, topic: str, key: bytes | str | None, value: bytes,
+    def produce(self, topic: str, key: bytes | str | None, value: bytes | str,
                 on_delivery: Any = None) -> None:
         """Queue one record, waiting for room when the local queue is full."""
         while True:
@@ -62,7 +62,9 @@ class EventProducer:
             except BufferError:
                 self._producer.poll(0.05)
 
-    def produce_many(self, topic: str, records: Iterable[tuple[bytes | str, bytes]]) -> int:
+    def produce_many(
+        self, topic: str, records: Iterable[tuple[bytes | str, bytes | str]]
+    ) -> int:
         """The hot path: queue (key, value) pairs; returns how many were queued."""
         produce = self._producer.produce
         poll = self._producer.poll
@@ -169,20 +171,20 @@ class Ingestor:
         """Publish every event of the body; returns the accepted txn_ids in order."""
         incoming, prefix = parse_transactions(body, self.max_batch)
         errors: list[FieldError] = []
-        events: list[TransactionEvent] = []
+        records: list[tuple[str, bytes]] = []
         for i, item in enumerate(incoming):
             try:
-                events.append(item.to_event(self.tokenizer.token))
+                records.append((item.customer_id, item.to_wire(self.tokenizer.token)))
             except EventValidationError as exc:
                 at = f"{prefix}[{i}]." if prefix else ""
                 errors += [FieldError(at + e.path, e.reason) for e in exc.errors]
         if errors:
             raise EventValidationError(errors)
-        pending = _Acks(len(events))
-        for ev in events:
-            self.producer.produce(TRANSACTIONS, ev.customer_id, ev.to_json(), pending.callback)
+        pending = _Acks(len(records))
+        for key, value in records:
+            self.producer.produce(TRANSACTIONS, key, value, pending.callback)
         pending.wait(self.producer, timeout)
-        return [ev.txn_id for ev in events]
+        return [item.txn_id for item in incoming]
 
 
 class _Acks:

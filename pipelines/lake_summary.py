@@ -56,9 +56,9 @@ def print_summary(settings: Settings, max_rows: int = 10) -> LakeTotals:
         n = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
         table.add_row(day, str(len(files)), f"{n:,}")
     console.print(table)
-    console.print(
-        f"{totals.transactions:,} transactions in {totals.partitions} partitions "
-        f"({totals.first_day} … {totals.last_day}), {totals.files} files; "
-        f"{totals.labels:,} labels, {totals.fraud_labels:,} fraud"
-    )
+    line = (f"{totals.transactions:,} transactions in {totals.partitions} partitions "
+            f"({totals.first_day} … {totals.last_day}), {totals.files} files")
+    if totals.labels:
+        line += f"; {totals.labels:,} labels, {totals.fraud_labels:,} fraud"
+    console.print(line)
     return totals

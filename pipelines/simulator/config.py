@@ -6,6 +6,7 @@ reproduced from its config alone and any day can be regenerated without the othe
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -55,6 +56,15 @@ class SimulationConfig:
         delay = self.label_delay_days
         if not isinstance(delay, int | float) or not math.isfinite(delay) or delay < 0:
             raise ValueError(f"label_delay_days must be a finite number >= 0, got {delay!r}")
+
+    @property
+    def txn_id_prefix(self) -> str:
+        """``tx-<fingerprint>``: the fingerprint covers every parameter that changes the
+        transactions, so two different simulations never reuse a txn_id (the lake and the
+        stream deduplicate by txn_id) while the same one always does."""
+        key = (f"{self.seed}|{self.customers}|{self.terminals}|{self.start}|"
+               f"{sorted(self.scenarios)}")
+        return "tx-" + hashlib.sha256(key.encode()).hexdigest()[:8]
 
     def day(self, index: int) -> date:
         """The calendar date of day ``index`` (0 = ``start``)."""

@@ -74,13 +74,13 @@ def ordinary_transactions(population: Population, seed: int, day: int) -> Txns:
     )
 
 
-def _tables(txns: Txns, population: Population, seed: int, day_index: int,
+def _tables(txns: Txns, population: Population, id_prefix: str,
             day: date) -> tuple[pa.Table, pa.Table]:
     customers, terminals = population.customers, population.terminals
     n = len(txns)
     midnight_us = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) * 10**6
     numbers = pc.utf8_lpad(pa.array(np.arange(n)).cast(pa.string()), width=6, padding="0")
-    txn_id = pc.binary_join_element_wise(f"tx-{seed}-{day_index:04d}-", numbers, "")
+    txn_id = pc.binary_join_element_wise(f"{id_prefix}-{day:%Y%m%d}-", numbers, "")
     devices = pa.concat_arrays([customers.devices, pa.array(txns.new_devices, pa.string())])
     device_index = pa.array(txns.device, mask=txns.device == NO_DEVICE)
     terminal = pa.array(txns.terminal)
@@ -128,7 +128,7 @@ class Simulator:
         txns = concat(self.scenarios.apply(index, ordinary), len(self.population.customers))
         txns = txns.take(np.argsort(txns.time_us, kind="stable"))
         day = self.config.day(index)
-        transactions, truth = _tables(txns, self.population, seed, index, day)
+        transactions, truth = _tables(txns, self.population, self.config.txn_id_prefix, day)
         return DayBatch(day, transactions, truth)
 
     def __iter__(self) -> Iterator[DayBatch]:

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from kestrel.events import encode_record
 from kestrel.settings import Settings
 from kestrel.topics import LABELS, TRANSACTIONS
+from kestrel.wire import transaction_json
 from pipelines.ingest import EventProducer
 from pipelines.simulator.config import SimulationConfig
 from pipelines.simulator.generator import iter_days
@@ -41,10 +42,10 @@ class StreamSummary:
         return self.transactions / self.seconds if self.seconds else 0.0
 
 
-def transaction_records(table: pa.Table) -> Iterator[tuple[str, bytes]]:
+def transaction_records(table: pa.Table) -> Iterator[tuple[str, str]]:
     """(customer_id key, JSON value) for each row of a transactions table."""
-    for row in table.to_pylist():
-        yield row["customer_id"], encode_record(row)
+    values = transaction_json(table).to_pylist()
+    return zip(table.column("customer_id").to_pylist(), values, strict=True)
 
 
 def label_records(table: pa.Table) -> Iterator[tuple[str, bytes]]:

@@ -95,9 +95,16 @@ def test_transaction_in_tokenizes_and_hides_the_card_number() -> None:
     incoming = TransactionIn.model_validate(data)
     assert "4111" not in repr(incoming)
     tok = CardTokenizer(b"k" * 32)
-    event = incoming.to_event(tok.token)
+    raw = incoming.to_wire(tok.token)
+    event = decode_transaction(raw)
     assert event.card_id == tok.token(PAN)
-    assert "4111" not in event.to_json().decode()
+    assert "4111" not in raw.decode() and "card_number" not in raw.decode()
+    assert event == decode_transaction(orjson.dumps({**VALID, "card_id": tok.token(PAN)}))
+
+
+def test_to_wire_with_a_token_round_trips() -> None:
+    incoming = TransactionIn.model_validate(VALID)
+    assert decode_transaction(incoming.to_wire(str)) == TransactionEvent.model_validate(VALID)
 
 
 def test_transaction_in_needs_exactly_one_card_reference() -> None:
@@ -114,7 +121,7 @@ def test_invalid_card_number_error_does_not_echo_it() -> None:
     del data["card_id"]
     incoming = TransactionIn.model_validate(data)
     with pytest.raises(EventValidationError) as info:
-        incoming.to_event(CardTokenizer(b"k" * 32).token)
+        incoming.to_wire(CardTokenizer(b"k" * 32).token)
     assert info.value.errors[0].path == "card_number"
     assert "Luhn" in info.value.errors[0].reason
     assert "1112" not in str(info.value)

@@ -51,12 +51,16 @@ def lake_ids(settings: Settings) -> list[str]:
 
 
 def read_topic(settings: Settings, topic: str, expected: int, timeout: float = 30) -> list:
+    """Every record of a topic: at least ``expected``, then until the topic goes quiet."""
     consumer = Consumer(consumer_config(settings, f"test-reader-{time.time_ns()}"))
     consumer.subscribe([topic])
     out: list = []
     deadline = time.monotonic() + timeout
-    while len(out) < expected and time.monotonic() < deadline:
-        out += [m for m in consumer.consume(1000, 0.5) if m.error() is None]
+    while time.monotonic() < deadline:
+        got = [m for m in consumer.consume(1000, 0.5) if m.error() is None]
+        out += got
+        if len(out) >= expected and not got:
+            break
     consumer.close()
     return out
 
