@@ -7,10 +7,7 @@ process against the real BentoML service started as a separate process.
 
 from __future__ import annotations
 
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -36,6 +33,7 @@ from pipelines.simulator.generator import iter_days
 from pipelines.simulator.to_kafka import transaction_records
 from pipelines.simulator.to_lake import write_to_lake
 from serving.auth import mint_token
+from serving.process import running_service
 
 TARGET_PRODUCER = 100_000
 TARGET_SIMULATE_S = 120.0
@@ -93,44 +91,12 @@ def _http_batches(table: pa.Table, batch_size: int) -> list[bytes]:
     return bodies
 
 
-@contextmanager
-def http_service(settings: Settings, port: int) -> Iterator[str]:
-    env = dict(os.environ, KESTREL_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
-               KESTREL_VAR_DIR=str(settings.var_dir), KESTREL_ENV=settings.env)
-    for name in ("pan_token_key", "jwt_secret"):  # the service must share our secrets
-        env[f"KESTREL_{name.upper()}"] = settings.secret(name).decode()
-    log = open(settings.var_dir / "serve.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:Kestrel",
-                             "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise ServiceError(f"the HTTP service did not start; see {log.name}")
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
 def bench_http(settings: Settings, table: pa.Table, batch_size: int) -> Metric:
     bodies = _http_batches(table, batch_size)
     token = mint_token(settings, "scorer", "bench")
     headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
-    with http_service(settings, free_port()) as url, httpx.Client(timeout=60) as client:
+    log = settings.var_dir / "serve.log"
+    with running_service(settings, free_port(), log) as url, httpx.Client(timeout=60) as client:
         r = client.post(url + "/v1/events/transactions", content=bodies[0], headers=headers)
         if r.status_code != 202:
             raise ServiceError(f"warm-up batch failed: {r.status_code} {r.text[:300]}")

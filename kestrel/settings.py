@@ -24,6 +24,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from kestrel.errors import ConfigError
 
 
+MIN_SECRET_LENGTH = 32
+
+
 class Settings(BaseSettings):
     """Kestrel settings; see the README's settings table for each one."""
 
@@ -109,8 +112,9 @@ class Settings(BaseSettings):
         value: SecretStr | None = getattr(self, name)
         if value is not None:
             raw = value.get_secret_value()
-            if len(raw) < 16:
-                raise ConfigError(f"KESTREL_{name.upper()} must be at least 16 characters long")
+            if len(raw) < MIN_SECRET_LENGTH:
+                raise ConfigError(f"KESTREL_{name.upper()} must be at least {MIN_SECRET_LENGTH} "
+                                  "characters long (HMAC-SHA256 wants a 32-byte key)")
             return raw.encode()
         if self.env != "dev":
             raise ConfigError(

@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 
 from kestrel.errors import BatchTooLarge, EventValidationError, KestrelError, ServiceUnavailable
 from kestrel.events import TransactionIn
@@ -27,11 +27,11 @@ MAX_EVENT_BYTES = 4096  # generous per-event budget for the request-size check
 
 
 def _error(status: int, code: str, message: str, errors: list[dict[str, str]] | None = None,
-           headers: dict[str, str] | None = None) -> ORJSONResponse:
+           headers: dict[str, str] | None = None) -> JSONResponse:
     body: dict[str, Any] = {"error": code, "message": message}
     if errors is not None:
         body["errors"] = errors
-    return ORJSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _ingest_body_schema() -> dict[str, Any]:
@@ -48,7 +48,7 @@ def _ingest_body_schema() -> dict[str, Any]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    app = FastAPI(title="Kestrel", version="0.1.0", default_response_class=ORJSONResponse,
+    app = FastAPI(title="Kestrel", version="0.1.0",
                   description="Real-time fraud features, decisions and insights.")
     auth = Authenticator(settings)
     state: dict[str, Ingestor] = {}
@@ -63,27 +63,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return state["ingestor"]
 
     @app.exception_handler(EventValidationError)
-    async def _invalid(_: Request, exc: EventValidationError) -> ORJSONResponse:
+    async def _invalid(_: Request, exc: EventValidationError) -> JSONResponse:
         return _error(400, "invalid_event", str(exc), [e.as_dict() for e in exc.errors])
 
     @app.exception_handler(BatchTooLarge)
-    async def _too_large(_: Request, exc: BatchTooLarge) -> ORJSONResponse:
+    async def _too_large(_: Request, exc: BatchTooLarge) -> JSONResponse:
         return _error(413, "batch_too_large", str(exc))
 
     @app.exception_handler(AuthError)
-    async def _unauthenticated(_: Request, exc: AuthError) -> ORJSONResponse:
+    async def _unauthenticated(_: Request, exc: AuthError) -> JSONResponse:
         return _error(401, "unauthenticated", str(exc), headers={"WWW-Authenticate": "Bearer"})
 
     @app.exception_handler(Forbidden)
-    async def _forbidden(_: Request, exc: Forbidden) -> ORJSONResponse:
+    async def _forbidden(_: Request, exc: Forbidden) -> JSONResponse:
         return _error(403, "forbidden", str(exc))
 
     @app.exception_handler(ServiceUnavailable)
-    async def _unavailable(_: Request, exc: ServiceUnavailable) -> ORJSONResponse:
+    async def _unavailable(_: Request, exc: ServiceUnavailable) -> JSONResponse:
         return _error(503, "unavailable", str(exc), headers={"Retry-After": "1"})
 
     @app.exception_handler(KestrelError)
-    async def _other(_: Request, exc: KestrelError) -> ORJSONResponse:
+    async def _other(_: Request, exc: KestrelError) -> JSONResponse:
         log.exception("unhandled Kestrel error")
         return _error(500, "internal", str(exc))
 

@@ -15,8 +15,9 @@ import pytest
 
 from kestrel.services import BROKER, REDIS, free_port, start_broker, start_redis, stop
 from kestrel.settings import Settings
+from serving.process import settings_env
 
-TEST_SECRET = "test-secret-0123456789abcdef"
+TEST_SECRET = "test-secret-0123456789abcdef-0123456789"
 
 
 def make_settings(var_dir: Path, **overrides: object) -> Settings:
@@ -58,17 +59,4 @@ def services(tmp_path: Path, redis_url: str) -> Iterator[Settings]:
 
 def env_for(settings: Settings) -> dict[str, str]:
     """Environment variables that give a subprocess the same settings."""
-    import os
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KESTREL_")}
-    env.update({
-        "KESTREL_ENV": settings.env,
-        "KESTREL_VAR_DIR": str(settings.var_dir),
-        "KESTREL_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "KESTREL_REDIS_URL": settings.redis_url,
-        "KESTREL_PAN_TOKEN_KEY": TEST_SECRET,
-        "KESTREL_JWT_SECRET": TEST_SECRET + "-jwt",
-        "KESTREL_ARCHIVE_BATCH_RECORDS": str(settings.archive_batch_records),
-        "KESTREL_ARCHIVE_BATCH_SECONDS": str(settings.archive_batch_seconds),
-    })
-    return env
+    return settings_env(settings)

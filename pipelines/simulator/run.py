@@ -34,6 +34,9 @@ def run_to_lake(
         f"{summary.frauds / max(1, summary.transactions):.2%}) over {summary.days} days to "
         f"{settings.lake_dir} in {summary.files_written} files, {summary.seconds:.1f} s"
     )
+    if summary.already_in_lake:
+        console.print(f"{summary.already_in_lake:,} transactions were already in the lake "
+                      "(archived from Kafka) and were not written twice")
     console.print("frauds per scenario: " + ", ".join(
         f"{k} {v:,}" for k, v in summary.frauds_per_scenario.items()))
 

@@ -4,7 +4,9 @@ Transactions land in their event-date partition as ``simulated.parquet``; labels
 partition of the date they become known, as ``simulated-from-<transaction date>.parquet``. The
 names are fixed per day, so running the simulation again replaces its files instead of adding
 duplicates (and label files a previous run left in other partitions, e.g. with another delay,
-are removed). Every file is written atomically with ``write_parquet_durable``.
+are removed). Transactions the archiver already wrote to a partition (the same simulation
+streamed through Kafka) are left out, so the lake holds every txn_id once. Every file is
+written atomically with ``write_parquet_durable``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from kestrel.lake import partition_dir, table_dir, write_parquet_durable
 from pipelines.simulator.config import FRAUD_SCENARIOS, SCENARIO_NAMES, SimulationConfig
@@ -44,6 +48,7 @@ class SimulationSummary:
     terminals: int = 0
     cards: int = 0
     files_written: int = 0
+    already_in_lake: int = 0
     seconds: float = 0.0
 
     @property
@@ -62,6 +67,16 @@ def _write_labels(batch: DayBatch, labels: pa.Table, lake_dir: Path) -> list[Pat
         write_parquet_durable(rows, path)
         paths.append(path)
     return paths
+
+
+def _archived_ids(folder: Path) -> pa.Array | None:
+    """txn_ids that other writers (the archiver) already put in this partition."""
+    others = [f for f in folder.glob("*.parquet")
+              if f.name != TRANSACTIONS_FILE and not f.name.startswith((".", "_"))]
+    if not others:
+        return None
+    return pa.concat_arrays([pq.read_table(f, columns=["txn_id"]).column(0).combine_chunks()
+                             for f in others])
 
 
 def _remove_stale_labels(lake_dir: Path, days: set[date], written: set[Path]) -> None:
@@ -94,7 +109,14 @@ def write_to_lake(
     written: set[Path] = set()
     for batch in simulator:
         path = partition_dir(lake_dir, "transactions", batch.day) / TRANSACTIONS_FILE
-        write_parquet_durable(batch.transactions, path)
+        transactions = batch.transactions
+        archived = _archived_ids(path.parent)
+        if archived is not None:  # the same events came through Kafka: keep one copy
+            fresh = pc.invert(pc.is_in(transactions["txn_id"], value_set=archived))
+            kept = transactions.filter(fresh)
+            summary.already_in_lake += transactions.num_rows - kept.num_rows
+            transactions = kept
+        write_parquet_durable(transactions, path)
         written.add(path)
         written.update(_write_labels(batch, labels_for(batch, config.label_delay_days), lake_dir))
         scenario = batch.truth["scenario"].to_numpy()

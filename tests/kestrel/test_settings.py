@@ -31,5 +31,5 @@ def test_secrets_required_outside_dev(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="KESTREL_PAN_TOKEN_KEY"):
         s.secret("pan_token_key")
     short = Settings(env="prod", pan_token_key="x", _env_file=None)  # type: ignore[call-arg]
-    with pytest.raises(ConfigError, match="at least 16"):
+    with pytest.raises(ConfigError, match="at least 32"):
         short.secret("pan_token_key")

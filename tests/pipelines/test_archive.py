@@ -172,3 +172,21 @@ def test_lake_files_are_parquet_with_the_contract_schema(services: Settings) -> 
     schema = pq.read_schema(files[0])
     assert schema.field("event_time").type.tz == "UTC"
     assert "card_number" not in schema.names
+
+
+def test_simulate_to_lake_skips_events_the_archiver_already_wrote(services: Settings) -> None:
+    from kestrel.pan import CardTokenizer
+    from pipelines.simulator.config import SimulationConfig
+    from pipelines.simulator.to_kafka import stream_to_kafka
+    from pipelines.simulator.to_lake import write_to_lake
+    from tests.conftest import TEST_SECRET
+
+    tokenize = CardTokenizer(TEST_SECRET.encode()).token
+    streamed = SimulationConfig(customers=300, terminals=600, days=2)
+    sent = stream_to_kafka(streamed, services, tokenize, with_labels=False)
+    archive_until_idle(services)
+    longer = SimulationConfig(customers=300, terminals=600, days=3)  # same population
+    summary = write_to_lake(longer, services.lake_dir, tokenize)
+    assert summary.already_in_lake == sent.transactions
+    ids = lake_ids(services)
+    assert len(ids) == len(set(ids)) == summary.transactions

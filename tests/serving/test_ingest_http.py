@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +17,8 @@ from kestrel.settings import Settings
 from kestrel.topics import TRANSACTIONS
 from pipelines.archive import Archiver
 from serving.auth import mint_token
-from tests.conftest import TEST_SECRET, env_for, make_settings
+from serving.process import running_service
+from tests.conftest import TEST_SECRET, make_settings
 from tests.pipelines.events_factory import make_event
 from tests.pipelines.test_archive import read_topic
 
@@ -37,30 +35,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
     settings = make_settings(var, kafka_bootstrap=f"127.0.0.1:{free_port()}",
                              redis_url=redis_url, archive_batch_seconds=0.5)
     start_broker(settings)
-    port = free_port()
-    log = open(var / "serve.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kestrel.cli", "serve", "--port", str(port)],
-        env=env_for(settings), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, (
-            (var / "serve.log").read_text()[-3000:])
-        time.sleep(0.3)
-    yield settings, url
-    proc.terminate()
     try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
-    stop(settings, BROKER)
+        with running_service(settings, free_port(), var / "serve.log") as url:
+            yield settings, url
+    finally:
+        stop(settings, BROKER)
 
 
 def auth(settings: Settings, role: str = "scorer") -> dict[str, str]:
@@ -165,7 +144,7 @@ def test_roles(stack: tuple[Settings, str]) -> None:
 
 def test_token_signed_with_another_key_rejected(stack: tuple[Settings, str]) -> None:
     settings, url = stack
-    other = settings.model_copy(update={"jwt_secret": SecretStr("another-secret-0123456789")})
+    other = settings.model_copy(update={"jwt_secret": SecretStr("another-secret-0123456789-0123456789")})
     r = httpx.post(url + ROUTE, content=orjson.dumps(make_event(1)), headers=auth(other))
     assert r.status_code == 401
 
