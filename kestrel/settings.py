@@ -23,7 +23,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kestrel.errors import ConfigError
 
-
 MIN_SECRET_LENGTH = 32
 
 
