@@ -144,7 +144,8 @@ def test_roles(stack: tuple[Settings, str]) -> None:
 
 def test_token_signed_with_another_key_rejected(stack: tuple[Settings, str]) -> None:
     settings, url = stack
-    other = settings.model_copy(update={"jwt_secret": SecretStr("another-secret-0123456789-0123456789")})
+    other_key = SecretStr("another-secret-0123456789-0123456789")
+    other = settings.model_copy(update={"jwt_secret": other_key})
     r = httpx.post(url + ROUTE, content=orjson.dumps(make_event(1)), headers=auth(other))
     assert r.status_code == 401
 
