@@ -72,6 +72,24 @@ class Settings(BaseSettings):
         2.0, gt=0, description="Archiver: longest wait before a partial batch is written."
     )
 
+    # --- Stream processor ----------------------------------------------------------------
+    stream_batch_records: int = Field(
+        20_000, ge=1, description="Stream: most records applied and committed in one batch."
+    )
+    stream_batch_ms: int = Field(
+        200, ge=1, description="Stream: longest wait (ms) before a partial batch is committed."
+    )
+    allowed_lateness_seconds: int = Field(
+        600, ge=0, description="Events older than the partition's stream time minus this "
+        "go to `transactions.late`."
+    )
+    alert_velocity_count: int = Field(
+        8, ge=2, description="Velocity rule: transactions of one card within 10 minutes."
+    )
+    insight_schema_version: int = Field(
+        1, ge=1, description="Version in insight cache keys `insight:user:{id}:v{N}`."
+    )
+
     # --- Labels --------------------------------------------------------------------------
     label_delay_days: float = Field(
         7.0, ge=0, description="Days between a transaction and its ground-truth label."

@@ -12,6 +12,7 @@ DECISIONS = "decisions"
 ALERTS = "alerts"
 TRANSACTIONS_DLQ = "transactions.dlq"
 TRANSACTIONS_LATE = "transactions.late"
+TRANSACTIONS_BY_TERMINAL = "transactions.by-terminal"
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,14 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(ALERTS, "card_id", "rule hits raised by the stream processor"),
     TopicSpec(TRANSACTIONS_DLQ, "source offset", "invalid records with the reason"),
     TopicSpec(TRANSACTIONS_LATE, "customer_id", "events later than the allowed lateness"),
+    TopicSpec(TRANSACTIONS_BY_TERMINAL, "terminal_id",
+              "the stream's repartition of transactions by terminal (terminal state)"),
 )
 
 
 def partitions_for(topic: str, settings: Settings) -> int:
-    """`transactions` scales the stream and has its own count; the rest share one."""
-    if topic == TRANSACTIONS:
+    """`transactions` (and its repartition) scale the stream; the rest share one count."""
+    if topic in (TRANSACTIONS, TRANSACTIONS_BY_TERMINAL):
         return settings.transactions_partitions
     return settings.topic_partitions
 
@@ -49,4 +52,5 @@ def topic_configs(settings: Settings) -> dict[str, str]:
 # Consumer groups of the project and the topics they read, for `kestrel status`.
 CONSUMER_GROUPS: dict[str, tuple[str, ...]] = {
     "kestrel-archiver": (TRANSACTIONS,),
+    "kestrel-stream": (TRANSACTIONS, TRANSACTIONS_BY_TERMINAL),
 }

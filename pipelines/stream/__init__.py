@@ -1,0 +1,1 @@
+"""The stream processor: event-time window features per card, customer and terminal."""

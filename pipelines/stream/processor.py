@@ -1,0 +1,348 @@
+"""`kestrel stream`: the consumer-group app that turns transactions into live features.
+
+Micro-batches (``KESTREL_STREAM_BATCH_RECORDS`` / ``KESTREL_STREAM_BATCH_MS``) of two topics:
+
+- `transactions` (key customer_id): card and customer state are partition-local. Each event
+  is validated (invalid → `transactions.dlq`), checked against the partition's stream time
+  (older than the allowed lateness → `transactions.late`), deduplicated by txn_id, applied to
+  its card and customer, checked against the alert rules, and forwarded to the repartition
+  topic `transactions.by-terminal` (key terminal_id);
+- `transactions.by-terminal`: terminal state, deduplicated by txn_id as well (a replay after a
+  crash may forward an event twice).
+
+Commit, per batch (offsets stored with the state they produced; no Kafka transactions):
+1. the batch's offline-log rows are staged (fsynced, invisible);
+2. the Kafka side effects (repartition, alerts, late, DLQ) are flushed (acknowledged);
+3. one Redis MULTI/EXEC writes the coalesced online feature rows, the touched entities'
+   state, the next offsets and stream times, and deletes the touched customers' insight cache
+   entries — the commit point;
+4. the staged offline rows are published.
+On (re)start and on partition assignment, state and offsets come back from Redis, so a
+``kill -9`` or a second instance joining mid-stream leaves the online store and the offline
+log as a clean single run would. Side effects of step 2 may repeat after a crash (at least
+once): the repartition is deduplicated downstream, alerts carry a stable alert_id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import orjson
+import redis
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+
+from kestrel.errors import EventValidationError
+from kestrel.kafka import consumer_config
+from kestrel.settings import Settings
+from kestrel.topics import (
+    ALERTS,
+    TRANSACTIONS,
+    TRANSACTIONS_BY_TERMINAL,
+    TRANSACTIONS_DLQ,
+    TRANSACTIONS_LATE,
+)
+from kestrel.windows import ENTITY_KEYS, Entity, stream_view_name
+from pipelines.dlq import dead_letter
+from pipelines.ingest import EventProducer
+from pipelines.stream import records
+from pipelines.stream.offline_log import OfflineLog
+from pipelines.stream.rules import evaluate, rules
+from pipelines.stream.state import Event, EventLog, WindowSet
+
+log = logging.getLogger("kestrel.stream")
+GROUP_ID = "kestrel-stream"  # listed in kestrel.topics.CONSUMER_GROUPS
+STATE_PREFIX = "kestrel:stream:state"
+
+
+class OnlineSink(Protocol):
+    """Adds online feature writes for one view to a (transactional) Redis pipeline."""
+
+    def write(self, pipe: Any, view: str, rows: list[tuple[str, dict[str, Any], datetime]]
+              ) -> None: ...
+
+
+@dataclass
+class StreamStats:
+    applied: int = 0
+    duplicates: int = 0
+    late: int = 0
+    invalid: int = 0
+    alerts: int = 0
+    terminal_applied: int = 0
+    batches: int = 0
+    started: float = field(default_factory=time.monotonic)
+    freshness_ms: list[float] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+
+def offsets_key(group_id: str) -> str:
+    return f"kestrel:stream:{group_id}:offsets"
+
+
+def insight_key(customer_id: str, schema: int) -> str:
+    return f"insight:user:{customer_id}:v{schema}"
+
+
+class StreamProcessor:
+    def __init__(self, settings: Settings, online: OnlineSink, group_id: str = GROUP_ID,
+                 keep_freshness: bool = False):
+        self.settings = settings
+        self.group_id = group_id
+        self.online = online
+        self.redis = redis.Redis.from_url(settings.redis_url)
+        self.offline = OfflineLog(settings.var_dir)
+        self.windows = {e: WindowSet(e) for e in ENTITY_KEYS}  # type: ignore[index]
+        self.rules = rules(settings.alert_velocity_count)
+        self.lateness_us = settings.allowed_lateness_seconds * 1_000_000
+        # entity → partition → key → state (partition-local so a revoke can drop it)
+        self.cache: dict[str, dict[int, dict[str, EventLog]]] = {
+            e: defaultdict(dict) for e in ENTITY_KEYS}
+        self.stream_time: dict[int, int] = {}
+        self.next_offsets: dict[tuple[str, int], int] = {}
+        self.stats = StreamStats()
+        self.keep_freshness = keep_freshness
+        self._stop = False
+        self._assigned = False
+
+    # --- lifecycle ----------------------------------------------------------------------
+    def request_stop(self, *_: Any) -> None:
+        self._stop = True
+
+    def run(self, idle_seconds: float | None = None) -> StreamStats:
+        stored = self._load_offsets()
+        self.offline.recover(stored.get("batch"))
+        consumer = Consumer(consumer_config(self.settings, self.group_id))
+        producer = EventProducer(self.settings)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: the caller stops us
+                signal.signal(sig, self.request_stop)
+        buffer: list[Message] = []
+        first_at = 0.0
+        last_record_at = time.monotonic()
+        max_records = self.settings.stream_batch_records
+        max_wait = self.settings.stream_batch_ms / 1000
+
+        def on_revoke(c: Consumer, parts: list[TopicPartition]) -> None:
+            self._commit_batch(buffer, c, producer)
+            for tp in parts:
+                if tp.topic == TRANSACTIONS:
+                    self.cache["card"].pop(tp.partition, None)
+                    self.cache["customer"].pop(tp.partition, None)
+                    self.stream_time.pop(tp.partition, None)
+                else:
+                    self.cache["terminal"].pop(tp.partition, None)
+
+        consumer.subscribe([TRANSACTIONS, TRANSACTIONS_BY_TERMINAL], on_assign=self._on_assign,
+                           on_revoke=on_revoke)
+        try:
+            while not self._stop:
+                msgs = consumer.consume(num_messages=min(10_000, max_records), timeout=0.05)
+                now = time.monotonic()
+                for m in msgs:
+                    err = m.error()
+                    if err is not None:
+                        if err.code() != KafkaError._PARTITION_EOF:
+                            log.warning("consumer error: %s", err)
+                        continue
+                    if not buffer:
+                        first_at = now
+                    buffer.append(m)
+                if buffer:
+                    last_record_at = now
+                    if len(buffer) >= max_records or now - first_at >= max_wait:
+                        self._commit_batch(buffer, consumer, producer)
+                elif (idle_seconds is not None and self._assigned
+                      and now - last_record_at >= idle_seconds):
+                    break
+            self._commit_batch(buffer, consumer, producer)
+        finally:
+            consumer.close()
+        return self.stats
+
+    def _load_offsets(self) -> dict[str, Any]:
+        raw = self.redis.hgetall(offsets_key(self.group_id))
+        doc = {k.decode(): v.decode() for k, v in raw.items()}
+        self.next_offsets = {}
+        for k, v in doc.items():
+            if k.startswith("o:"):
+                topic, _, part = k[2:].rpartition(":")
+                self.next_offsets[(topic, int(part))] = int(v)
+            elif k.startswith("t:"):
+                self.stream_time[int(k[2:])] = int(v)
+        return doc
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._load_offsets()  # another instance may have moved them while we were away
+        for tp in partitions:
+            tp.offset = self.next_offsets.get((tp.topic, tp.partition), OFFSET_BEGINNING)
+        consumer.assign(partitions)
+        self._assigned = True
+        log.info("assigned", extra={"partitions": [f"{tp.topic}:{tp.partition}@{tp.offset}"
+                                                   for tp in partitions]})
+
+    # --- state --------------------------------------------------------------------------
+    def _prefetch(self, wanted: dict[str, set[tuple[int, str]]]) -> None:
+        """Load, in one round trip, the states of entities not cached yet."""
+        keys, where = [], []
+        for entity, items in wanted.items():
+            for part, key in items:
+                if key not in self.cache[entity][part]:
+                    keys.append(f"{STATE_PREFIX}:{entity}:{key}")
+                    where.append((entity, part, key))
+        if not keys:
+            return
+        for (entity, part, key), raw in zip(where, self.redis.mget(keys), strict=True):
+            self.cache[entity][part][key] = EventLog.loads(raw) if raw else EventLog()
+
+    # --- one batch ----------------------------------------------------------------------
+    def _commit_batch(self, buffer: list[Message], consumer: Consumer,
+                      producer: EventProducer) -> None:
+        if not buffer:
+            return
+        batch, buffer[:] = list(buffer), []
+        decoded: list[tuple[Message, Any]] = []
+        wanted: dict[str, set[tuple[int, str]]] = defaultdict(set)
+        for m in batch:
+            part = m.partition() or 0
+            if m.topic() == TRANSACTIONS:
+                try:
+                    txn = records.decode(m.value())
+                except EventValidationError as exc:
+                    decoded.append((m, exc))
+                    continue
+                wanted["card"].add((part, txn.card_id))
+                wanted["customer"].add((part, txn.customer_id))
+                decoded.append((m, txn))
+            else:
+                fwd = orjson.loads(m.value() or b"[]")
+                wanted["terminal"].add((part, fwd[2]))
+                decoded.append((m, fwd))
+        self._prefetch(wanted)
+
+        rows: dict[Entity, list[dict[str, Any]]] = defaultdict(list)
+        online: dict[Entity, dict[str, tuple[dict[str, Any], int]]] = defaultdict(dict)
+        touched: dict[str, set[tuple[int, str]]] = defaultdict(set)
+        customers: set[str] = set()
+        next_offsets: dict[tuple[str, int], int] = {}
+        produced_at: list[int] = []
+        now = datetime.now(UTC)
+        for m, item in decoded:
+            part, offset = m.partition() or 0, m.offset() or 0
+            next_offsets[(m.topic() or "", part)] = offset + 1
+            if isinstance(item, EventValidationError):
+                self.stats.invalid += 1
+                key, value = dead_letter(TRANSACTIONS, part, offset, m.value(), item,
+                                         self.group_id)
+                producer.produce(TRANSACTIONS_DLQ, key, value)
+            elif isinstance(item, records.Txn):
+                if self._apply_txn(item, part, m, producer, rows, online, touched, now):
+                    customers.add(item.customer_id)
+                    produced_at.append(m.timestamp()[1])
+            else:
+                self._apply_terminal(item, part, rows, online, touched)
+        batch_id = f"{time.time_ns() // 1_000_000:013d}-{uuid.uuid4().hex[:6]}"
+        self.offline.stage(batch_id, rows)
+        producer.flush()
+        self._redis_commit(batch_id, online, touched, customers, next_offsets)
+        self.offline.publish(batch_id)
+        if self.keep_freshness:
+            done_ms = time.time() * 1000
+            self.stats.freshness_ms.extend(done_ms - t for t in produced_at if t > 0)
+        self.next_offsets.update(next_offsets)
+        self.stats.batches += 1
+        with contextlib.suppress(Exception):  # advisory, for `kestrel status`
+            consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o
+                                     in next_offsets.items()], asynchronous=True)
+
+    def _apply_txn(self, txn: records.Txn, part: int, m: Message, producer: EventProducer,
+                   rows: dict[Entity, list[dict[str, Any]]],
+                   online: dict[Entity, dict[str, tuple[dict[str, Any], int]]],
+                   touched: dict[str, set[tuple[int, str]]], now: datetime) -> bool:
+        stream_time = self.stream_time.get(part, 0)
+        if txn.time_us < stream_time - self.lateness_us:
+            self.stats.late += 1
+            producer.produce(TRANSACTIONS_LATE, m.key(), m.value() or b"")
+            return False
+        customer = self.cache["customer"][part][txn.customer_id]
+        if txn.txn_id in customer.ids:
+            self.stats.duplicates += 1
+            return False
+        self.stream_time[part] = max(stream_time, txn.time_us)
+        event: Event = (txn.txn_id, txn.time_us, txn.amount, txn.country, txn.terminal_id,
+                        txn.mcc, txn.lat, txn.lon)
+        card = self.cache["card"][part][txn.card_id]
+        for entity, key, state in (("card", txn.card_id, card),
+                                   ("customer", txn.customer_id, customer)):
+            state.add(event)
+            self._emit(entity, key, state, rows, online)  # type: ignore[arg-type]
+            touched[entity].add((part, key))
+        for rule in self.rules:
+            alert = evaluate(txn.card_id, txn.customer_id, card, rule, now)
+            if alert is not None:
+                self.stats.alerts += 1
+                producer.produce(ALERTS, txn.card_id, orjson.dumps(alert))
+        producer.produce(TRANSACTIONS_BY_TERMINAL, txn.terminal_id,
+                         orjson.dumps([txn.txn_id, txn.time_us, txn.terminal_id]))
+        self.stats.applied += 1
+        return True
+
+    def _apply_terminal(self, fwd: list[Any], part: int,
+                        rows: dict[Entity, list[dict[str, Any]]],
+                        online: dict[Entity, dict[str, tuple[dict[str, Any], int]]],
+                        touched: dict[str, set[tuple[int, str]]]) -> None:
+        txn_id, time_us, terminal_id = fwd
+        state = self.cache["terminal"][part][terminal_id]
+        if txn_id in state.ids:
+            return  # forwarded twice (a replay after a crash)
+        state.add((txn_id, time_us, 0.0, "", terminal_id, "", 0.0, 0.0))
+        self._emit("terminal", terminal_id, state, rows, online)
+        touched["terminal"].add((part, terminal_id))
+        self.stats.terminal_applied += 1
+
+    def _emit(self, entity: Entity, key: str, state: EventLog,
+              rows: dict[Entity, list[dict[str, Any]]],
+              online: dict[Entity, dict[str, tuple[dict[str, Any], int]]]) -> None:
+        ws = self.windows[entity]
+        t_last = state.times[-1]
+        state.evict_before(t_last - ws.horizon_us - self.lateness_us)
+        feats = ws.features(state)
+        row = dict(feats)
+        row[ENTITY_KEYS[entity]] = key
+        row["event_timestamp"] = datetime.fromtimestamp(t_last / 1e6, UTC)
+        rows[entity].append(row)
+        online[entity][key] = (feats, t_last)
+
+    def _redis_commit(self, batch_id: str,
+                      online: dict[Entity, dict[str, tuple[dict[str, Any], int]]],
+                      touched: dict[str, set[tuple[int, str]]], customers: set[str],
+                      next_offsets: dict[tuple[str, int], int]) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        for entity, by_key in online.items():
+            self.online.write(pipe, stream_view_name(entity), [
+                (key, feats, datetime.fromtimestamp(t / 1e6, UTC))
+                for key, (feats, t) in by_key.items()])
+        for entity, items in touched.items():
+            cache = self.cache[entity]
+            pipe.mset({f"{STATE_PREFIX}:{entity}:{key}": cache[part][key].dumps()
+                       for part, key in items})
+        mapping: dict[str, str | int] = {"batch": batch_id}
+        for (topic, part), off in next_offsets.items():
+            mapping[f"o:{topic}:{part}"] = off
+        for part, t in self.stream_time.items():
+            mapping[f"t:{part}"] = t
+        pipe.hset(offsets_key(self.group_id), mapping=mapping)  # type: ignore[arg-type]
+        schema = self.settings.insight_schema_version
+        if customers:
+            pipe.delete(*[insight_key(c, schema) for c in customers])
+        pipe.execute()
