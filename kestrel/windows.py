@@ -20,7 +20,8 @@ from typing import Literal
 Entity = Literal["card", "customer", "terminal"]
 Aggregation = Literal["count", "sum", "distinct"]
 
-ENTITY_KEYS: dict[str, str] = {"card": "card_id", "customer": "customer_id",
+ENTITIES: tuple[Entity, ...] = ("card", "customer", "terminal")
+ENTITY_KEYS: dict[Entity, str] = {"card": "card_id", "customer": "customer_id",
                                "terminal": "terminal_id"}
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from kestrel.lake import fsync_dir, write_parquet_durable
-from kestrel.windows import ENTITY_KEYS, Entity, feature_names, stream_view_name
+from kestrel.windows import ENTITIES, ENTITY_KEYS, Entity, feature_names, stream_view_name
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -43,7 +43,7 @@ class OfflineLog:
     def __init__(self, var_dir: Path):
         self.root = log_dir(var_dir)
         self.staging = self.root / "_staging"
-        self._schemas = {e: view_schema(e) for e in ENTITY_KEYS}  # type: ignore[misc]
+        self._schemas = {e: view_schema(e) for e in ENTITIES}
 
     def stage(self, batch_id: str, rows: dict[Entity, list[dict[str, Any]]]) -> None:
         """Write the batch's rows to staging (durable, invisible to readers)."""
@@ -54,7 +54,8 @@ class OfflineLog:
             for r in entity_rows:
                 r["created"] = created
             table = pa.Table.from_pylist(entity_rows, schema=self._schemas[entity])
-            write_parquet_durable(table, self.staging / batch_id / f"{stream_view_name(entity)}.parquet")
+            name = f"{stream_view_name(entity)}.parquet"
+            write_parquet_durable(table, self.staging / batch_id / name)
 
     def publish(self, batch_id: str) -> None:
         """Move a committed batch's files into their views (idempotent)."""

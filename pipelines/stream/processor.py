@@ -33,7 +33,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
 import redis
@@ -49,7 +49,7 @@ from kestrel.topics import (
     TRANSACTIONS_DLQ,
     TRANSACTIONS_LATE,
 )
-from kestrel.windows import ENTITY_KEYS, Entity, stream_view_name
+from kestrel.windows import ENTITIES, ENTITY_KEYS, Entity, stream_view_name
 from pipelines.dlq import dead_letter
 from pipelines.ingest import EventProducer
 from pipelines.stream import records
@@ -102,12 +102,12 @@ class StreamProcessor:
         self.online = online
         self.redis = redis.Redis.from_url(settings.redis_url)
         self.offline = OfflineLog(settings.var_dir)
-        self.windows = {e: WindowSet(e) for e in ENTITY_KEYS}  # type: ignore[index]
+        self.windows = {e: WindowSet(e) for e in ENTITIES}
         self.rules = rules(settings.alert_velocity_count)
         self.lateness_us = settings.allowed_lateness_seconds * 1_000_000
         # entity → partition → key → state (partition-local so a revoke can drop it)
         self.cache: dict[str, dict[int, dict[str, EventLog]]] = {
-            e: defaultdict(dict) for e in ENTITY_KEYS}
+            e: defaultdict(lambda: defaultdict(EventLog)) for e in ENTITIES}
         self.stream_time: dict[int, int] = {}
         self.next_offsets: dict[tuple[str, int], int] = {}
         self.stats = StreamStats()
@@ -171,7 +171,7 @@ class StreamProcessor:
         return self.stats
 
     def _load_offsets(self) -> dict[str, Any]:
-        raw = self.redis.hgetall(offsets_key(self.group_id))
+        raw = cast(dict[bytes, bytes], self.redis.hgetall(offsets_key(self.group_id)))
         doc = {k.decode(): v.decode() for k, v in raw.items()}
         self.next_offsets = {}
         for k, v in doc.items():
@@ -202,7 +202,8 @@ class StreamProcessor:
                     where.append((entity, part, key))
         if not keys:
             return
-        for (entity, part, key), raw in zip(where, self.redis.mget(keys), strict=True):
+        found = cast(list[bytes | None], self.redis.mget(keys))
+        for (entity, part, key), raw in zip(where, found, strict=True):
             self.cache[entity][part][key] = EventLog.loads(raw) if raw else EventLog()
 
     # --- one batch ----------------------------------------------------------------------
@@ -282,10 +283,11 @@ class StreamProcessor:
         event: Event = (txn.txn_id, txn.time_us, txn.amount, txn.country, txn.terminal_id,
                         txn.mcc, txn.lat, txn.lon)
         card = self.cache["card"][part][txn.card_id]
-        for entity, key, state in (("card", txn.card_id, card),
-                                   ("customer", txn.customer_id, customer)):
+        pairs: tuple[tuple[Entity, str, EventLog], ...] = (
+            ("card", txn.card_id, card), ("customer", txn.customer_id, customer))
+        for entity, key, state in pairs:
             state.add(event)
-            self._emit(entity, key, state, rows, online)  # type: ignore[arg-type]
+            self._emit(entity, key, state, rows, online)
             touched[entity].add((part, key))
         for rule in self.rules:
             alert = evaluate(txn.card_id, txn.customer_id, card, rule, now)
@@ -332,16 +334,16 @@ class StreamProcessor:
             self.online.write(pipe, stream_view_name(entity), [
                 (key, feats, datetime.fromtimestamp(t / 1e6, UTC))
                 for key, (feats, t) in by_key.items()])
-        for entity, items in touched.items():
-            cache = self.cache[entity]
-            pipe.mset({f"{STATE_PREFIX}:{entity}:{key}": cache[part][key].dumps()
+        for kind, items in touched.items():
+            cache = self.cache[kind]
+            pipe.mset({f"{STATE_PREFIX}:{kind}:{key}": cache[part][key].dumps()
                        for part, key in items})
         mapping: dict[str, str | int] = {"batch": batch_id}
         for (topic, part), off in next_offsets.items():
             mapping[f"o:{topic}:{part}"] = off
         for part, t in self.stream_time.items():
             mapping[f"t:{part}"] = t
-        pipe.hset(offsets_key(self.group_id), mapping=mapping)  # type: ignore[arg-type]
+        pipe.hset(offsets_key(self.group_id), mapping=mapping)
         schema = self.settings.insight_schema_version
         if customers:
             pipe.delete(*[insight_key(c, schema) for c in customers])

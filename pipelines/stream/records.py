@@ -47,7 +47,7 @@ def _ident(v: object) -> bool:
 
 def _quick(obj: dict[str, object]) -> Txn | None:
     keys = obj.keys()
-    if not (_REQUIRED <= keys and keys <= _ALLOWED):
+    if not (keys >= _REQUIRED and keys <= _ALLOWED):
         return None
     if obj.get("schema_version", 1) != 1:
         return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import defaultdict
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -19,7 +19,14 @@ from kestrel.windows import Entity, Window, windows_for
 
 # An event as the state keeps it: (txn_id, time_us, amount, country, terminal_id, mcc, lat, lon)
 Event = tuple[str, int, float, str, str, str, float, float]
-TXN, TIME, AMOUNT, COUNTRY, TERMINAL, MCC, LAT, LON = range(8)
+TXN: Final = 0
+TIME: Final = 1
+AMOUNT: Final = 2
+COUNTRY: Final = 3
+TERMINAL: Final = 4
+MCC: Final = 5
+LAT: Final = 6
+LON: Final = 7
 _FIELDS = {"amount": AMOUNT, "country": COUNTRY, "terminal": TERMINAL, "mcc": MCC}
 
 
@@ -94,7 +101,7 @@ class WindowSet:
                     out[w.name] = len(chunk)
                 elif w.aggregation == "sum":
                     i = _FIELDS[w.field or ""]
-                    out[w.name] = round(sum(e[i] for e in chunk), 2)  # type: ignore[misc]
+                    out[w.name] = round(sum(e[i] for e in chunk), 2)
                 else:
                     i = _FIELDS[w.field or ""]
                     out[w.name] = len({e[i] for e in chunk})
