@@ -27,7 +27,7 @@ TERMINAL: Final = 4
 MCC: Final = 5
 LAT: Final = 6
 LON: Final = 7
-_FIELDS = {"amount": AMOUNT, "country": COUNTRY, "terminal": TERMINAL, "mcc": MCC}
+_FIELDS = {"country": COUNTRY, "terminal": TERMINAL, "mcc": MCC}  # distinct-counted
 
 
 class EventLog:
@@ -74,7 +74,7 @@ class EventLog:
     @classmethod
     def loads(cls, raw: bytes) -> EventLog:
         doc = orjson.loads(raw)
-        return cls([tuple(e) for e in doc["e"]], doc["m"])  # type: ignore[misc]
+        return cls([tuple(e) for e in doc["e"]], doc["m"])
 
 
 class WindowSet:
@@ -99,9 +99,8 @@ class WindowSet:
             for w in group:
                 if w.aggregation == "count":
                     out[w.name] = len(chunk)
-                elif w.aggregation == "sum":
-                    i = _FIELDS[w.field or ""]
-                    out[w.name] = round(sum(e[i] for e in chunk), 2)
+                elif w.aggregation == "sum":  # only amounts are summed
+                    out[w.name] = round(sum(e[AMOUNT] for e in chunk), 2)
                 else:
                     i = _FIELDS[w.field or ""]
                     out[w.name] = len({e[i] for e in chunk})
