@@ -10,8 +10,6 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -23,7 +21,7 @@ from rich.console import Console
 from bench.results import BenchResult, Metric
 from kestrel.errors import ServiceError
 from kestrel.pan import CardTokenizer
-from kestrel.services import BROKER, free_port, start_broker, stop
+from kestrel.services import free_port, private_services
 from kestrel.settings import Settings
 from kestrel.topics import TRANSACTIONS
 from pipelines.ingest import EventProducer
@@ -37,19 +35,6 @@ from serving.process import running_service
 
 TARGET_PRODUCER = 100_000
 TARGET_SIMULATE_S = 120.0
-
-
-@contextmanager
-def private_broker(settings: Settings) -> Iterator[Settings]:
-    """A fresh broker on a free port with its own var dir; stopped afterwards."""
-    with tempfile.TemporaryDirectory(prefix="kestrel-bench-") as tmp:
-        own = settings.model_copy(update={
-            "var_dir": Path(tmp), "kafka_bootstrap": f"127.0.0.1:{free_port()}"})
-        start_broker(own)
-        try:
-            yield own
-        finally:
-            stop(own, BROKER)
 
 
 def _events(config: SimulationConfig, n: int) -> pa.Table:
@@ -141,7 +126,7 @@ def run(settings: Settings, quick: bool = False, console: Console | None = None)
     source = SimulationConfig(customers=5000, terminals=10000, days=183)
     console.print(f"generating {n_events:,} events …")
     table = _events(source, max(n_events, http_batch * http_batches))
-    with private_broker(settings) as own:
+    with private_services(settings) as own:
         console.print("producer → broker …")
         result.metrics["producer_events_per_s"] = bench_producer(own, table.slice(0, n_events))
         console.print("HTTP batches → service → broker …")

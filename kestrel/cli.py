@@ -25,6 +25,11 @@ app = typer.Typer(
 )
 
 
+features_app = typer.Typer(help="The Feast feature repository (feature_repo/).",
+                           no_args_is_help=True)
+app.add_typer(features_app, name="features")
+
+
 def _settings() -> Settings:
     from kestrel.logs import configure_logging
     from kestrel.settings import get_settings
@@ -117,6 +122,37 @@ def status() -> None:
             shown = " ".join(f"{p}:{o if o >= 0 else '-'}" for p, o in sorted(offs.items()))
             topics.add_row(spec.name, str(n), g, f"{total} ({shown})")
     console.print(topics)
+    _print_stream_status(settings, console)
+
+
+def _print_stream_status(settings: Settings, console: object) -> None:
+    """Live stream instances, from the summaries they keep in Redis."""
+    import redis as redis_lib
+    from rich.table import Table
+
+    from kestrel.services import redis_answers
+    from pipelines.stream.metrics import read_summaries
+    from pipelines.stream.processor import GROUP_ID
+
+    if not redis_answers(settings.redis_url):
+        return
+    summaries = read_summaries(redis_lib.Redis.from_url(settings.redis_url), GROUP_ID)
+    table = Table(title="stream processors (last minute)")
+    for col in ("instance", "events/s", "applied", "dup", "late", "invalid", "alerts",
+                "freshness p50/p99 ms", "lag s (max)", "/metrics"):
+        table.add_column(col)
+    for s in summaries:
+        t = s["totals"]
+        lag = max(s["lag_seconds"].values(), default=0.0)
+        port = s.get("metrics_port")
+        table.add_row(s["instance"], f"{s['events_per_s']:,.0f}", f"{t.get('applied', 0):,}",
+                      f"{t.get('duplicate', 0):,}", f"{t.get('late', 0):,}",
+                      f"{t.get('invalid', 0):,}", f"{t.get('alerts', 0):,}",
+                      f"{s['freshness_p50_ms']} / {s['freshness_p99_ms']}", f"{lag:.1f}",
+                      f"127.0.0.1:{port}" if port else "-")
+    if not summaries:
+        table.add_row("none running", "", "", "", "", "", "", "", "", "")
+    console.print(table)  # type: ignore[attr-defined]
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -192,6 +228,82 @@ def archive(
                f"{stats.files} files under {settings.lake_dir / 'transactions'}, "
                f"{stats.duplicates:,} duplicates dropped, {stats.invalid:,} to the DLQ, "
                f"{stats.seconds:.1f} s")
+
+
+@app.command()
+def stream(
+    idle_seconds: Annotated[
+        float | None, typer.Option(help="Stop after this long without new records")
+    ] = None,
+) -> None:
+    """Compute live window features from `transactions` into Redis and the offline log."""
+    from kestrel.errors import KestrelError
+    from pipelines.features.online_writer import OnlineWriter
+    from pipelines.stream.processor import StreamProcessor
+
+    settings = _settings()
+    try:
+        processor = StreamProcessor(settings, OnlineWriter(settings, dedup=False),
+                                    metrics_port=settings.stream_metrics_port or None)
+        stats = processor.run(idle_seconds=idle_seconds)
+    except KestrelError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"stream done: {stats.applied:,} transactions applied ({stats.duplicates:,} "
+               f"duplicates, {stats.late:,} late, {stats.invalid:,} invalid), "
+               f"{stats.terminal_applied:,} terminal updates, {stats.alerts:,} alerts, "
+               f"{stats.batches} batches, {stats.seconds:.1f} s")
+
+
+@features_app.command("apply")
+def features_apply() -> None:
+    """Register entities, views and services with Feast (`feast apply`, from settings)."""
+    from pipelines.features.store import apply
+
+    apply(_settings(), echo=typer.echo)
+
+
+@features_app.command("env")
+def features_env() -> None:
+    """Print the KESTREL_FEAST_* variables the plain `feast` CLI needs in feature_repo/."""
+    from pipelines.features.store import feast_env
+
+    for key, value in feast_env(_settings()).items():
+        typer.echo(f"export {key}='{value}'")
+
+
+@app.command()
+def parity(
+    days: Annotated[int, typer.Option(min=1, help="Simulated days to replay")] = 2,
+    customers: Annotated[int, typer.Option(min=1)] = 1000,
+    terminals: Annotated[int, typer.Option(min=1)] = 2000,
+    seed: Annotated[int, typer.Option()] = 42,
+) -> None:
+    """Online vs offline: replay days through the stream, compare every vector (expect 0)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipelines.stream.parity import run_parity
+
+    console = Console()
+    report = run_parity(_settings(), days, customers, terminals, seed, progress=console.print)
+    table = Table(title=f"parity over {report.transactions:,} transactions, {days} days")
+    for col in ("feature", "compared", "mismatches", "max |diff|"):
+        table.add_column(col, justify="left" if col == "feature" else "right")
+    for name, fp in report.features.items():
+        mark = "[red]" if fp.mismatches else ""
+        table.add_row(name, f"{fp.compared:,}", f"{mark}{fp.mismatches:,}",
+                      f"{fp.max_abs_diff:g}")
+    console.print(table)
+    if report.not_comparable:
+        console.print(f"{report.not_comparable:,} terminal lookups not comparable (history "
+                      "evicted from the stream state)")
+    for name, fp in report.features.items():
+        for example in fp.examples:
+            console.print(f"  {name}: {example}")
+    if report.mismatches:
+        raise typer.Exit(1)
+    console.print("[green]no mismatches[/green]")
 
 
 @app.command()

@@ -13,8 +13,10 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -183,6 +185,34 @@ def start_redis(settings: Settings) -> str:
                   settings.redis_url)
     _wait(lambda: redis_answers(settings.redis_url, 0.3), "redis-server", rec.log)
     return f"redis-server started at {settings.redis_url} (pid {rec.pid})"
+
+
+# --- throwaway services --------------------------------------------------------------------
+
+@contextmanager
+def private_services(settings: Settings, with_redis: bool = False) -> Iterator[Settings]:
+    """A fresh broker (and redis-server) on free ports with a temporary var dir.
+
+    For work that must not touch the project's own topics, stores or lake: benchmarks and
+    parity replays. Everything is stopped and deleted afterwards.
+    """
+    with tempfile.TemporaryDirectory(prefix="kestrel-private-") as tmp:
+        update: dict[str, object] = {"var_dir": Path(tmp),
+                                     "kafka_bootstrap": f"127.0.0.1:{free_port()}"}
+        if with_redis:
+            update["redis_url"] = f"redis://127.0.0.1:{free_port()}/0"
+        own = settings.model_copy(update=update)
+        started: list[str] = []
+        try:
+            start_broker(own)
+            started.append(BROKER)
+            if with_redis:
+                start_redis(own)
+                started.append(REDIS)
+            yield own
+        finally:
+            for name in started:
+                stop(own, name)
 
 
 # --- down / status --------------------------------------------------------------------------

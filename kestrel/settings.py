@@ -61,6 +61,19 @@ class Settings(BaseSettings):
     # --- Redis ---------------------------------------------------------------------------
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for online features.")
 
+    # --- Feast ---------------------------------------------------------------------------
+    feast_registry_url: str | None = Field(
+        None, description="SQLAlchemy URL of a SQL Feast registry (e.g. postgresql+psycopg://"
+        "…); unset: a file registry at <var_dir>/feast/registry.db."
+    )
+    feast_registry_cache_ttl_seconds: int = Field(
+        60, ge=0, description="Seconds a process trusts its cached Feast registry (0: load once)."
+    )
+    feast_online_key_ttl_seconds: int | None = Field(
+        None, ge=1, description="Redis EXPIRE on an entity's online-feature hash after each "
+        "write (unset: never; it also expires the entity's batch features)."
+    )
+
     # --- Spark ---------------------------------------------------------------------------
     spark_master: str = Field("local[*]", description="Spark master for the batch jobs.")
 
@@ -85,6 +98,10 @@ class Settings(BaseSettings):
     )
     alert_velocity_count: int = Field(
         8, ge=2, description="Velocity rule: transactions of one card within 10 minutes."
+    )
+    stream_metrics_port: int = Field(
+        9464, ge=0, le=65535, description="`kestrel stream` serves Prometheus /metrics here "
+        "(127.0.0.1; 0 turns it off)."
     )
     insight_schema_version: int = Field(
         1, ge=1, description="Version in insight cache keys `insight:user:{id}:v{N}`."

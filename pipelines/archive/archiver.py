@@ -67,6 +67,7 @@ class Archiver:
         self._topic_id: str | None = None
         self._resume: dict[int, int] = {}
         self._assigned = False
+        self._assigned_at = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
@@ -121,7 +122,7 @@ class Archiver:
                         if progress:
                             progress(self.stats)
                 elif (idle_seconds is not None and self._assigned
-                      and now - last_record_at >= idle_seconds):
+                      and now - max(last_record_at, self._assigned_at) >= idle_seconds):
                     break
             self._flush(buffer, consumer, dlq)
         finally:
@@ -133,6 +134,7 @@ class Archiver:
             tp.offset = self._resume.get(tp.partition, OFFSET_BEGINNING)
         consumer.assign(partitions)
         self._assigned = True
+        self._assigned_at = time.monotonic()  # idleness counts from here
         log.info("assigned partitions", extra={
             "partitions": {tp.partition: tp.offset for tp in partitions}})
 

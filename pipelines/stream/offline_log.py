@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +47,14 @@ class OfflineLog:
 
     def stage(self, batch_id: str, rows: dict[Entity, list[dict[str, Any]]]) -> None:
         """Write the batch's rows to staging (durable, invisible to readers)."""
-        created = datetime.now(UTC)
+        base = datetime.now(UTC)
         for entity, entity_rows in rows.items():
             if not entity_rows:
                 continue
-            for r in entity_rows:
-                r["created"] = created
+            # a re-emitted row must read as newer than the version it replaces, also
+            # within one batch: ``created`` grows by 1 µs per row, in emission order
+            for i, r in enumerate(entity_rows):
+                r["created"] = base + timedelta(microseconds=i)
             table = pa.Table.from_pylist(entity_rows, schema=self._schemas[entity])
             name = f"{stream_view_name(entity)}.parquet"
             write_parquet_durable(table, self.staging / batch_id / name)

@@ -30,6 +30,7 @@ import logging
 import signal
 import time
 import uuid
+from bisect import bisect_right
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -53,13 +54,15 @@ from kestrel.windows import ENTITIES, ENTITY_KEYS, Entity, stream_view_name
 from pipelines.dlq import dead_letter
 from pipelines.ingest import EventProducer
 from pipelines.stream import records
+from pipelines.stream.metrics import StreamMetrics
 from pipelines.stream.offline_log import OfflineLog
 from pipelines.stream.rules import evaluate, rules
-from pipelines.stream.state import Event, EventLog, WindowSet
+from pipelines.stream.state import TIME, Event, EventLog, WindowSet
 
 log = logging.getLogger("kestrel.stream")
 GROUP_ID = "kestrel-stream"  # listed in kestrel.topics.CONSUMER_GROUPS
 STATE_PREFIX = "kestrel:stream:state"
+TERMINAL_REORDER_SLACK_US = 7 * 86_400 * 1_000_000
 
 
 class OnlineSink(Protocol):
@@ -77,6 +80,7 @@ class StreamStats:
     invalid: int = 0
     alerts: int = 0
     terminal_applied: int = 0
+    late_for_entity: int = 0
     batches: int = 0
     started: float = field(default_factory=time.monotonic)
     freshness_ms: list[float] = field(default_factory=list)
@@ -96,7 +100,10 @@ def insight_key(customer_id: str, schema: int) -> str:
 
 class StreamProcessor:
     def __init__(self, settings: Settings, online: OnlineSink, group_id: str = GROUP_ID,
-                 keep_freshness: bool = False):
+                 keep_freshness: bool = False, metrics_port: int | None = None,
+                 capture: dict[str, dict[str, Any]] | None = None):
+        """``capture`` (parity): filled with txn_id → the card and customer features the
+        online store held just before that transaction was applied."""
         self.settings = settings
         self.group_id = group_id
         self.online = online
@@ -105,6 +112,9 @@ class StreamProcessor:
         self.windows = {e: WindowSet(e) for e in ENTITIES}
         self.rules = rules(settings.alert_velocity_count)
         self.lateness_us = settings.allowed_lateness_seconds * 1_000_000
+        # terminal updates arrive in processing order from every source partition; a
+        # partition that is behind (a replay, a slow instance) delivers older events late
+        self.terminal_slack_us = TERMINAL_REORDER_SLACK_US
         # entity → partition → key → state (partition-local so a revoke can drop it)
         self.cache: dict[str, dict[int, dict[str, EventLog]]] = {
             e: defaultdict(lambda: defaultdict(EventLog)) for e in ENTITIES}
@@ -112,8 +122,12 @@ class StreamProcessor:
         self.next_offsets: dict[tuple[str, int], int] = {}
         self.stats = StreamStats()
         self.keep_freshness = keep_freshness
+        self.capture = capture
+        self.metrics = StreamMetrics(group_id, metrics_port)
+        self._alerts_by_rule: dict[str, int] = defaultdict(int)
         self._stop = False
         self._assigned = False
+        self._assigned_at = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
@@ -163,7 +177,7 @@ class StreamProcessor:
                     if len(buffer) >= max_records or now - first_at >= max_wait:
                         self._commit_batch(buffer, consumer, producer)
                 elif (idle_seconds is not None and self._assigned
-                      and now - last_record_at >= idle_seconds):
+                      and now - max(last_record_at, self._assigned_at) >= idle_seconds):
                     break
             self._commit_batch(buffer, consumer, producer)
         finally:
@@ -188,6 +202,7 @@ class StreamProcessor:
             tp.offset = self.next_offsets.get((tp.topic, tp.partition), OFFSET_BEGINNING)
         consumer.assign(partitions)
         self._assigned = True
+        self._assigned_at = time.monotonic()  # idleness counts from here
         log.info("assigned", extra={"partitions": [f"{tp.topic}:{tp.partition}@{tp.offset}"
                                                    for tp in partitions]})
 
@@ -212,8 +227,10 @@ class StreamProcessor:
         if not buffer:
             return
         batch, buffer[:] = list(buffer), []
+        before = self._counts()
         decoded: list[tuple[Message, Any]] = []
         wanted: dict[str, set[tuple[int, str]]] = defaultdict(set)
+        newest: dict[str, int] = {}
         for m in batch:
             part = m.partition() or 0
             if m.topic() == TRANSACTIONS:
@@ -241,6 +258,8 @@ class StreamProcessor:
         for m, item in decoded:
             part, offset = m.partition() or 0, m.offset() or 0
             next_offsets[(m.topic() or "", part)] = offset + 1
+            if m.topic() == TRANSACTIONS:
+                newest[str(part)] = m.timestamp()[1]
             if isinstance(item, EventValidationError):
                 self.stats.invalid += 1
                 key, value = dead_letter(TRANSACTIONS, part, offset, m.value(), item,
@@ -257,14 +276,30 @@ class StreamProcessor:
         producer.flush()
         self._redis_commit(batch_id, online, touched, customers, next_offsets)
         self.offline.publish(batch_id)
+        done_ms = time.time() * 1000
+        freshness_ms = [done_ms - t for t in produced_at if t > 0]
         if self.keep_freshness:
-            done_ms = time.time() * 1000
-            self.stats.freshness_ms.extend(done_ms - t for t in produced_at if t > 0)
+            self.stats.freshness_ms.extend(freshness_ms)
         self.next_offsets.update(next_offsets)
         self.stats.batches += 1
+        self._observe(before, freshness_ms, sum(len(v) for v in online.values()), newest)
         with contextlib.suppress(Exception):  # advisory, for `kestrel status`
             consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o
                                      in next_offsets.items()], asynchronous=True)
+
+    def _counts(self) -> dict[str, int]:
+        s = self.stats
+        return {"applied": s.applied, "duplicate": s.duplicates, "late": s.late,
+                "invalid": s.invalid}
+
+    def _observe(self, before: dict[str, int], freshness_ms: list[float], rows: int,
+                 newest: dict[str, int]) -> None:
+        after = self._counts()
+        alerts, self._alerts_by_rule = dict(self._alerts_by_rule), defaultdict(int)
+        self.metrics.observe_batch({k: after[k] - before[k] for k in after}, alerts, rows,
+                                   [f / 1000 for f in freshness_ms], newest)
+        with contextlib.suppress(redis.RedisError):  # a summary for `kestrel status`
+            self.metrics.publish(self.redis)
 
     def _apply_txn(self, txn: records.Txn, part: int, m: Message, producer: EventProducer,
                    rows: dict[Entity, list[dict[str, Any]]],
@@ -285,14 +320,19 @@ class StreamProcessor:
         card = self.cache["card"][part][txn.card_id]
         pairs: tuple[tuple[Entity, str, EventLog], ...] = (
             ("card", txn.card_id, card), ("customer", txn.customer_id, customer))
+        if self.capture is not None:
+            served: dict[str, Any] = {}
+            for entity, _, state in pairs:
+                served.update(self.windows[entity].served_before(state, txn.time_us) or {})
+            self.capture[txn.txn_id] = served
         for entity, key, state in pairs:
-            state.add(event)
-            self._emit(entity, key, state, rows, online)
+            self._apply(entity, key, state, event, rows, online)
             touched[entity].add((part, key))
         for rule in self.rules:
             alert = evaluate(txn.card_id, txn.customer_id, card, rule, now)
             if alert is not None:
                 self.stats.alerts += 1
+                self._alerts_by_rule[rule.name] += 1
                 producer.produce(ALERTS, txn.card_id, orjson.dumps(alert))
         producer.produce(TRANSACTIONS_BY_TERMINAL, txn.terminal_id,
                          orjson.dumps([txn.txn_id, txn.time_us, txn.terminal_id]))
@@ -307,23 +347,43 @@ class StreamProcessor:
         state = self.cache["terminal"][part][terminal_id]
         if txn_id in state.ids:
             return  # forwarded twice (a replay after a crash)
-        state.add((txn_id, time_us, 0.0, "", terminal_id, "", 0.0, 0.0))
-        self._emit("terminal", terminal_id, state, rows, online)
-        touched["terminal"].add((part, terminal_id))
-        self.stats.terminal_applied += 1
+        event: Event = (txn_id, time_us, 0.0, "", terminal_id, "", 0.0, 0.0)
+        if self._apply("terminal", terminal_id, state, event, rows, online):
+            touched["terminal"].add((part, terminal_id))
+            self.stats.terminal_applied += 1
 
-    def _emit(self, entity: Entity, key: str, state: EventLog,
-              rows: dict[Entity, list[dict[str, Any]]],
-              online: dict[Entity, dict[str, tuple[dict[str, Any], int]]]) -> None:
+    def _apply(self, entity: Entity, key: str, state: EventLog, event: Event,
+               rows: dict[Entity, list[dict[str, Any]]],
+               online: dict[Entity, dict[str, tuple[dict[str, Any], int]]]) -> bool:
+        """Insert an event into an entity's state and emit the rows it changes.
+
+        In order, that is one row, as of the new event. Out of order (a late event, or a
+        terminal update forwarded from a partition that is behind), the rows of every later
+        event whose windows now include it are emitted again; the offline log keeps every
+        version and Feast's point-in-time join takes the newest (``created``), so the final
+        rows do not depend on the order in which events arrived.
+        """
         ws = self.windows[entity]
+        slack = self.terminal_slack_us if entity == "terminal" else self.lateness_us
+        if state.times and event[TIME] < state.times[-1] - slack:
+            self.stats.late_for_entity += 1
+            return False  # its windows' history is gone; it cannot be placed any more
+        i = state.add(event)
+        t = event[TIME]
+        stop = bisect_right(state.times, t + ws.horizon_us)
+        key_name = ENTITY_KEYS[entity]
+        for j in range(i, stop):
+            feats = ws.features(state, j)
+            row = dict(feats)
+            row[key_name] = key
+            row["event_timestamp"] = datetime.fromtimestamp(state.times[j] / 1e6, UTC)
+            rows[entity].append(row)
+        if stop < len(state.events):  # the loop ended before the latest event
+            feats = ws.features(state)
         t_last = state.times[-1]
-        state.evict_before(t_last - ws.horizon_us - self.lateness_us)
-        feats = ws.features(state)
-        row = dict(feats)
-        row[ENTITY_KEYS[entity]] = key
-        row["event_timestamp"] = datetime.fromtimestamp(t_last / 1e6, UTC)
-        rows[entity].append(row)
         online[entity][key] = (feats, t_last)
+        state.evict_before(t_last - ws.horizon_us - slack)
+        return True
 
     def _redis_commit(self, batch_id: str,
                       online: dict[Entity, dict[str, tuple[dict[str, Any], int]]],

@@ -9,13 +9,13 @@ Redis, where it is committed atomically with the feature rows and the offsets.
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from typing import Any, Final
 
 import orjson
 
-from kestrel.windows import Entity, Window, windows_for
+from kestrel.windows import Entity, Window, feature_names, windows_for
 
 # An event as the state keeps it: (txn_id, time_us, amount, country, terminal_id, mcc, lat, lon)
 Event = tuple[str, int, float, str, str, str, float, float]
@@ -44,29 +44,28 @@ class EventLog:
     def __len__(self) -> int:
         return len(self.events)
 
-    def add(self, event: Event) -> None:
+    def add(self, event: Event) -> int:
+        """Insert in event-time order (an equal time goes after); returns its index."""
         t = event[TIME]
+        self.ids.add(event[TXN])
         if not self.times or t >= self.times[-1]:
             self.times.append(t)
             self.events.append(event)
-        else:  # out of order, within the allowed lateness
-            i = bisect_right(self.times, t)
-            self.times.insert(i, t)
-            self.events.insert(i, event)
-        self.ids.add(event[TXN])
+            return len(self.events) - 1
+        i = bisect_right(self.times, t)  # out of order
+        self.times.insert(i, t)
+        self.events.insert(i, event)
+        return i
 
     def evict_before(self, time_us: int) -> None:
         """Forget events at or before ``time_us`` (they left every window)."""
         i = bisect_right(self.times, time_us)
         if i:
+            self.marks["_floor"] = max(self.marks.get("_floor", 0), self.times[i - 1])
             for e in self.events[:i]:
                 self.ids.discard(e[TXN])
             del self.times[:i]
             del self.events[:i]
-
-    @property
-    def last(self) -> Event:
-        return self.events[-1]
 
     def dumps(self) -> bytes:
         return orjson.dumps({"e": self.events, "m": self.marks})
@@ -88,14 +87,29 @@ class WindowSet:
             by_length[w.micros].append(w)
         self._groups = sorted(by_length.items())
         self.horizon_us = max(w.micros for w in self.windows)
+        self.names = feature_names(entity)
 
-    def features(self, log: EventLog) -> dict[str, Any]:
-        """Aggregates over ``(t_last - length, t_last]`` for every window of the entity."""
+    def served_before(self, log: EventLog, time_us: int) -> dict[str, Any] | None:
+        """The row the online store holds for a lookup at ``time_us``: the features as of
+        the entity's latest event strictly before it (all None when there is none). None
+        when the state no longer holds the history to say (evicted)."""
+        j = bisect_left(log.times, time_us) - 1
+        floor = log.marks.get("_floor", 0)
+        if j < 0:
+            return None if floor else dict.fromkeys(self.names)
+        if floor and floor > log.times[j] - self.horizon_us:
+            return None
+        return self.features(log, j)
+
+    def features(self, log: EventLog, at: int = -1) -> dict[str, Any]:
+        """Aggregates as of event ``at`` (default: the latest): over ``(t - length, t]``
+        for every window of the entity, with t that event's time."""
         times, events = log.times, log.events
-        t_last = times[-1]
+        end = len(events) if at == -1 else at + 1
+        t_last = times[end - 1]
         out: dict[str, Any] = {}
         for micros, group in self._groups:
-            chunk = events[bisect_right(times, t_last - micros):]
+            chunk = events[bisect_right(times, t_last - micros, 0, end):end]
             for w in group:
                 if w.aggregation == "count":
                     out[w.name] = len(chunk)
@@ -105,7 +119,7 @@ class WindowSet:
                     i = _FIELDS[w.field or ""]
                     out[w.name] = len({e[i] for e in chunk})
         if self.entity == "card":
-            last = log.last
+            last = events[end - 1]
             out["card_last_event_time_us"] = last[TIME]
             out["card_last_lat"] = last[LAT]
             out["card_last_lon"] = last[LON]

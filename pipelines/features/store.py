@@ -1,0 +1,222 @@
+"""The Feast feature store, configured from kestrel.settings and nothing else.
+
+``feature_repo/feature_store.yaml`` holds ``${KESTREL_FEAST_*}`` placeholders. Feast 0.67's own
+loader fills them with ``os.path.expandvars`` on the raw text before parsing the YAML (unset
+variables stay as written). Here the same textual substitution runs over ``feast_env(settings)``
+instead of the process environment, so the kernel's rule holds (only Settings reads the
+environment) and the plain ``feast`` CLI, given the same variables, sees the same config.
+
+``apply`` is ``feast apply`` for this repo, callable from code: it imports the definitions with
+the caller's Settings pinned (their offline paths live under ``var_dir``), then runs Feast's own
+apply on them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import re
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlparse
+
+import yaml
+from feast import FeatureStore, Project, RepoConfig
+from feast.repo_contents import RepoContents
+from feast.repo_operations import apply_total_with_repo_instance, parse_repo
+
+from kestrel.errors import ConfigError
+from kestrel.settings import Settings
+
+REPO_DIR = Path(__file__).resolve().parents[2] / "feature_repo"
+REPO_PACKAGE = "kestrel_repo"
+YAML_FILE = REPO_DIR / "feature_store.yaml"
+
+# posixpath.expandvars' pattern: $NAME or ${NAME}; unknown names are left as they are.
+_VAR = re.compile(r"\$(\w+|\{[^}]*\})")
+
+
+def registry_path(settings: Settings) -> Path:
+    """The file registry used when no SQL registry URL is set."""
+    return (settings.var_dir / "feast" / "registry.db").resolve()
+
+
+def redis_connection_string(redis_url: str) -> str:
+    """Turn ``redis[s]://[user:pass@]host:port/db`` into Feast's ``host:port,db=0,...``.
+
+    Feast splits the string on commas and JSON-decodes every ``key=value``, so a comma in a
+    value, or a password that JSON reads as something other than itself (``1e3``), is refused.
+    """
+    url = urlparse(redis_url)
+    if url.scheme not in ("redis", "rediss"):
+        raise ConfigError(f"KESTREL_REDIS_URL={redis_url!r}: Feast's Redis online store needs "
+                          "a redis:// or rediss:// URL (no unix sockets)")
+    params: dict[str, str] = {"db": url.path.lstrip("/") or "0"}
+    params.update(parse_qsl(url.query))
+    if url.username:
+        params["username"] = unquote(url.username)
+    if url.password:
+        params["password"] = unquote(url.password)
+    if url.scheme == "rediss":
+        params["ssl"] = "true"
+    for key, value in params.items():
+        if "," in value:
+            raise ConfigError(f"KESTREL_REDIS_URL: {key} contains a comma, which Feast's "
+                              "connection string cannot carry")
+    if "password" in params:
+        with contextlib.suppress(json.JSONDecodeError):
+            if str(json.loads(params["password"])) != params["password"]:
+                raise ConfigError("KESTREL_REDIS_URL: Feast would read the password as "
+                                  "JSON and change it; choose another password")
+    host = url.hostname or "127.0.0.1"
+    hostport = f"[{host}]:{url.port or 6379}" if ":" in host else f"{host}:{url.port or 6379}"
+    return ",".join([hostport, *(f"{k}={v}" for k, v in params.items())])
+
+
+def feast_env(settings: Settings) -> dict[str, str]:
+    """The ``KESTREL_FEAST_*`` variables ``feature_store.yaml`` expects, from Settings."""
+    registry_url = settings.feast_registry_url
+    ttl = settings.feast_registry_cache_ttl_seconds
+    key_ttl = settings.feast_online_key_ttl_seconds
+    env = {
+        "KESTREL_FEAST_REDIS": redis_connection_string(settings.redis_url),
+        "KESTREL_FEAST_REGISTRY_TYPE": "sql" if registry_url else "file",
+        "KESTREL_FEAST_REGISTRY": registry_url or str(registry_path(settings)),
+        "KESTREL_FEAST_REGISTRY_TTL": str(int(ttl)),
+        "KESTREL_FEAST_KEY_TTL": "" if key_ttl is None else str(int(key_ttl)),
+    }
+    for name, value in env.items():
+        if "'" in value:  # the YAML single-quotes these values
+            raise ConfigError(f"{name} may not contain a single quote: {value!r}")
+    return env
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """``os.path.expandvars`` over ``env`` instead of ``os.environ``."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1).removeprefix("{").removesuffix("}")
+        return env.get(name, match.group(0))
+
+    return _VAR.sub(value, text)
+
+
+def repo_config(settings: Settings) -> RepoConfig:
+    """The RepoConfig Feast would load from the YAML, given ``feast_env(settings)``."""
+    raw = yaml.safe_load(expand(YAML_FILE.read_text(), feast_env(settings)))
+    left = [v for v in _strings(raw) if "${" in v]
+    if left:
+        raise ConfigError(f"{YAML_FILE} uses variables feast_env does not provide: {left}")
+    return RepoConfig(repo_path=REPO_DIR, **raw)
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def feature_store(settings: Settings) -> FeatureStore:
+    """A FeatureStore over this repo's registry, online and offline stores."""
+    config = repo_config(settings)
+    if config.registry.registry_type == "file":
+        Path(config.registry.path).parent.mkdir(parents=True, exist_ok=True)
+    return FeatureStore(repo_path=str(REPO_DIR), config=config)
+
+
+@contextlib.contextmanager
+def _importable_repo(settings: Settings) -> Iterator[None]:
+    """Feast imports each repo file by a module name relative to the cwd; give it that, with
+    fresh modules (the definitions depend on the Settings pinned here) and the cwd restored."""
+    added = str(REPO_DIR) not in sys.path
+    if added:
+        sys.path.insert(0, str(REPO_DIR))
+    for name in [m for m in sys.modules if m.split(".")[0] == REPO_PACKAGE]:
+        del sys.modules[name]
+    common = importlib.import_module(f"{REPO_PACKAGE}.common")
+    common.pin(settings)
+    try:
+        with contextlib.chdir(REPO_DIR):
+            yield
+    finally:
+        common.pin(None)
+        if added:
+            sys.path.remove(str(REPO_DIR))
+
+
+def load_repo(settings: Settings) -> RepoContents:
+    """Import feature_repo/ the way ``feast apply`` does, for ``settings``.
+
+    Feast needs the cwd to be the repo while it imports, and the cwd is per process: call this
+    at startup, not while other threads open relative paths (``var_dir`` defaults to one).
+    """
+    with _importable_repo(settings):
+        return parse_repo(REPO_DIR)
+
+
+@dataclass(frozen=True)
+class ApplySummary:
+    """What the registry holds for the project after an apply."""
+
+    project: str
+    registry: str
+    entities: tuple[str, ...]
+    data_sources: tuple[str, ...]
+    feature_views: tuple[str, ...]
+    on_demand_feature_views: tuple[str, ...]
+    feature_services: tuple[str, ...]
+
+    def lines(self) -> list[str]:
+        kinds = ("entities", "data_sources", "feature_views", "on_demand_feature_views",
+                 "feature_services")
+        return [f"project {self.project} (registry {self.registry})",
+                *(f"  {k.replace('_', ' ')}: {', '.join(getattr(self, k))}" for k in kinds)]
+
+
+def summarize(store: FeatureStore) -> ApplySummary:
+    project = store.project
+    return ApplySummary(
+        project=project,
+        registry=_without_password(store.config.registry.path),
+        entities=tuple(sorted(e.name for e in store.list_entities() if e.name != "__dummy")),
+        data_sources=tuple(sorted(s.name for s in store.list_data_sources())),
+        feature_views=tuple(sorted(v.name for v in store.list_feature_views())),
+        on_demand_feature_views=tuple(sorted(
+            v.name for v in store.list_on_demand_feature_views())),
+        feature_services=tuple(sorted(s.name for s in store.list_feature_services())),
+    )
+
+
+def _without_password(path: str) -> str:
+    url = urlparse(path)
+    if url.password:
+        return path.replace(f":{url.password}@", ":***@", 1)
+    return path
+
+
+def apply(settings: Settings, echo: Callable[[str], None] = print) -> ApplySummary:
+    """Register (or update) every definition in feature_repo/, like ``feast apply``.
+
+    Source validation is skipped: it checks that each Parquet table already exists, and the
+    feature log and batch tables are created later by the pipelines that write them.
+    """
+    store = feature_store(settings)
+    repo = load_repo(settings)
+    if not repo.projects:
+        repo.projects.append(Project(name=store.project,
+                                     description=store.config.project_description or ""))
+    apply_total_with_repo_instance(store, store.project, store.registry, repo,
+                                   skip_source_validation=True)
+    summary = summarize(store)
+    for line in summary.lines():
+        echo(line)
+    return summary

@@ -1,0 +1,227 @@
+"""The stream processor against a real broker and the tests' own Redis."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+import redis
+
+from kestrel.pan import CardTokenizer
+from kestrel.settings import Settings
+from kestrel.topics import ALERTS, TRANSACTIONS, TRANSACTIONS_DLQ, TRANSACTIONS_LATE
+from kestrel.windows import WINDOWS, stream_view_name
+from pipelines.features.online_writer import OnlineWriter
+from pipelines.simulator.config import SimulationConfig
+from pipelines.simulator.generator import iter_days
+from pipelines.simulator.to_kafka import stream_to_kafka
+from pipelines.stream.offline_log import log_dir
+from pipelines.stream.processor import StreamProcessor, insight_key, offsets_key
+from tests.conftest import TEST_SECRET, env_for
+from tests.pipelines.events_factory import encode, make_event
+from tests.pipelines.test_archive import produce, read_topic
+
+pytestmark = pytest.mark.integration
+_DBS = itertools.count(1)
+
+
+@pytest.fixture
+def stream_settings(services: Settings) -> Iterator[Settings]:
+    """The test's broker plus a Redis database of its own (db 1, 2, … of the tests' server)."""
+    base = services.redis_url.rsplit("/", 1)[0]
+    db = next(_DBS) % 16 or 1
+    s = services.model_copy(update={"redis_url": f"{base}/{db}", "stream_batch_ms": 100})
+    redis.Redis.from_url(s.redis_url).flushdb()  # our own server, our own db
+    yield s
+
+
+def run_stream(settings: Settings, idle: float = 2.5) -> StreamProcessor:
+    proc = StreamProcessor(settings, OnlineWriter(settings, dedup=False))
+    worker = threading.Thread(target=proc.run, kwargs={"idle_seconds": idle})
+    worker.start()
+    worker.join(300)
+    assert not worker.is_alive(), "stream did not stop"
+    return proc
+
+
+def offline_rows(settings: Settings, entity: str, latest: bool = True) -> pd.DataFrame:
+    """The offline log of a view; by default only the newest version of each row (what
+    Feast's point-in-time join reads)."""
+    folder = log_dir(settings.var_dir) / stream_view_name(entity)  # type: ignore[arg-type]
+    rows = ds.dataset(folder, format="parquet").to_table().to_pandas()
+    if not latest:
+        return rows
+    key = rows.columns[0]
+    return (rows.sort_values("created").groupby([key, "event_timestamp"]).tail(1)
+            .reset_index(drop=True))
+
+
+def simulated(config: SimulationConfig) -> pd.DataFrame:
+    tokenize = CardTokenizer(TEST_SECRET.encode()).token
+    return pa.concat_tables([b.transactions for b in iter_days(config, tokenize)]).to_pandas()
+
+
+def test_features_match_an_independent_pandas_computation(stream_settings: Settings) -> None:
+    config = SimulationConfig(customers=300, terminals=600, days=2)
+    tokenize = CardTokenizer(TEST_SECRET.encode()).token
+    sent = stream_to_kafka(config, stream_settings, tokenize, with_labels=False)
+    proc = run_stream(stream_settings)
+    assert proc.stats.applied == sent.transactions
+    assert proc.stats.terminal_applied == sent.transactions
+    events = simulated(config)
+    events["t"] = events["event_time"].dt.as_unit("us").astype("int64")  # µs
+    for entity, key in (("card", "card_id"), ("customer", "customer_id"),
+                        ("terminal", "terminal_id")):
+        rows = offline_rows(stream_settings, entity)
+        assert len(rows) == sent.transactions  # one row per applied event (newest version)
+        sample = rows.sample(n=min(300, len(rows)), random_state=1)
+        by_key = dict(tuple(events.groupby(key)))
+        for _, row in sample.iterrows():
+            mine = by_key[row[key]]
+            t = row["event_timestamp"].value // 1000
+            for w in (w for w in WINDOWS if w.entity == entity):
+                inside = mine[(mine.t > t - w.micros) & (mine.t <= t)]
+                if w.aggregation == "count":
+                    expected = len(inside)
+                elif w.aggregation == "sum":
+                    expected = round(inside.amount.sum(), 2)
+                else:
+                    column = {"terminal": "terminal_id"}.get(w.field or "", w.field)
+                    expected = inside[column].nunique()
+                assert row[w.name] == pytest.approx(expected, abs=0.011), (w.name, row[key])
+
+
+def test_online_store_holds_each_entitys_latest_row(stream_settings: Settings) -> None:
+    from pipelines.features.store import apply, feature_store
+
+    apply(stream_settings, echo=lambda _: None)
+    config = SimulationConfig(customers=100, terminals=200, days=1)
+    stream_to_kafka(config, stream_settings, CardTokenizer(TEST_SECRET.encode()).token,
+                    with_labels=False)
+    run_stream(stream_settings)
+    rows = offline_rows(stream_settings, "card")
+    latest = rows.sort_values(["event_timestamp", "created"]).groupby("card_id").tail(1)
+    store = feature_store(stream_settings)
+    cards = latest.card_id.tolist()[:20]
+    names = [w.name for w in WINDOWS if w.entity == "card"]
+    got = store.get_online_features(
+        features=[f"{stream_view_name('card')}:{n}" for n in names],
+        entity_rows=[{"card_id": c} for c in cards]).to_dict()
+    for i, card in enumerate(cards):
+        want = latest[latest.card_id == card].iloc[0]
+        for n in names:
+            assert got[n][i] == pytest.approx(want[n]), (card, n)
+
+
+def test_invalid_late_and_duplicate_events(stream_settings: Settings) -> None:
+    events = [make_event(i) for i in range(50)]  # day 0, seconds 0 … 343
+    stream_time_event = {**make_event(1000), "event_time": "2018-04-01T12:00:00Z",
+                         "customer_id": events[0]["customer_id"]}
+    late = {**make_event(1001), "event_time": "2018-04-01T11:40:00Z",
+            "customer_id": events[0]["customer_id"]}
+    produce(stream_settings, [*events, events[3], stream_time_event, late],
+            [b"{not json", encode({**make_event(2000), "amount": 0})])
+    proc = run_stream(stream_settings)
+    s = proc.stats
+    assert (s.applied, s.duplicates, s.invalid) == (51, 1, 2)
+    # the late event shares the partition of the one at 12:00 (same customer): 20 min > 10 min
+    assert s.late == 1
+    assert len(read_topic(stream_settings, TRANSACTIONS_LATE, 1)) == 1
+    dlq = [orjson.loads(m.value()) for m in read_topic(stream_settings, TRANSACTIONS_DLQ, 2)]
+    assert {e["path"] for d in dlq for e in d["errors"]} >= {"$", "amount"}
+
+
+def test_card_testing_bursts_raise_alerts_once(stream_settings: Settings) -> None:
+    config = SimulationConfig(customers=300, terminals=600, days=3, scenarios=frozenset({4}))
+    sent = stream_to_kafka(config, stream_settings, CardTokenizer(TEST_SECRET.encode()).token,
+                           with_labels=False)
+    proc = run_stream(stream_settings)
+    alerts = [orjson.loads(m.value()) for m in read_topic(stream_settings, ALERTS, 1)]
+    multi = [a for a in alerts if a["rule"] == "multi_country"]
+    assert multi and sent.frauds >= 5 * len(multi)
+    assert len({a["alert_id"] for a in alerts}) == len(alerts) == proc.stats.alerts
+    for a in multi:
+        assert len(a["evidence_txn_ids"]) >= 5 and len(a["countries"]) >= 3
+
+
+def test_applied_transactions_invalidate_the_insight_cache(stream_settings: Settings) -> None:
+    client = redis.Redis.from_url(stream_settings.redis_url)
+    schema = stream_settings.insight_schema_version
+    event = make_event(1)
+    client.set(insight_key(event["customer_id"], schema), b"{}")
+    client.set(insight_key("C99999", schema), b"{}")
+    produce(stream_settings, [event])
+    run_stream(stream_settings, idle=1.5)
+    assert not client.exists(insight_key(event["customer_id"], schema))
+    assert client.exists(insight_key("C99999", schema))
+
+
+def _snapshot(settings: Settings, group: str) -> tuple[dict, dict]:  # type: ignore[type-arg]
+    """Everything the stream wrote: Redis (minus its offsets record) and the offline log."""
+    client = redis.Redis.from_url(settings.redis_url)
+    store = {}
+    for key in client.scan_iter(count=1000):
+        if key == offsets_key(group).encode():
+            continue
+        kind = client.type(key)
+        store[key] = client.hgetall(key) if kind == b"hash" else client.get(key)
+    logs = {}
+    for entity in ("card", "customer", "terminal"):
+        rows = offline_rows(settings, entity).drop(columns=["created"])  # newest versions
+        key = rows.columns[0]
+        logs[entity] = rows.sort_values([key, "event_timestamp"]).reset_index(drop=True)
+    return store, logs
+
+
+@pytest.mark.slow
+def test_kill_9_and_restart_end_identical_to_a_clean_run(
+    stream_settings: Settings, tmp_path: Path
+) -> None:
+    config = SimulationConfig(customers=2000, terminals=4000, days=3)
+    stream_to_kafka(config, stream_settings, CardTokenizer(TEST_SECRET.encode()).token,
+                    with_labels=False)
+    # the clean run: its own group, Redis db and var dir, same topic
+    base = stream_settings.redis_url.rsplit("/", 1)[0]
+    clean = stream_settings.model_copy(update={"redis_url": f"{base}/15",
+                                               "var_dir": tmp_path / "clean-var"})
+    redis.Redis.from_url(clean.redis_url).flushdb()
+    clean_proc = StreamProcessor(clean, OnlineWriter(clean, dedup=False), group_id="clean")
+    worker = threading.Thread(target=clean_proc.run, kwargs={"idle_seconds": 2.5})
+    worker.start()
+    worker.join(300)
+    # the crashing run
+    env = env_for(stream_settings) | {"KESTREL_STREAM_BATCH_RECORDS": "1500"}
+    client = redis.Redis.from_url(stream_settings.redis_url)
+    for kill_after in (4_000, 12_000):
+        p = subprocess.Popen([sys.executable, "-m", "kestrel.cli", "stream"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None:
+            done = sum(int(v) for k, v in client.hgetall(offsets_key("kestrel-stream")).items()
+                       if k.startswith(f"o:{TRANSACTIONS}:".encode()))
+            if done >= kill_after:
+                break
+            time.sleep(0.005)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    final = subprocess.run([sys.executable, "-m", "kestrel.cli", "stream", "--idle-seconds",
+                            "3"], env=env, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr[-3000:]
+    crashed_store, crashed_logs = _snapshot(stream_settings, "kestrel-stream")
+    clean_store, clean_logs = _snapshot(clean, "clean")
+    assert crashed_store.keys() == clean_store.keys()
+    assert crashed_store == clean_store
+    for entity in crashed_logs:
+        pd.testing.assert_frame_equal(crashed_logs[entity], clean_logs[entity])
