@@ -263,6 +263,18 @@ def features_apply() -> None:
     apply(_settings(), echo=typer.echo)
 
 
+@features_app.command("compact")
+def features_compact() -> None:
+    """Rewrite the offline feature log keeping the newest version of each row (before
+    building training sets; safe while the stream runs)."""
+    from kestrel.windows import ENTITIES, stream_view_name
+    from pipelines.stream.offline_log import OfflineLog
+
+    log = OfflineLog(_settings().var_dir)
+    for entity in ENTITIES:
+        typer.echo(f"{stream_view_name(entity)}: {log.compact(entity):,} rows")
+
+
 @features_app.command("env")
 def features_env() -> None:
     """Print the KESTREL_FEAST_* variables the plain `feast` CLI needs in feature_repo/."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 
 from kestrel.settings import Settings
-from kestrel.windows import ENTITIES, feature_names, stream_view_name
+from kestrel.windows import ENTITIES, ENTITY_KEYS, feature_names, stream_view_name
 from pipelines.features.store import feature_store
 
 JUST_BEFORE = pd.Timedelta(microseconds=1)
@@ -23,11 +23,21 @@ def stream_feature_refs() -> list[str]:
 
 def stream_features_before(settings: Settings, entities: pd.DataFrame) -> pd.DataFrame:
     """For each row (txn_id, card_id, customer_id, terminal_id, event_timestamp), the
-    stream-view features as the online store held them strictly before event_timestamp."""
+    stream-view features as the online store held them strictly before event_timestamp.
+
+    One join per entity, merged on txn_id: Feast 0.67's file offline store drops an entity
+    row outright when every feature row of its key is newer than the row's timestamp (its
+    ttl filter runs after the left merge), which would also lose the other views' values
+    for that transaction. Per entity, a dropped row simply means "no row yet" (None).
+    """
+    store = feature_store(settings)
     frame = entities.copy()
     frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True) - JUST_BEFORE
-    job = feature_store(settings).get_historical_features(entity_df=frame,
-                                                          features=stream_feature_refs())
-    out = job.to_df()
-    out["event_timestamp"] = out["event_timestamp"] + JUST_BEFORE
-    return out
+    out = entities[["txn_id"]].copy()
+    for entity in ENTITIES:
+        key = ENTITY_KEYS[entity]
+        refs = [f"{stream_view_name(entity)}:{n}" for n in feature_names(entity)]
+        joined = store.get_historical_features(
+            entity_df=frame[["txn_id", key, "event_timestamp"]], features=refs).to_df()
+        out = out.merge(joined[["txn_id", *feature_names(entity)]], on="txn_id", how="left")
+    return out.merge(entities, on="txn_id", how="left")

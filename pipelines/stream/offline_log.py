@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from kestrel.lake import fsync_dir, write_parquet_durable
 from kestrel.windows import ENTITIES, ENTITY_KEYS, Entity, feature_names, stream_view_name
@@ -51,11 +52,15 @@ class OfflineLog:
         for entity, entity_rows in rows.items():
             if not entity_rows:
                 continue
-            # a re-emitted row must read as newer than the version it replaces, also
-            # within one batch: ``created`` grows by 1 µs per row, in emission order
-            for i, r in enumerate(entity_rows):
+            # within a batch only the last version of a (key, time) row matters
+            key = ENTITY_KEYS[entity]
+            latest = {(r[key], r["event_timestamp"]): r for r in entity_rows}
+            # a re-emitted row must read as newer than the version it replaces:
+            # ``created`` grows by 1 µs per row, in emission order
+            kept = list(latest.values())
+            for i, r in enumerate(kept):
                 r["created"] = base + timedelta(microseconds=i)
-            table = pa.Table.from_pylist(entity_rows, schema=self._schemas[entity])
+            table = pa.Table.from_pylist(kept, schema=self._schemas[entity])
             name = f"{stream_view_name(entity)}.parquet"
             write_parquet_durable(table, self.staging / batch_id / name)
 
@@ -70,6 +75,40 @@ class OfflineLog:
             os.replace(f, target)
             fsync_dir(target.parent)
         shutil.rmtree(folder, ignore_errors=True)
+
+    def compact(self, entity: Entity) -> int:
+        """Rewrite a view's published files as one, keeping the newest version of each
+        (key, event_timestamp) row; returns the rows kept.
+
+        Needed before a point-in-time join: Feast 0.67's file offline store sorts by
+        ``created`` and then, unstably, by the event timestamp, so when a late event made the
+        stream re-emit a row, Feast may pick an older version of it. Safe while the stream
+        runs: only the files read are replaced (new ones stay for the next compaction).
+        """
+        folder = self.root / stream_view_name(entity)
+        files = sorted(f for f in folder.glob("part-*.parquet")) if folder.exists() else []
+        if len(files) <= 1 and not self._has_versions(files, entity):
+            return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        table = pa.concat_tables([pq.read_table(f, schema=self._schemas[entity]) for f in files])
+        key = ENTITY_KEYS[entity]
+        frame = table.to_pandas()
+        frame = frame.sort_values("created", kind="stable").drop_duplicates(
+            [key, "event_timestamp"], keep="last").sort_values([key, "event_timestamp"])
+        out = pa.Table.from_pandas(frame, schema=self._schemas[entity], preserve_index=False)
+        target = folder / f"part-{files[-1].stem.removeprefix('part-')}-compacted.parquet"
+        write_parquet_durable(out, target)
+        for f in files:
+            if f != target:
+                f.unlink()
+        fsync_dir(folder)
+        return out.num_rows
+
+    def _has_versions(self, files: list[Path], entity: Entity) -> bool:
+        if not files:
+            return False
+        t = pq.read_table(files[0], columns=[ENTITY_KEYS[entity], "event_timestamp"])
+        return t.group_by([ENTITY_KEYS[entity], "event_timestamp"]).aggregate([]).num_rows \
+            < t.num_rows
 
     def recover(self, committed_batch: str | None) -> None:
         if not self.staging.exists():

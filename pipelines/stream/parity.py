@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import redis
 
 from kestrel.pan import CardTokenizer
 from kestrel.services import private_services
@@ -34,7 +35,9 @@ from pipelines.features.store import apply
 from pipelines.simulator.config import SimulationConfig
 from pipelines.simulator.generator import iter_days
 from pipelines.simulator.to_kafka import stream_to_kafka
-from pipelines.stream.processor import StreamProcessor
+from pipelines.stream.offline_log import OfflineLog
+from pipelines.stream.processor import STATE_PREFIX, StreamProcessor
+from pipelines.stream.state import EventLog, WindowSet
 
 TOLERANCE = 1e-9
 
@@ -105,8 +108,11 @@ def run_parity(settings: Settings, days: int, customers: int = 1000, terminals: 
         events = pa.concat_tables([b.transactions for b in iter_days(config, tokenize)])
         frame = events.select(["txn_id", "card_id", "customer_id", "terminal_id",
                                "event_time"]).to_pandas()
-        not_comparable = _terminal_served(processor, frame, served)
-        apply(own)
+        not_comparable = _terminal_served(own, processor.windows["terminal"], frame, served)
+        log = OfflineLog(own.var_dir)
+        for entity in ENTITIES:
+            log.compact(entity)
+        apply(own, echo=lambda _: None)
         progress("building the same vectors offline (Feast point-in-time join) …")
         offline = stream_features_before(own, frame.rename(
             columns={"event_time": "event_timestamp"}))
@@ -115,13 +121,15 @@ def run_parity(settings: Settings, days: int, customers: int = 1000, terminals: 
                         not_comparable)
 
 
-def _terminal_served(processor: StreamProcessor, frame: pd.DataFrame,
+def _terminal_served(settings: Settings, ws: WindowSet, frame: pd.DataFrame,
                      served: dict[str, dict[str, Any]]) -> int:
-    """Terminal rows as the online store holds them once every partition delivered;
-    returns how many transactions could not be compared (history already evicted)."""
-    states = {key: state for part in processor.cache["terminal"].values()
-              for key, state in part.items()}
-    ws = processor.windows["terminal"]
+    """Terminal rows as the online store holds them once every partition delivered (the
+    committed terminal state in Redis); returns how many transactions could not be compared
+    (the state no longer holds the history, on long replays)."""
+    client = redis.Redis.from_url(settings.redis_url)
+    terminals = sorted(set(frame.terminal_id))
+    blobs = client.mget([f"{STATE_PREFIX}:terminal:{t}" for t in terminals])
+    states = {t: EventLog.loads(b) for t, b in zip(terminals, blobs, strict=True) if b}
     missing = 0
     for txn_id, terminal_id, when in zip(frame.txn_id, frame.terminal_id, frame.event_time,
                                          strict=True):
