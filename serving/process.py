@@ -24,7 +24,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """This process's environment with ``settings`` spelled out as KESTREL_* variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KESTREL_")}
     for name, value in settings.model_dump(exclude={"pan_token_key", "jwt_secret"}).items():
-        env[f"KESTREL_{name.upper()}"] = str(value)
+        if value is not None:  # unset stays unset
+            env[f"KESTREL_{name.upper()}"] = str(value)
     for secret in ("pan_token_key", "jwt_secret"):
         env[f"KESTREL_{secret.upper()}"] = settings.secret(secret).decode()
     return env

@@ -205,8 +205,9 @@ def test_kill_9_and_restart_end_identical_to_a_clean_run(
     env = env_for(stream_settings) | {"KESTREL_STREAM_BATCH_RECORDS": "1500"}
     client = redis.Redis.from_url(stream_settings.redis_url)
     for kill_after in (4_000, 12_000):
+        err = open(tmp_path / f"stream-{kill_after}.log", "wb")  # noqa: SIM115
         p = subprocess.Popen([sys.executable, "-m", "kestrel.cli", "stream"], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             stdout=err, stderr=err)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and p.poll() is None:
             done = sum(int(v) for k, v in client.hgetall(offsets_key("kestrel-stream")).items()
@@ -214,8 +215,10 @@ def test_kill_9_and_restart_end_identical_to_a_clean_run(
             if done >= kill_after:
                 break
             time.sleep(0.005)
+        assert p.poll() is None, (tmp_path / f"stream-{kill_after}.log").read_text()[-3000:]
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
+        err.close()
     final = subprocess.run([sys.executable, "-m", "kestrel.cli", "stream", "--idle-seconds",
                             "3"], env=env, capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr[-3000:]
