@@ -11,7 +11,7 @@ from bench.results import BenchResult
 from kestrel.errors import ConfigError
 from kestrel.settings import Settings
 
-SCENARIOS = {"ingest": "bench.ingest"}
+SCENARIOS = {"ingest": "bench.ingest", "stream": "bench.stream"}
 
 
 def run_scenario(name: str, settings: Settings, quick: bool = False,

@@ -361,7 +361,7 @@ def token(
 
 @app.command()
 def bench(
-    scenario: Annotated[str, typer.Argument(help="ingest")],
+    scenario: Annotated[str, typer.Argument(help="ingest | stream")],
     quick: Annotated[bool, typer.Option(help="Small version (the test suite runs it)")] = False,
     out: Annotated[Path | None, typer.Option(help="JSON path (default bench/results/)")] = None,
 ) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import pyarrow as pa
@@ -128,7 +128,8 @@ def _terminal_served(settings: Settings, ws: WindowSet, frame: pd.DataFrame,
     (the state no longer holds the history, on long replays)."""
     client = redis.Redis.from_url(settings.redis_url)
     terminals = sorted(set(frame.terminal_id))
-    blobs = client.mget([f"{STATE_PREFIX}:terminal:{t}" for t in terminals])
+    blobs = cast(list[bytes | None],
+                 client.mget([f"{STATE_PREFIX}:terminal:{t}" for t in terminals]))
     states = {t: EventLog.loads(b) for t, b in zip(terminals, blobs, strict=True) if b}
     missing = 0
     for txn_id, terminal_id, when in zip(frame.txn_id, frame.terminal_id, frame.event_time,

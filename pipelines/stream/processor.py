@@ -68,8 +68,9 @@ TERMINAL_REORDER_SLACK_US = 7 * 86_400 * 1_000_000
 class OnlineSink(Protocol):
     """Adds online feature writes for one view to a (transactional) Redis pipeline."""
 
-    def write(self, pipe: Any, view: str, rows: list[tuple[str, dict[str, Any], datetime]]
-              ) -> None: ...
+    def write(self, pipe: Any, view: str,
+              rows: list[tuple[str, dict[str, Any], datetime | int]]) -> None:
+        """rows: (entity value, features, event time as a datetime or µs since the epoch)"""
 
 
 @dataclass
@@ -83,7 +84,10 @@ class StreamStats:
     late_for_entity: int = 0
     batches: int = 0
     started: float = field(default_factory=time.monotonic)
+    first_record_at: float | None = None
+    last_commit_at: float | None = None
     freshness_ms: list[float] = field(default_factory=list)
+    stage_ms: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     @property
     def seconds(self) -> float:
@@ -171,6 +175,8 @@ class StreamProcessor:
                         continue
                     if not buffer:
                         first_at = now
+                        if self.stats.first_record_at is None:
+                            self.stats.first_record_at = now
                     buffer.append(m)
                 if buffer:
                     last_record_at = now
@@ -227,6 +233,7 @@ class StreamProcessor:
         if not buffer:
             return
         batch, buffer[:] = list(buffer), []
+        started = time.perf_counter()
         before = self._counts()
         decoded: list[tuple[Message, Any]] = []
         wanted: dict[str, set[tuple[int, str]]] = defaultdict(set)
@@ -272,10 +279,22 @@ class StreamProcessor:
             else:
                 self._apply_terminal(item, part, rows, online, touched)
         batch_id = f"{time.time_ns() // 1_000_000:013d}-{uuid.uuid4().hex[:6]}"
+        timing = self.stats.stage_ms
+        t0 = time.perf_counter()
         self.offline.stage(batch_id, rows)
+        t1 = time.perf_counter()
         producer.flush()
+        t2 = time.perf_counter()
         self._redis_commit(batch_id, online, touched, customers, next_offsets)
+        t3 = time.perf_counter()
         self.offline.publish(batch_id)
+        t4 = time.perf_counter()
+        timing["apply"] += (t0 - started) * 1000
+        timing["offline_stage"] += (t1 - t0) * 1000
+        timing["kafka_flush"] += (t2 - t1) * 1000
+        timing["redis_commit"] += (t3 - t2) * 1000
+        timing["offline_publish"] += (t4 - t3) * 1000
+        self.stats.last_commit_at = time.monotonic()
         done_ms = time.time() * 1000
         freshness_ms = [done_ms - t for t in produced_at if t > 0]
         if self.keep_freshness:
@@ -376,7 +395,7 @@ class StreamProcessor:
             feats = ws.features(state, j)
             row = dict(feats)
             row[key_name] = key
-            row["event_timestamp"] = datetime.fromtimestamp(state.times[j] / 1e6, UTC)
+            row["event_timestamp"] = state.times[j]  # µs; Arrow stores it as a timestamp
             rows[entity].append(row)
         if stop < len(state.events):  # the loop ended before the latest event
             feats = ws.features(state)
@@ -392,7 +411,7 @@ class StreamProcessor:
         pipe = self.redis.pipeline(transaction=True)
         for entity, by_key in online.items():
             self.online.write(pipe, stream_view_name(entity), [
-                (key, feats, datetime.fromtimestamp(t / 1e6, UTC))
+                (key, feats, t)
                 for key, (feats, t) in by_key.items()])
         for kind, items in touched.items():
             cache = self.cache[kind]

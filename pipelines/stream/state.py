@@ -85,7 +85,10 @@ class WindowSet:
         by_length: dict[int, list[Window]] = defaultdict(list)
         for w in self.windows:
             by_length[w.micros].append(w)
-        self._groups = sorted(by_length.items())
+        # per window length: (feature name, kind, event field) — resolved once, not per event
+        self._groups = [
+            (micros, [(w.name, w.aggregation, _FIELDS.get(w.field or "", AMOUNT)) for w in ws])
+            for micros, ws in sorted(by_length.items())]
         self.horizon_us = max(w.micros for w in self.windows)
         self.names = feature_names(entity)
 
@@ -110,14 +113,13 @@ class WindowSet:
         out: dict[str, Any] = {}
         for micros, group in self._groups:
             chunk = events[bisect_right(times, t_last - micros, 0, end):end]
-            for w in group:
-                if w.aggregation == "count":
-                    out[w.name] = len(chunk)
-                elif w.aggregation == "sum":  # only amounts are summed
-                    out[w.name] = round(sum(e[AMOUNT] for e in chunk), 2)
+            for name, kind, i in group:
+                if kind == "count":
+                    out[name] = len(chunk)
+                elif kind == "sum":  # only amounts are summed
+                    out[name] = round(sum(e[AMOUNT] for e in chunk), 2)
                 else:
-                    i = _FIELDS[w.field or ""]
-                    out[w.name] = len({e[i] for e in chunk})
+                    out[name] = len({e[i] for e in chunk})
         if self.entity == "card":
             last = events[end - 1]
             out["card_last_event_time_us"] = last[TIME]
