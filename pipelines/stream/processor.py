@@ -129,6 +129,7 @@ class StreamProcessor:
         self.capture = capture
         self.metrics = StreamMetrics(group_id, metrics_port)
         self._alerts_by_rule: dict[str, int] = defaultdict(int)
+        self._forward: list[tuple[int, str, str]] = []  # terminal updates of this batch
         self._stop = False
         self._assigned = False
         self._assigned_at = 0.0
@@ -140,7 +141,11 @@ class StreamProcessor:
     def run(self, idle_seconds: float | None = None) -> StreamStats:
         stored = self._load_offsets()
         self.offline.recover(stored.get("batch"))
-        consumer = Consumer(consumer_config(self.settings, self.group_id))
+        # small fetches interleave the partitions finely, so a batch's events stay close in
+        # event time across partitions (terminal state sees them in near event-time order)
+        consumer = Consumer(consumer_config(self.settings, self.group_id,
+                                            **{"max.partition.fetch.bytes": 65_536,
+                                               "queued.min.messages": 2_000}))
         producer = EventProducer(self.settings)
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError):  # not the main thread: the caller stops us
@@ -278,6 +283,13 @@ class StreamProcessor:
                     produced_at.append(m.timestamp()[1])
             else:
                 self._apply_terminal(item, part, rows, online, touched)
+        # forward in event-time order: the batch mixes partitions that may be apart in event
+        # time, and terminal state tolerates reordering only within TERMINAL_REORDER_SLACK_US
+        self._forward.sort()
+        for time_us, terminal_id, txn_id in self._forward:
+            producer.produce(TRANSACTIONS_BY_TERMINAL, terminal_id,
+                             orjson.dumps([txn_id, time_us, terminal_id]))
+        self._forward.clear()
         batch_id = f"{time.time_ns() // 1_000_000:013d}-{uuid.uuid4().hex[:6]}"
         timing = self.stats.stage_ms
         t0 = time.perf_counter()
@@ -353,8 +365,7 @@ class StreamProcessor:
                 self.stats.alerts += 1
                 self._alerts_by_rule[rule.name] += 1
                 producer.produce(ALERTS, txn.card_id, orjson.dumps(alert))
-        producer.produce(TRANSACTIONS_BY_TERMINAL, txn.terminal_id,
-                         orjson.dumps([txn.txn_id, txn.time_us, txn.terminal_id]))
+        self._forward.append((txn.time_us, txn.terminal_id, txn.txn_id))
         self.stats.applied += 1
         return True
 

@@ -228,3 +228,47 @@ def test_kill_9_and_restart_end_identical_to_a_clean_run(
     assert crashed_store == clean_store
     for entity in crashed_logs:
         pd.testing.assert_frame_equal(crashed_logs[entity], clean_logs[entity])
+
+
+@pytest.mark.slow
+def test_a_second_instance_mid_stream_takes_partitions_and_changes_nothing(
+    stream_settings: Settings, tmp_path: Path
+) -> None:
+    config = SimulationConfig(customers=2000, terminals=4000, days=3)
+    stream_to_kafka(config, stream_settings, CardTokenizer(TEST_SECRET.encode()).token,
+                    with_labels=False)
+    base = stream_settings.redis_url.rsplit("/", 1)[0]
+    clean = stream_settings.model_copy(update={"redis_url": f"{base}/14",
+                                               "var_dir": tmp_path / "clean-var"})
+    redis.Redis.from_url(clean.redis_url).flushdb()
+    clean_proc = StreamProcessor(clean, OnlineWriter(clean, dedup=False), group_id="clean")
+    worker = threading.Thread(target=clean_proc.run, kwargs={"idle_seconds": 2.5})
+    worker.start()
+    worker.join(300)
+    env = env_for(stream_settings) | {"KESTREL_STREAM_BATCH_RECORDS": "1000"}
+    client = redis.Redis.from_url(stream_settings.redis_url)
+    cmd = [sys.executable, "-m", "kestrel.cli", "stream", "--idle-seconds", "6"]
+    logs = [open(tmp_path / f"instance-{i}.log", "w") for i in (1, 2)]  # noqa: SIM115
+    first = subprocess.Popen(cmd, env=env, stdout=logs[0], stderr=logs[0], text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        done = sum(int(v) for k, v in client.hgetall(offsets_key("kestrel-stream")).items()
+                   if k.startswith(f"o:{TRANSACTIONS}:".encode()))
+        if done >= 2000:
+            break
+        time.sleep(0.01)
+    second = subprocess.Popen(cmd, env=env, stdout=logs[1], stderr=logs[1], text=True)
+    first.wait(600)
+    second.wait(600)
+    for f in logs:
+        f.close()
+    out1, out2 = ((tmp_path / f"instance-{i}.log").read_text() for i in (1, 2))
+    assert first.returncode == 0, out1[-3000:]
+    assert second.returncode == 0, out2[-3000:]
+    applied_by_second = int(out2.split("stream done: ")[1].split(" ")[0].replace(",", ""))
+    assert applied_by_second > 0, "the second instance never got a partition"
+    scaled_store, scaled_logs = _snapshot(stream_settings, "kestrel-stream")
+    clean_store, clean_logs = _snapshot(clean, "clean")
+    assert scaled_store == clean_store
+    for entity in scaled_logs:
+        pd.testing.assert_frame_equal(scaled_logs[entity], clean_logs[entity])
