@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicCollection
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicCollection
 
 from kestrel.errors import EventValidationError, ServiceError
 from kestrel.events import decode_transaction
@@ -32,6 +32,7 @@ from kestrel.settings import Settings
 from kestrel.topics import TRANSACTIONS, TRANSACTIONS_DLQ
 from pipelines.archive.commit_log import CommitLog, StagedFile
 from pipelines.archive.dedup import TxnIdIndex
+from pipelines.batching import consume_in_batches
 from pipelines.dlq import dead_letter
 from pipelines.ingest import EventProducer
 
@@ -96,35 +97,21 @@ class Archiver:
             with contextlib.suppress(ValueError):
                 signal.signal(sig, self.request_stop)
         buffer: list[Message] = []
-        first_at = 0.0
-        last_record_at = time.monotonic()
-        batch_records = self.settings.archive_batch_records
-        batch_seconds = self.settings.archive_batch_seconds
         consumer.subscribe([TRANSACTIONS], on_assign=self._on_assign,
                            on_revoke=lambda c, parts: self._flush(buffer, c, dlq))
+
+        def flush(batch: list[Message]) -> None:
+            had = bool(batch)
+            self._flush(batch, consumer, dlq)
+            if had and progress:
+                progress(self.stats)
+
         try:
-            while not self._stop:
-                msgs = consumer.consume(num_messages=min(10_000, batch_records), timeout=0.2)
-                now = time.monotonic()
-                for m in msgs:
-                    err = m.error()
-                    if err is not None:
-                        if err.code() != KafkaError._PARTITION_EOF:
-                            log.warning("consumer error: %s", err)
-                        continue
-                    if not buffer:
-                        first_at = now
-                    buffer.append(m)
-                if buffer:
-                    last_record_at = now
-                    if len(buffer) >= batch_records or now - first_at >= batch_seconds:
-                        self._flush(buffer, consumer, dlq)
-                        if progress:
-                            progress(self.stats)
-                elif (idle_seconds is not None and self._assigned
-                      and now - max(last_record_at, self._assigned_at) >= idle_seconds):
-                    break
-            self._flush(buffer, consumer, dlq)
+            consume_in_batches(
+                consumer, buffer, flush, max_records=self.settings.archive_batch_records,
+                max_wait_s=self.settings.archive_batch_seconds, poll_s=0.2,
+                stopped=lambda: self._stop, idle_seconds=idle_seconds,
+                assigned_at=lambda: self._assigned_at if self._assigned else None)
         finally:
             consumer.close()
         return self.stats

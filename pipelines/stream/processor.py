@@ -38,7 +38,7 @@ from typing import Any, Protocol, cast
 
 import orjson
 import redis
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from kestrel.errors import EventValidationError
 from kestrel.kafka import consumer_config
@@ -51,6 +51,7 @@ from kestrel.topics import (
     TRANSACTIONS_LATE,
 )
 from kestrel.windows import ENTITIES, ENTITY_KEYS, Entity, stream_view_name
+from pipelines.batching import consume_in_batches
 from pipelines.dlq import dead_letter
 from pipelines.ingest import EventProducer
 from pipelines.stream import records
@@ -151,10 +152,6 @@ class StreamProcessor:
             with contextlib.suppress(ValueError):  # not the main thread: the caller stops us
                 signal.signal(sig, self.request_stop)
         buffer: list[Message] = []
-        first_at = 0.0
-        last_record_at = time.monotonic()
-        max_records = self.settings.stream_batch_records
-        max_wait = self.settings.stream_batch_ms / 1000
 
         def on_revoke(c: Consumer, parts: list[TopicPartition]) -> None:
             self._commit_batch(buffer, c, producer)
@@ -168,29 +165,18 @@ class StreamProcessor:
 
         consumer.subscribe([TRANSACTIONS, TRANSACTIONS_BY_TERMINAL], on_assign=self._on_assign,
                            on_revoke=on_revoke)
+        def first_record(now: float) -> None:
+            if self.stats.first_record_at is None:
+                self.stats.first_record_at = now
+
         try:
-            while not self._stop:
-                msgs = consumer.consume(num_messages=min(10_000, max_records), timeout=0.05)
-                now = time.monotonic()
-                for m in msgs:
-                    err = m.error()
-                    if err is not None:
-                        if err.code() != KafkaError._PARTITION_EOF:
-                            log.warning("consumer error: %s", err)
-                        continue
-                    if not buffer:
-                        first_at = now
-                        if self.stats.first_record_at is None:
-                            self.stats.first_record_at = now
-                    buffer.append(m)
-                if buffer:
-                    last_record_at = now
-                    if len(buffer) >= max_records or now - first_at >= max_wait:
-                        self._commit_batch(buffer, consumer, producer)
-                elif (idle_seconds is not None and self._assigned
-                      and now - max(last_record_at, self._assigned_at) >= idle_seconds):
-                    break
-            self._commit_batch(buffer, consumer, producer)
+            consume_in_batches(
+                consumer, buffer, lambda batch: self._commit_batch(batch, consumer, producer),
+                max_records=self.settings.stream_batch_records,
+                max_wait_s=self.settings.stream_batch_ms / 1000, poll_s=0.05,
+                stopped=lambda: self._stop, idle_seconds=idle_seconds,
+                assigned_at=lambda: self._assigned_at if self._assigned else None,
+                on_first_record=first_record)
         finally:
             consumer.close()
         return self.stats

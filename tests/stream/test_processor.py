@@ -41,7 +41,7 @@ _DBS = itertools.count(1)
 def stream_settings(services: Settings) -> Iterator[Settings]:
     """The test's broker plus a Redis database of its own (db 1, 2, … of the tests' server)."""
     base = services.redis_url.rsplit("/", 1)[0]
-    db = next(_DBS) % 16 or 1
+    db = next(_DBS) % 13 or 1  # 1 … 12; 14 and 15 are the clean runs
     s = services.model_copy(update={"redis_url": f"{base}/{db}", "stream_batch_ms": 100})
     redis.Redis.from_url(s.redis_url).flushdb()  # our own server, our own db
     yield s
@@ -185,6 +185,19 @@ def _snapshot(settings: Settings, group: str) -> tuple[dict, dict]:  # type: ign
     return store, logs
 
 
+def clean_run(settings: Settings, tmp_path: Path, db: int) -> Settings:
+    """One uninterrupted run over the same topic: its own group, Redis db and var dir."""
+    base = settings.redis_url.rsplit("/", 1)[0]
+    clean = settings.model_copy(update={"redis_url": f"{base}/{db}",
+                                        "var_dir": tmp_path / "clean-var"})
+    redis.Redis.from_url(clean.redis_url).flushdb()
+    proc = StreamProcessor(clean, OnlineWriter(clean, dedup=False), group_id="clean")
+    worker = threading.Thread(target=proc.run, kwargs={"idle_seconds": 2.5})
+    worker.start()
+    worker.join(300)
+    return clean
+
+
 @pytest.mark.slow
 def test_kill_9_and_restart_end_identical_to_a_clean_run(
     stream_settings: Settings, tmp_path: Path
@@ -192,15 +205,7 @@ def test_kill_9_and_restart_end_identical_to_a_clean_run(
     config = SimulationConfig(customers=2000, terminals=4000, days=3)
     stream_to_kafka(config, stream_settings, CardTokenizer(TEST_SECRET.encode()).token,
                     with_labels=False)
-    # the clean run: its own group, Redis db and var dir, same topic
-    base = stream_settings.redis_url.rsplit("/", 1)[0]
-    clean = stream_settings.model_copy(update={"redis_url": f"{base}/15",
-                                               "var_dir": tmp_path / "clean-var"})
-    redis.Redis.from_url(clean.redis_url).flushdb()
-    clean_proc = StreamProcessor(clean, OnlineWriter(clean, dedup=False), group_id="clean")
-    worker = threading.Thread(target=clean_proc.run, kwargs={"idle_seconds": 2.5})
-    worker.start()
-    worker.join(300)
+    clean = clean_run(stream_settings, tmp_path, db=15)
     # the crashing run
     env = env_for(stream_settings) | {"KESTREL_STREAM_BATCH_RECORDS": "1500"}
     client = redis.Redis.from_url(stream_settings.redis_url)
@@ -237,14 +242,7 @@ def test_a_second_instance_mid_stream_takes_partitions_and_changes_nothing(
     config = SimulationConfig(customers=2000, terminals=4000, days=3)
     stream_to_kafka(config, stream_settings, CardTokenizer(TEST_SECRET.encode()).token,
                     with_labels=False)
-    base = stream_settings.redis_url.rsplit("/", 1)[0]
-    clean = stream_settings.model_copy(update={"redis_url": f"{base}/14",
-                                               "var_dir": tmp_path / "clean-var"})
-    redis.Redis.from_url(clean.redis_url).flushdb()
-    clean_proc = StreamProcessor(clean, OnlineWriter(clean, dedup=False), group_id="clean")
-    worker = threading.Thread(target=clean_proc.run, kwargs={"idle_seconds": 2.5})
-    worker.start()
-    worker.join(300)
+    clean = clean_run(stream_settings, tmp_path, db=14)
     env = env_for(stream_settings) | {"KESTREL_STREAM_BATCH_RECORDS": "1000"}
     client = redis.Redis.from_url(stream_settings.redis_url)
     cmd = [sys.executable, "-m", "kestrel.cli", "stream", "--idle-seconds", "6"]

@@ -1,0 +1,59 @@
+"""The micro-batch consume loop shared by the archiver and the stream processor.
+
+Records accumulate in ``buffer`` until it holds ``max_records`` or its oldest record has
+waited ``max_wait_s``; then ``flush(buffer)`` commits them (and empties the list in place).
+The caller owns the buffer so that its rebalance callback can flush it too. With
+``idle_seconds`` the loop ends once partitions are assigned and no record came for that long
+(counted from the assignment, so a slow group join is not mistaken for idleness).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from confluent_kafka import Consumer, KafkaError, Message
+
+log = logging.getLogger("kestrel.consumer")
+
+
+def consume_in_batches(
+    consumer: Consumer,
+    buffer: list[Message],
+    flush: Callable[[list[Message]], None],
+    *,
+    max_records: int,
+    max_wait_s: float,
+    poll_s: float,
+    stopped: Callable[[], bool],
+    assigned_at: Callable[[], float | None],
+    idle_seconds: float | None = None,
+    on_first_record: Callable[[float], None] | None = None,
+) -> None:
+    first_at = 0.0
+    last_record_at = time.monotonic()
+    while not stopped():
+        msgs = consumer.consume(num_messages=min(10_000, max_records), timeout=poll_s)
+        now = time.monotonic()
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error: %s", err)
+                continue
+            if not buffer:
+                first_at = now
+                if on_first_record is not None:
+                    on_first_record(now)
+            buffer.append(m)
+        if buffer:
+            last_record_at = now
+            if len(buffer) >= max_records or now - first_at >= max_wait_s:
+                flush(buffer)
+            continue
+        since = assigned_at()
+        if idle_seconds is not None and since is not None \
+                and now - max(last_record_at, since) >= idle_seconds:
+            break
+    flush(buffer)
