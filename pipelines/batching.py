@@ -4,7 +4,9 @@ Records accumulate in ``buffer`` until it holds ``max_records`` or its oldest re
 waited ``max_wait_s``; then ``flush(buffer)`` commits them (and empties the list in place).
 The caller owns the buffer so that its rebalance callback can flush it too. With
 ``idle_seconds`` the loop ends once partitions are assigned and no record came for that long
-(counted from the assignment, so a slow group join is not mistaken for idleness).
+(counted from the assignment, so a slow group join is not mistaken for idleness); a consumer
+that gets no assignment at all within ``idle_seconds`` + ``UNASSIGNED_GRACE_S`` gives up too
+(the group has nothing for it).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable
 from confluent_kafka import Consumer, KafkaError, Message
 
 log = logging.getLogger("kestrel.consumer")
+UNASSIGNED_GRACE_S = 60.0
 
 
 def consume_in_batches(
@@ -32,7 +35,7 @@ def consume_in_batches(
     on_first_record: Callable[[float], None] | None = None,
 ) -> None:
     first_at = 0.0
-    last_record_at = time.monotonic()
+    started = last_record_at = time.monotonic()
     while not stopped():
         msgs = consumer.consume(num_messages=min(10_000, max_records), timeout=poll_s)
         now = time.monotonic()
@@ -52,8 +55,13 @@ def consume_in_batches(
             if len(buffer) >= max_records or now - first_at >= max_wait_s:
                 flush(buffer)
             continue
+        if idle_seconds is None:
+            continue
         since = assigned_at()
-        if idle_seconds is not None and since is not None \
-                and now - max(last_record_at, since) >= idle_seconds:
+        if since is not None and now - max(last_record_at, since) >= idle_seconds:
+            break
+        if since is None and now - started >= idle_seconds + UNASSIGNED_GRACE_S:
+            log.warning("no partitions assigned within %.0f s; stopping",
+                        idle_seconds + UNASSIGNED_GRACE_S)
             break
     flush(buffer)
