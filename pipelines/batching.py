@@ -33,6 +33,8 @@ def consume_in_batches(
     assigned_at: Callable[[], float | None],
     idle_seconds: float | None = None,
     on_first_record: Callable[[float], None] | None = None,
+    on_eof: Callable[[Message], None] | None = None,
+    on_record: Callable[[Message], None] | None = None,
 ) -> None:
     first_at = 0.0
     started = last_record_at = time.monotonic()
@@ -42,7 +44,10 @@ def consume_in_batches(
         for m in msgs:
             err = m.error()
             if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    if on_eof is not None:
+                        on_eof(m)
+                else:
                     log.warning("consumer error: %s", err)
                 continue
             if not buffer:
@@ -50,6 +55,8 @@ def consume_in_batches(
                 if on_first_record is not None:
                     on_first_record(now)
             buffer.append(m)
+            if on_record is not None:
+                on_record(m)
         if buffer:
             last_record_at = now
             if len(buffer) >= max_records or now - first_at >= max_wait_s:

@@ -64,6 +64,8 @@ log = logging.getLogger("kestrel.stream")
 GROUP_ID = "kestrel-stream"  # listed in kestrel.topics.CONSUMER_GROUPS
 STATE_PREFIX = "kestrel:stream:state"
 TERMINAL_REORDER_SLACK_US = 7 * 86_400 * 1_000_000
+MAX_PARTITION_SKEW_US = 3600 * 1_000_000
+PARTITION_SHARE_PER_BATCH = 1_000
 
 
 class OnlineSink(Protocol):
@@ -131,6 +133,11 @@ class StreamProcessor:
         self.metrics = StreamMetrics(group_id, metrics_port)
         self._alerts_by_rule: dict[str, int] = defaultdict(int)
         self._forward: list[tuple[int, str, str]] = []  # terminal updates of this batch
+        # event-time pacing of the `transactions` partitions this instance owns
+        self._owned: set[int] = set()
+        self._paused: set[int] = set()
+        self._at_end: set[int] = set()
+        self._in_batch: dict[int, int] = {}
         self._stop = False
         self._assigned = False
         self._assigned_at = 0.0
@@ -146,7 +153,8 @@ class StreamProcessor:
         # event time across partitions (terminal state sees them in near event-time order)
         consumer = Consumer(consumer_config(self.settings, self.group_id,
                                             **{"max.partition.fetch.bytes": 65_536,
-                                               "queued.min.messages": 2_000}))
+                                               "queued.min.messages": 2_000,
+                                               "enable.partition.eof": True}))
         producer = EventProducer(self.settings)
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError):  # not the main thread: the caller stops us
@@ -160,6 +168,9 @@ class StreamProcessor:
                     self.cache["card"].pop(tp.partition, None)
                     self.cache["customer"].pop(tp.partition, None)
                     self.stream_time.pop(tp.partition, None)
+                    self._owned.discard(tp.partition)
+                    self._paused.discard(tp.partition)
+                    self._at_end.discard(tp.partition)
                 else:
                     self.cache["terminal"].pop(tp.partition, None)
 
@@ -170,16 +181,64 @@ class StreamProcessor:
                 self.stats.first_record_at = now
 
         try:
+            def commit(batch: list[Message]) -> None:
+                self._commit_batch(batch, consumer, producer)
+                self._pace(consumer)
+
             consume_in_batches(
-                consumer, buffer, lambda batch: self._commit_batch(batch, consumer, producer),
+                consumer, buffer, commit,
                 max_records=self.settings.stream_batch_records,
                 max_wait_s=self.settings.stream_batch_ms / 1000, poll_s=0.05,
                 stopped=lambda: self._stop, idle_seconds=idle_seconds,
                 assigned_at=lambda: self._assigned_at if self._assigned else None,
-                on_first_record=first_record)
+                on_first_record=first_record, on_eof=self._on_eof,
+                on_record=lambda m: self._count(m, consumer))
         finally:
             consumer.close()
         return self.stats
+
+    def _count(self, m: Message, consumer: Consumer) -> None:
+        """Stop fetching a partition that filled its share of the current batch, so one
+        partition cannot carry a batch far ahead in event time; _pace resumes it."""
+        if m.topic() != TRANSACTIONS:
+            return
+        part = m.partition() or 0
+        n = self._in_batch[part] = self._in_batch.get(part, 0) + 1
+        if n == PARTITION_SHARE_PER_BATCH and part not in self._paused:
+            consumer.pause([TopicPartition(TRANSACTIONS, part)])
+            self._paused.add(part)
+
+    def _on_eof(self, m: Message) -> None:
+        if m.topic() == TRANSACTIONS:
+            self._at_end.add(m.partition() or 0)
+
+    def _pace(self, consumer: Consumer) -> None:
+        """Keep the owned `transactions` partitions within MAX_PARTITION_SKEW_US of each
+        other in event time (Kafka Streams does the same by picking the lowest timestamp).
+
+        A catch-up or a replay would otherwise let one partition run days ahead of another;
+        terminal state, fed by all of them through the repartition topic, would then see
+        events too far out of order. A partition that has reached its end does not hold the
+        others back; one that has not delivered yet does (it soon delivers or ends).
+        """
+        self._in_batch.clear()
+        live = [p for p in self._owned if p not in self._at_end]
+        if len(live) < 2:
+            to_resume = set(self._paused)
+        else:
+            times = {p: self.stream_time.get(p, 0) for p in self._owned}
+            slowest = min(times[p] for p in live)
+            ahead = {p for p in live if times[p] > slowest + MAX_PARTITION_SKEW_US}
+            behind_enough = {p for p in self._paused
+                             if times[p] <= slowest + MAX_PARTITION_SKEW_US // 2}
+            to_pause = ahead - self._paused
+            to_resume = behind_enough - ahead
+            if to_pause:
+                consumer.pause([TopicPartition(TRANSACTIONS, p) for p in to_pause])
+                self._paused |= to_pause
+        if to_resume:
+            consumer.resume([TopicPartition(TRANSACTIONS, p) for p in to_resume])
+            self._paused -= set(to_resume)
 
     def _load_offsets(self) -> dict[str, Any]:
         raw = cast(dict[bytes, bytes], self.redis.hgetall(offsets_key(self.group_id)))
@@ -198,6 +257,7 @@ class StreamProcessor:
         for tp in partitions:
             tp.offset = self.next_offsets.get((tp.topic, tp.partition), OFFSET_BEGINNING)
         consumer.assign(partitions)
+        self._owned |= {tp.partition for tp in partitions if tp.topic == TRANSACTIONS}
         self._assigned = True
         self._assigned_at = time.monotonic()  # idleness counts from here
         log.info("assigned", extra={"partitions": [f"{tp.topic}:{tp.partition}@{tp.offset}"
@@ -232,6 +292,7 @@ class StreamProcessor:
         for m in batch:
             part = m.partition() or 0
             if m.topic() == TRANSACTIONS:
+                self._at_end.discard(part)  # it has data again
                 try:
                     txn = records.decode(m.value())
                 except EventValidationError as exc:
