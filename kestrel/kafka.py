@@ -11,7 +11,7 @@ import logging
 import socket
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from kestrel.errors import ServiceUnavailable
@@ -129,3 +129,20 @@ def committed_offsets(
         return {tp.partition: tp.offset for tp in tps}
     finally:
         consumer.close()
+
+
+def topic_ids(settings: Settings, topics: list[str], timeout: float = 10.0) -> dict[str, str]:
+    """The broker's id of each topic's current incarnation.
+
+    A topic recreated (e.g. the memory-storage broker restarted) gets a new id and offsets
+    from zero, so offsets stored for the old incarnation must not be applied to it.
+    """
+    client = admin(settings)  # keep the handle alive until the futures resolve
+    try:
+        futures = client.describe_topics(TopicCollection(topics))
+        return {name: str(fut.result(timeout=timeout).topic_id) for name, fut in futures.items()}
+    except KafkaException as exc:
+        raise ServiceUnavailable(
+            f"cannot describe topics {topics} at KESTREL_KAFKA_BOOTSTRAP="
+            f"{settings.kafka_bootstrap} ({exc}); run `kestrel up` first"
+        ) from exc

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicCollection
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message
 
 from kestrel.errors import EventValidationError, ServiceError
 from kestrel.events import decode_transaction
-from kestrel.kafka import admin, consumer_config
+from kestrel.kafka import consumer_config, topic_ids
 from kestrel.lake import TRANSACTION_SCHEMA, partition_dir, write_parquet_durable
 from kestrel.settings import Settings
 from kestrel.topics import TRANSACTIONS, TRANSACTIONS_DLQ
@@ -198,15 +198,7 @@ def _commit_advisory(consumer: Consumer, next_offsets: dict[int, int]) -> None:
 
 
 def _topic_id(settings: Settings) -> str | None:
-    try:
-        client = admin(settings)  # keep the handle alive until the future resolves
-        fut = client.describe_topics(TopicCollection([TRANSACTIONS]))[TRANSACTIONS]
-        return str(fut.result(timeout=10).topic_id)
-    except Exception as exc:
-        raise ServiceError(
-            f"cannot describe topic {TRANSACTIONS} at KESTREL_KAFKA_BOOTSTRAP="
-            f"{settings.kafka_bootstrap} ({exc}); run `kestrel up` first"
-        ) from exc
+    return topic_ids(settings, [TRANSACTIONS])[TRANSACTIONS]
 
 
 class _exclusive:

@@ -41,7 +41,7 @@ import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from kestrel.errors import EventValidationError
-from kestrel.kafka import consumer_config
+from kestrel.kafka import consumer_config, topic_ids
 from kestrel.settings import Settings
 from kestrel.topics import (
     ALERTS,
@@ -138,6 +138,7 @@ class StreamProcessor:
         self._paused: set[int] = set()
         self._at_end: set[int] = set()
         self._in_batch: dict[int, int] = {}
+        self._topic_ids: dict[str, str] = {}
         self._stop = False
         self._assigned = False
         self._assigned_at = 0.0
@@ -147,6 +148,7 @@ class StreamProcessor:
         self._stop = True
 
     def run(self, idle_seconds: float | None = None) -> StreamStats:
+        self._topic_ids = topic_ids(self.settings, [TRANSACTIONS, TRANSACTIONS_BY_TERMINAL])
         stored = self._load_offsets()
         self.offline.recover(stored.get("batch"))
         # small fetches interleave the partitions finely, so a batch's events stay close in
@@ -244,10 +246,15 @@ class StreamProcessor:
         raw = cast(dict[bytes, bytes], self.redis.hgetall(offsets_key(self.group_id)))
         doc = {k.decode(): v.decode() for k, v in raw.items()}
         self.next_offsets = {}
+        stale = {t for t, i in self._topic_ids.items() if doc.get(f"id:{t}") != i}
+        for topic in sorted(stale):
+            log.warning("topic %s was recreated (broker restart?); reading it from the start; "
+                        "txn_ids in the state keep replayed events from counting twice", topic)
         for k, v in doc.items():
             if k.startswith("o:"):
                 topic, _, part = k[2:].rpartition(":")
-                self.next_offsets[(topic, int(part))] = int(v)
+                if topic not in stale:
+                    self.next_offsets[(topic, int(part))] = int(v)
             elif k.startswith("t:"):
                 self.stream_time[int(k[2:])] = int(v)
         return doc
@@ -476,6 +483,8 @@ class StreamProcessor:
             pipe.mset({f"{STATE_PREFIX}:{kind}:{key}": cache[part][key].dumps()
                        for part, key in items})
         mapping: dict[str, str | int] = {"batch": batch_id}
+        for topic, topic_id in self._topic_ids.items():
+            mapping[f"id:{topic}"] = topic_id
         for (topic, part), off in next_offsets.items():
             mapping[f"o:{topic}:{part}"] = off
         for part, t in self.stream_time.items():

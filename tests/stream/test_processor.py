@@ -277,3 +277,22 @@ def test_a_second_instance_mid_stream_takes_partitions_and_changes_nothing(
     assert scaled_store == clean_store
     for entity in scaled_logs:
         pd.testing.assert_frame_equal(scaled_logs[entity], clean_logs[entity])
+
+
+def test_broker_restart_replays_are_not_counted_twice(stream_settings: Settings) -> None:
+    from kestrel.services import BROKER, free_port, start_broker, stop
+
+    events = [make_event(i) for i in range(300)]
+    produce(stream_settings, events)
+    first = run_stream(stream_settings, idle=2.0)
+    assert first.stats.applied == 300
+    stop(stream_settings, BROKER)  # memory storage: the topics come back empty, offsets at 0
+    again = stream_settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{free_port()}"})
+    start_broker(again)
+    try:
+        produce(again, events[:100] + [make_event(i) for i in range(300, 350)])
+        second = run_stream(again, idle=2.0)
+    finally:
+        stop(again, BROKER)
+    assert second.stats.applied == 50
+    assert second.stats.duplicates + second.stats.late == 100
