@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlparse
 
+import warnings
+
 import yaml
 from feast import FeatureStore, Project, RepoConfig
 from feast.repo_contents import RepoContents
@@ -31,6 +33,9 @@ from feast.repo_operations import apply_total_with_repo_instance, parse_repo
 
 from kestrel.errors import ConfigError
 from kestrel.settings import Settings
+
+# Feast warns on every on-demand view use; ours are python-mode and small. Said once here.
+warnings.filterwarnings("ignore", message="On demand feature view is an experimental feature")
 
 REPO_DIR = Path(__file__).resolve().parents[2] / "feature_repo"
 REPO_PACKAGE = "kestrel_repo"
