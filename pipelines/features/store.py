@@ -18,13 +18,12 @@ import importlib
 import json
 import re
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlparse
-
-import warnings
 
 import yaml
 from feast import FeatureStore, Project, RepoConfig
