@@ -18,16 +18,15 @@ import orjson
 import pyarrow as pa
 from rich.console import Console
 
+from bench.data import simulated_events, tokenize
 from bench.results import BenchResult, Metric
 from kestrel.errors import ServiceError
-from kestrel.pan import CardTokenizer
 from kestrel.services import free_port, private_services
 from kestrel.settings import Settings
 from kestrel.topics import TRANSACTIONS
 from pipelines.ingest import EventProducer
 from pipelines.simulator.cards import synthetic_pans
 from pipelines.simulator.config import SimulationConfig
-from pipelines.simulator.generator import iter_days
 from pipelines.simulator.to_kafka import transaction_records
 from pipelines.simulator.to_lake import write_to_lake
 from serving.auth import mint_token
@@ -35,17 +34,6 @@ from serving.process import running_service
 
 TARGET_PRODUCER = 100_000
 TARGET_SIMULATE_S = 120.0
-
-
-def _events(config: SimulationConfig, n: int) -> pa.Table:
-    tokenize = CardTokenizer(b"bench-key-not-a-secret-0123456789").token
-    tables, rows = [], 0
-    for batch in iter_days(config, tokenize):
-        tables.append(batch.transactions)
-        rows += batch.transactions.num_rows
-        if rows >= n:
-            break
-    return pa.concat_tables(tables).slice(0, n)
 
 
 def bench_producer(settings: Settings, table: pa.Table) -> Metric:
@@ -104,7 +92,6 @@ def bench_http(settings: Settings, table: pa.Table, batch_size: int) -> Metric:
 
 def bench_simulate(config: SimulationConfig, quick: bool) -> Metric:
     with tempfile.TemporaryDirectory(prefix="kestrel-bench-lake-") as tmp:
-        tokenize = CardTokenizer(b"bench-key-not-a-secret-0123456789").token
         t0 = time.perf_counter()
         summary = write_to_lake(config, Path(tmp), tokenize)
         seconds = time.perf_counter() - t0
@@ -123,9 +110,8 @@ def run(settings: Settings, quick: bool = False, console: Console | None = None)
               "http_batches": http_batches - 1, "simulate": {
                   "customers": sim.customers, "terminals": sim.terminals, "days": sim.days}}
     result = BenchResult("ingest", quick, params)
-    source = SimulationConfig(customers=5000, terminals=10000, days=183)
     console.print(f"generating {n_events:,} events …")
-    table = _events(source, max(n_events, http_batch * http_batches))
+    table = simulated_events(max(n_events, http_batch * http_batches))
     with private_services(settings) as own:
         console.print("producer → broker …")
         result.metrics["producer_events_per_s"] = bench_producer(own, table.slice(0, n_events))

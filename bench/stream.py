@@ -26,9 +26,9 @@ import redis
 from confluent_kafka import Consumer
 from rich.console import Console
 
+from bench.data import simulated_events
 from bench.results import BenchResult, Metric
 from kestrel.kafka import consumer_config
-from kestrel.pan import CardTokenizer
 from kestrel.services import private_services
 from kestrel.settings import Settings
 from kestrel.topics import ALERTS, TRANSACTIONS
@@ -36,12 +36,8 @@ from kestrel.windows import feature_names, stream_view_name
 from pipelines.features.online_writer import OnlineWriter
 from pipelines.features.store import apply
 from pipelines.ingest import EventProducer
-from pipelines.simulator.config import SimulationConfig
-from pipelines.simulator.generator import iter_days
 from pipelines.simulator.to_kafka import transaction_records
 from pipelines.stream.processor import StreamProcessor
-
-TOKEN_KEY = b"bench-key-not-a-secret-0123456789"
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -49,16 +45,6 @@ def _pct(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def _events(config: SimulationConfig, n: int) -> pa.Table:
-    tables, rows = [], 0
-    for batch in iter_days(config, CardTokenizer(TOKEN_KEY).token):
-        tables.append(batch.transactions)
-        rows += batch.transactions.num_rows
-        if rows >= n:
-            break
-    return pa.concat_tables(tables).slice(0, n)
 
 
 class _Runner:
@@ -191,7 +177,7 @@ def run(settings: Settings, quick: bool = False, console: Console | None = None)
         "backlog_events": n_backlog, "steady_rate": rate, "steady_events": n_steady,
         "batch_records": settings.stream_batch_records, "batch_ms": settings.stream_batch_ms})
     console.print(f"generating {n_backlog + n_steady:,} events …")
-    table = _events(SimulationConfig(), n_backlog + n_steady)
+    table = simulated_events(n_backlog + n_steady)
     with private_services(settings, with_redis=True) as own:
         own = own.model_copy(update={"stream_metrics_port": 0})
         console.print(f"throughput: {n_backlog:,} events backlog …")

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import date
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -81,28 +81,26 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_parquet_durable(table: pa.Table, path: Path) -> None:
-    """Write ``table`` to ``path`` atomically: temp file, fsync, rename, fsync the folder."""
+def _write_durable(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Atomic and durable: temp file in the same folder, fsync, rename, fsync the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
     with open(tmp, "wb") as fh:
-        pq.write_table(table, fh, compression="zstd")
+        write(fh)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def write_parquet_durable(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` as zstd Parquet, atomically and durably."""
+    _write_durable(path, lambda fh: pq.write_table(table, fh, compression="zstd"))
 
 
 def write_bytes_durable(data: bytes, path: Path) -> None:
-    """The same atomic, durable write for small files (manifests, checkpoints)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    """The same for small files (manifests, checkpoints)."""
+    _write_durable(path, lambda fh: fh.write(data))
 
 
 def dataset(lake_dir: Path, table: TableName) -> ds.Dataset:

@@ -11,7 +11,9 @@ that gets no assignment at all within ``idle_seconds`` + ``UNASSIGNED_GRACE_S`` 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import time
 from collections.abc import Callable
 
@@ -19,6 +21,14 @@ from confluent_kafka import Consumer, KafkaError, Message
 
 log = logging.getLogger("kestrel.consumer")
 UNASSIGNED_GRACE_S = 60.0
+
+
+def stop_on_signals(request_stop: Callable[..., None]) -> None:
+    """SIGINT / SIGTERM end the loop after the current batch commits. Outside the main
+    thread (tests, the demo) signals cannot be handled there; the caller stops the loop."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):
+            signal.signal(sig, request_stop)
 
 
 def consume_in_batches(

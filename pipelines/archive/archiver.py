@@ -10,11 +10,9 @@ time (a lock file enforces it).
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import os
-import signal
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -32,7 +30,7 @@ from kestrel.settings import Settings
 from kestrel.topics import TRANSACTIONS, TRANSACTIONS_DLQ
 from pipelines.archive.commit_log import CommitLog, StagedFile
 from pipelines.archive.dedup import TxnIdIndex
-from pipelines.batching import consume_in_batches
+from pipelines.batching import consume_in_batches, stop_on_signals
 from pipelines.dlq import dead_letter
 from pipelines.ingest import EventProducer
 
@@ -92,10 +90,7 @@ class Archiver:
             self._resume = dict(checkpoint.offsets)
         consumer = Consumer(consumer_config(self.settings, self.group_id))
         dlq = EventProducer(self.settings)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            # outside the main thread (tests, the demo) the caller stops us instead
-            with contextlib.suppress(ValueError):
-                signal.signal(sig, self.request_stop)
+        stop_on_signals(self.request_stop)
         buffer: list[Message] = []
         consumer.subscribe([TRANSACTIONS], on_assign=self._on_assign,
                            on_revoke=lambda c, parts: self._flush(buffer, c, dlq))

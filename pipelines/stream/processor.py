@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import time
 import uuid
 from bisect import bisect_right
@@ -51,7 +50,7 @@ from kestrel.topics import (
     TRANSACTIONS_LATE,
 )
 from kestrel.windows import ENTITIES, ENTITY_KEYS, Entity, stream_view_name
-from pipelines.batching import consume_in_batches
+from pipelines.batching import consume_in_batches, stop_on_signals
 from pipelines.dlq import dead_letter
 from pipelines.ingest import EventProducer
 from pipelines.stream import records
@@ -158,9 +157,7 @@ class StreamProcessor:
                                                "queued.min.messages": 2_000,
                                                "enable.partition.eof": True}))
         producer = EventProducer(self.settings)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):  # not the main thread: the caller stops us
-                signal.signal(sig, self.request_stop)
+        stop_on_signals(self.request_stop)
         buffer: list[Message] = []
 
         def on_revoke(c: Consumer, parts: list[TopicPartition]) -> None:
@@ -365,7 +362,6 @@ class StreamProcessor:
         freshness_ms = [done_ms - t for t in produced_at if t > 0]
         if self.keep_freshness:
             self.stats.freshness_ms.extend(freshness_ms)
-        self.next_offsets.update(next_offsets)
         self.stats.batches += 1
         self._observe(before, freshness_ms, sum(len(v) for v in online.values()), newest)
         with contextlib.suppress(Exception):  # advisory, for `kestrel status`
