@@ -11,7 +11,8 @@ from bench.results import BenchResult
 from kestrel.errors import ConfigError
 from kestrel.settings import Settings
 
-SCENARIOS = {"ingest": "bench.ingest", "stream": "bench.stream"}
+SCENARIOS = {"ingest": "bench.ingest", "stream": "bench.stream", "batch": "bench.batch",
+             "train": "bench.train", "serve": "bench.serve"}
 
 
 def run_scenario(name: str, settings: Settings, quick: bool = False,

@@ -112,6 +112,18 @@ class Settings(BaseSettings):
         7.0, ge=0, description="Days between a transaction and its ground-truth label."
     )
 
+    # --- Models (MLflow) -----------------------------------------------------------------
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI (unset: a SQLite file at "
+        "<var_dir>/mlflow/mlflow.db, artifacts under <var_dir>/mlflow/artifacts)."
+    )
+    model_name: str = Field(
+        "kestrel-fraud", description="Registered MLflow model that decisioning serves."
+    )
+    champion_alias: str = Field(
+        "champion", description="Registry alias of the model version decisioning serves."
+    )
+
     # --- HTTP service --------------------------------------------------------------------
     serve_host: str = Field("127.0.0.1", description="Address `kestrel serve` binds.")
     serve_port: int = Field(3000, ge=1, le=65535, description="Port `kestrel serve` binds.")
@@ -140,6 +152,17 @@ class Settings(BaseSettings):
     @property
     def log_dir(self) -> Path:
         return self.var_dir / "log"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return (self.var_dir / "mlflow").resolve()
+
+    @property
+    def mlflow_uri(self) -> str:
+        """The tracking URI every MLflow client of the project uses."""
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
 
     def secret(self, name: Literal["pan_token_key", "jwt_secret"]) -> bytes:
         """The secret's bytes; in dev a missing one is generated once under var/secrets."""
