@@ -76,6 +76,12 @@ class Settings(BaseSettings):
 
     # --- Spark ---------------------------------------------------------------------------
     spark_master: str = Field("local[*]", description="Spark master for the batch jobs.")
+    spark_driver_memory: str = Field(
+        "4g", description="Spark driver memory (local mode: the whole JVM heap)."
+    )
+    spark_shuffle_partitions: int = Field(
+        4, ge=1, description="spark.sql.shuffle.partitions (small: a few cores, small data)."
+    )
 
     # --- Lake and archiver ---------------------------------------------------------------
     archive_batch_records: int = Field(

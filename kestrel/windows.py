@@ -94,3 +94,55 @@ def stream_view_name(entity: Entity) -> str:
 def feature_names(entity: Entity) -> tuple[str, ...]:
     extra = CARD_LAST_EVENT_FEATURES if entity == "card" else ()
     return tuple(w.name for w in windows_for(entity)) + extra
+
+
+# --- Batch windows (the Spark daily jobs) ---------------------------------------------------
+# A daily run for day D has the cut-off C = D + 1 day 00:00 UTC and sees events with
+# event_time < C; a window of N days is [C - N days, C). The 1-day window has the length of
+# the stream's 24 h windows (H24): one definition of "a day".
+BatchAggregation = Literal["count", "avg", "fraud_risk"]
+BATCH_DAYS: tuple[int, ...] = (1, 7, 30)
+BATCH_DAY = H24
+# Where a customer usually pays: mean location of the transactions of this many days.
+HOME_DAYS = 30
+
+
+@dataclass(frozen=True)
+class BatchWindow:
+    entity: Entity
+    days: int
+    aggregation: BatchAggregation
+
+    @property
+    def name(self) -> str:
+        what = {"count": "txn_count", "avg": "avg_amount", "fraud_risk": "fraud_risk"}
+        return f"{self.entity}_{what[self.aggregation]}_{self.days}d"
+
+    @property
+    def length(self) -> timedelta:
+        return BATCH_DAY * self.days
+
+
+BATCH_WINDOWS: tuple[BatchWindow, ...] = (
+    *(BatchWindow("customer", d, "count") for d in BATCH_DAYS),
+    *(BatchWindow("customer", d, "avg") for d in BATCH_DAYS),
+    *(BatchWindow("terminal", d, "count") for d in BATCH_DAYS),
+    # Frauds ÷ transactions over the N days that end a label delay before the cut-off,
+    # counting only labels known before the cut-off (pipelines/batch/jobs.py).
+    *(BatchWindow("terminal", d, "fraud_risk") for d in BATCH_DAYS),
+)
+CUSTOMER_HOME_FEATURES: tuple[str, ...] = ("customer_home_lat", "customer_home_lon")
+
+
+def batch_windows_for(entity: Entity) -> tuple[BatchWindow, ...]:
+    return tuple(w for w in BATCH_WINDOWS if w.entity == entity)
+
+
+def batch_feature_names(entity: Entity) -> tuple[str, ...]:
+    extra = CUSTOMER_HOME_FEATURES if entity == "customer" else ()
+    return tuple(w.name for w in batch_windows_for(entity)) + extra
+
+
+def batch_view_name(entity: Entity) -> str:
+    """Name of the Feast feature view the daily Spark job writes for an entity."""
+    return f"{entity}_batch_features"

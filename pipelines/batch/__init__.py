@@ -1,0 +1,1 @@
+"""Spark batch jobs over the lake: daily feature tables, insight tables, stream backfill."""
