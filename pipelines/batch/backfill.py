@@ -1,0 +1,148 @@
+"""``backfill_stream_features``: the stream views' rows for history, computed by Spark.
+
+The stream writes, per entity, its window aggregates as of each event over ``(t − length,
+t]``, that event included, stamped with the event's time (kestrel/windows.py). Here the same
+windows (the same :data:`kestrel.windows.WINDOWS`) become Spark range frames over event time
+in µs: ``rangeBetween(-(length − 1 µs), 0)``. A range frame includes every event at the same
+µs as the current one, which is what the stream's log holds in the end for such a tie (the
+row of the later event of the two, re-emitted, is the newest version of that (key, time)
+row); so there is one row per (key, event_timestamp), and for a card the last event of a tie
+(in lake order) gives ``card_last_lat`` / ``card_last_lon``. Sums are rounded to cents, as
+the stream rounds them.
+
+Rows go to the stream's offline feature log (``var/features/log/<view>/``), in its schema
+(``pipelines.stream.offline_log.view_schema``), one file per event day,
+``backfill-YYYY-MM-DD.parquet`` (re-running replaces it; ``kestrel features compact`` leaves
+it alone). ``created`` is the event time itself, older than any row the real stream writes
+for the same event, so where both exist Feast's point-in-time join prefers the stream's row.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Callable
+from datetime import date, timedelta
+from typing import TYPE_CHECKING, Any
+
+import pyarrow.parquet as pq
+
+from kestrel.errors import LakeError
+from kestrel.lake import list_partitions, write_parquet_durable
+from kestrel.settings import Settings
+from kestrel.windows import (
+    ENTITIES,
+    ENTITY_KEYS,
+    WINDOWS,
+    Entity,
+    Window,
+    horizon,
+    stream_view_name,
+    windows_for,
+)
+from pipelines.batch.jobs import _read_lake, days_between
+from pipelines.batch.layout import staging_dir
+from pipelines.batch.session import spark_session
+from pipelines.stream.offline_log import log_dir, view_schema
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame
+
+Progress = Callable[[str], None]
+BACKFILL_FILE = "backfill-{day}.parquet"
+_FIELD_COLUMNS = {"amount": "amount", "country": "country", "terminal": "terminal_id",
+                  "mcc": "mcc"}
+TX_COLUMNS = ["txn_id", "event_time", "customer_id", "card_id", "terminal_id", "mcc", "amount",
+              "country", "lat", "lon"]
+
+
+def _aggregate(window: Window) -> Column:
+    from pyspark.sql import Window as W
+    from pyspark.sql import functions as F
+
+    frame = (W.partitionBy(ENTITY_KEYS[window.entity]).orderBy("t")
+             .rangeBetween(-(window.micros - 1), 0))
+    if window.aggregation == "count":
+        return F.count(F.lit(1)).over(frame)
+    column = _FIELD_COLUMNS[window.field or "amount"]
+    if window.aggregation == "sum":
+        return F.round(F.sum(column).over(frame), 2)
+    return F.size(F.collect_set(column).over(frame)).cast("long")
+
+
+def entity_rows(tx: DataFrame, entity: Entity) -> DataFrame:
+    """One row per (key, event time) of ``tx``: the stream's row for that event."""
+    from pyspark.sql import Window as W
+    from pyspark.sql import functions as F
+
+    key = ENTITY_KEYS[entity]
+    cols = [_aggregate(w).alias(w.name) for w in windows_for(entity)]
+    if entity == "card":
+        cols += [F.col("t").alias("card_last_event_time_us"),
+                 F.col("lat").alias("card_last_lat"), F.col("lon").alias("card_last_lon")]
+    rows = tx.select(key, "t", "ord", "event_time", *cols)
+    last_of_tie = W.partitionBy(key, "t").orderBy(F.col("ord").desc())
+    schema = view_schema(entity)
+    return (rows.withColumn("_n", F.row_number().over(last_of_tie)).where(F.col("_n") == 1)
+            .select(*[F.col(f.name) for f in schema if f.name not in ("event_timestamp",
+                                                                       "created")],
+                    F.col("event_time").alias("event_timestamp"),
+                    F.col("event_time").alias("created"),
+                    F.date_format("event_time", "yyyy-MM-dd").alias("day")))
+
+
+def backfill_stream_features(settings: Settings, start: date | None = None,
+                             end: date | None = None,
+                             progress: Progress | None = None) -> dict[str, Any]:
+    """Write the stream views' rows for the events of days ``start`` … ``end`` (default:
+    the whole lake) to the offline feature log; returns rows and files per view."""
+    from pyspark.sql import functions as F
+
+    say = progress or (lambda _line: None)
+    began = time.perf_counter()
+    days = list_partitions(settings.lake_dir, "transactions")
+    if not days:
+        raise LakeError(f"no transactions in the lake at {settings.lake_dir}; run "
+                        "`kestrel simulate --to lake` or `kestrel archive` first")
+    first = max(date.fromisoformat(days[0]), start or date.min)
+    last = min(date.fromisoformat(days[-1]), end or date.max)
+    result: dict[str, Any] = {"start": first.isoformat(), "end": last.isoformat(), "views": {}}
+    if first > last:
+        result["seconds"] = time.perf_counter() - began
+        return result
+    history = max(math.ceil(horizon(e) / timedelta(days=1)) for e in ENTITIES)
+    spark = spark_session(settings, echo=say)
+    tx = (_read_lake(spark, settings.lake_dir, "transactions",
+                     first - timedelta(days=history), last, TX_COLUMNS)
+          .withColumn("ord", F.monotonically_increasing_id())
+          .withColumn("t", F.unix_micros("event_time")).cache())
+    say(f"backfill: {tx.count():,} transactions read ({first - timedelta(days=history)} … "
+        f"{last}); windows {', '.join(sorted({w.name for w in WINDOWS}))}")
+    wanted = [d.isoformat() for d in days_between(first, last)]
+    for entity in ENTITIES:
+        view = stream_view_name(entity)
+        staged = staging_dir(settings) / view
+        (entity_rows(tx, entity).where(F.col("day").isin(wanted)).repartition("day")
+         .write.mode("overwrite").partitionBy("day").parquet(str(staged)))
+        schema = view_schema(entity)
+        target = log_dir(settings.var_dir) / view
+        rows = files = 0
+        for day in wanted:
+            parts = sorted((staged / f"day={day}").glob("*.parquet"))
+            path = target / BACKFILL_FILE.format(day=day)
+            if not parts:
+                path.unlink(missing_ok=True)
+                continue
+            table = pq.ParquetDataset(parts).read().select(schema.names).cast(schema)
+            write_parquet_durable(table.sort_by([(schema.names[0], "ascending"),
+                                                 ("event_timestamp", "ascending")]), path)
+            rows += table.num_rows
+            files += 1
+        shutil.rmtree(staged.parent, ignore_errors=True)
+        result["views"][view] = {"rows": rows, "files": files}
+        say(f"  {view}: {rows:,} rows in {files} files")
+    tx.unpersist()
+    result["seconds"] = time.perf_counter() - began
+    say(f"backfill done in {result['seconds']:.1f} s")
+    return result
