@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     label_delay_days: float = Field(
         7.0, ge=0, description="Days between a transaction and its ground-truth label."
     )
+    retrain_min_new_labels: int = Field(
+        1000, ge=1, description="Dagster sensor: new labels since the last training request "
+        "that trigger a retraining run."
+    )
 
     # --- Models (MLflow) -----------------------------------------------------------------
     mlflow_tracking_uri: str | None = Field(

@@ -1,0 +1,1 @@
+"""The asset graph, by layer: lake → features → training → registry; features → online."""

@@ -1,0 +1,4 @@
+"""Training assets (filled in with the training package)."""
+
+ASSETS: list = []
+CHECKS: list = []
