@@ -284,6 +284,64 @@ def features_env() -> None:
         typer.echo(f"export {key}='{value}'")
 
 
+# --- batch features (Spark) and materialization ---------------------------------------------
+
+_START = typer.Option(help="First day, YYYY-MM-DD (default: the lake's first)")
+_END = typer.Option(help="Last day, YYYY-MM-DD (default: the lake's last)")
+
+
+def _day(value: str | None, name: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        _fail(ValueError(f"--{name} {value!r} is not a date; use YYYY-MM-DD"))
+        return None
+
+
+@features_app.command("materialize")
+def features_materialize(
+    start: Annotated[str | None, typer.Option(
+        help="Reload from this day, YYYY-MM-DD (default: only what is new since the last run)"
+    )] = None,
+    end: Annotated[str | None, typer.Option(help="Last day to load, YYYY-MM-DD")] = None,
+) -> None:
+    """Load the newest batch feature rows (Feast's Redis format) and the customer insights
+    into Redis, incrementally (a watermark in Redis remembers what is there)."""
+    from pipelines.features.materialize import materialize
+
+    result = materialize(_settings(), _day(start, "start"), _day(end, "end"), progress=typer.echo)
+    typer.echo(f"materialized {result['rows']:,} feature rows ({result['rows_per_s']:,.0f} "
+               f"rows/s) and {result['insights']['customers']:,} insight docs "
+               f"in {result['seconds']:.1f} s")
+
+
+@app.command()
+def batch(
+    start: Annotated[str | None, _START] = None,
+    end: Annotated[str | None, _END] = None,
+) -> None:
+    """Run the Spark batch jobs: daily customer / terminal feature tables and insight tables
+    (only the daily partitions whose inputs changed are recomputed)."""
+    from pipelines.batch.jobs import run_batch_features
+
+    run_batch_features(_settings(), _day(start, "start"), _day(end, "end"), progress=typer.echo)
+
+
+@app.command()
+def backfill(
+    start: Annotated[str | None, _START] = None,
+    end: Annotated[str | None, _END] = None,
+) -> None:
+    """Compute the stream views' rows for history from the lake with Spark and write them to
+    the offline feature log (for training sets over days the stream never saw)."""
+    from pipelines.batch.backfill import backfill_stream_features
+
+    backfill_stream_features(_settings(), _day(start, "start"), _day(end, "end"),
+                             progress=typer.echo)
+
+
 @app.command()
 def parity(
     days: Annotated[int, typer.Option(min=1, help="Simulated days to replay")] = 2,
