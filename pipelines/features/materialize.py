@@ -103,24 +103,60 @@ def _read(folder: Any, key: str, values: list[str], columns: list[str] | None = 
     return pa.concat_tables(tables, promote_options="permissive") if tables else None
 
 
-def latest_rows(table: pa.Table, key: str) -> pa.Table:
-    """The newest row (by event_timestamp) of each entity."""
-    ordered = table.sort_by([(key, "ascending"), ("event_timestamp", "descending")])
-    keys = ordered.column(key).combine_chunks()
-    if len(keys) == 0:
-        return ordered
-    first = pc.not_equal(keys.slice(1), keys.slice(0, len(keys) - 1))
-    mask = pa.concat_arrays([pa.array([True]), first.fill_null(True)])
-    return ordered.filter(mask)
+def latest_rows(folder: Any, key: str, values: list[str], columns: list[str]) -> pa.Table:
+    """The newest row of each entity in the partitions ``values`` (a daily run holds one row
+    per entity): the newest partition whole, older ones only for entities it lacks."""
+    tables: list[pa.Table] = []
+    seen: pa.Array | None = None
+    for value in sorted(values, reverse=True):
+        part = _read(folder, "run_date", [value], columns)
+        if part is None:
+            continue
+        if seen is not None:
+            part = part.filter(pc.invert(pc.is_in(part.column(key), value_set=seen)))
+        tables.append(part)
+        keys = part.column(key).combine_chunks()
+        seen = keys if seen is None else pa.concat_arrays([seen, keys])
+    if not tables:
+        return pa.table({c: [] for c in columns})
+    return pa.concat_tables(tables, promote_options="permissive")
 
 
 def _feature_rows(table: pa.Table, key: str, names: tuple[str, ...]
                   ) -> Iterator[tuple[str, dict[str, Any], int]]:
     keys = table.column(key).to_pylist()
     times = table.column("event_timestamp").cast(pa.int64()).to_pylist()
-    columns = [table.column(n).to_pylist() for n in names]
-    for i, entity in enumerate(keys):
-        yield entity, {n: col[i] for n, col in zip(names, columns, strict=True)}, times[i]
+    values = zip(*(table.column(n).to_pylist() for n in names), strict=True)
+    for entity, row, time_us in zip(keys, values, times, strict=True):
+        yield entity, dict(zip(names, row, strict=True)), time_us
+
+
+class _Commands:
+    """Collects the commands a ViewWriter queues (it only calls ``execute_command``)."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[Any, ...]] = []
+
+    def execute_command(self, *args: Any) -> None:
+        self.commands.append(args)
+
+
+def send_commands(client: redis.Redis, commands: list[tuple[Any, ...]]) -> None:
+    """Pipeline ``commands`` on one connection: packed at once (hiredis when installed),
+    one send, then one reply each (an error reply raises). redis-py's Pipeline does the same
+    with per-command bookkeeping that costs more than encoding the row did."""
+    if not commands:
+        return
+    conn = client.connection_pool.get_connection()
+    try:
+        conn.send_packed_command(conn.pack_commands(commands))
+        for _ in commands:
+            conn.read_response()
+    except BaseException:
+        conn.disconnect()  # replies may be pending: never hand this connection out again
+        raise
+    finally:
+        client.connection_pool.release(conn)
 
 
 def materialize_views(settings: Settings, client: redis.Redis, manifest: Manifest,
@@ -143,19 +179,22 @@ def materialize_views(settings: Settings, client: redis.Redis, manifest: Manifes
             continue
         began = time.perf_counter()
         names = batch_feature_names(entity)
-        table = _read(folder, "run_date", pending, [key, *names, "event_timestamp"])
-        assert table is not None
-        latest = latest_rows(table, key)
+        latest = latest_rows(folder, key, pending, [key, *names, "event_timestamp"])
         view_writer = writer.view(view)
         rows = _feature_rows(latest, key, names)
         written = 0
-        pipe = client.pipeline(transaction=False)
         while True:
             chunk = [r for _, r in zip(range(CHUNK), rows, strict=False)]
             if not chunk:
                 break
-            view_writer.add(pipe, chunk)
-            pipe.execute()
+            if view_writer.dedup:  # the compare-and-set script needs the Pipeline's loading
+                pipe = client.pipeline(transaction=False)
+                view_writer.add(pipe, chunk)
+                pipe.execute()
+            else:
+                queued = _Commands()
+                view_writer.add(queued, chunk)  # type: ignore[arg-type]
+                send_commands(client, queued.commands)
             written += len(chunk)
         seconds = time.perf_counter() - began
         _set_watermark(client, view, pending[-1], fingerprints.get(pending[-1], ""))
