@@ -45,7 +45,10 @@ def consume_in_batches(
     on_first_record: Callable[[float], None] | None = None,
     on_eof: Callable[[Message], None] | None = None,
     on_record: Callable[[Message], None] | None = None,
+    full: Callable[[], bool] | None = None,
 ) -> None:
+    """``full`` (optional): the caller says the buffer is complete before ``max_records``
+    (e.g. every partition delivered its share), so it is flushed without waiting."""
     first_at = 0.0
     started = last_record_at = time.monotonic()
     while not stopped():
@@ -69,8 +72,10 @@ def consume_in_batches(
                 on_record(m)
         if buffer:
             last_record_at = now
-            if len(buffer) >= max_records or now - first_at >= max_wait_s:
+            if (len(buffer) >= max_records or now - first_at >= max_wait_s
+                    or (full is not None and full())):
                 flush(buffer)
+                last_record_at = time.monotonic()  # a long flush is not idleness
             continue
         if idle_seconds is None:
             continue

@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import redis
 
 from kestrel.pan import CardTokenizer
 from kestrel.services import private_services
 from kestrel.settings import Settings
+from kestrel.topics import TRANSACTIONS_BY_TERMINAL, partitions_for
 from kestrel.windows import ENTITIES, feature_names
 from pipelines.features.historical import stream_features_before
 from pipelines.features.online_writer import OnlineWriter
@@ -36,7 +36,7 @@ from pipelines.simulator.config import SimulationConfig
 from pipelines.simulator.generator import iter_days
 from pipelines.simulator.to_kafka import stream_to_kafka
 from pipelines.stream.offline_log import OfflineLog
-from pipelines.stream.processor import STATE_PREFIX, StreamProcessor
+from pipelines.stream.processor import StreamProcessor
 from pipelines.stream.state import EventLog, WindowSet
 
 TOLERANCE = 1e-9
@@ -108,7 +108,7 @@ def run_parity(settings: Settings, days: int, customers: int = 1000, terminals: 
         events = pa.concat_tables([b.transactions for b in iter_days(config, tokenize)])
         frame = events.select(["txn_id", "card_id", "customer_id", "terminal_id",
                                "event_time"]).to_pandas()
-        not_comparable = _terminal_served(own, processor.windows["terminal"], frame, served)
+        not_comparable = _terminal_served(own, processor, frame, served)
         log = OfflineLog(own.var_dir)
         for entity in ENTITIES:
             log.compact(entity)
@@ -121,16 +121,16 @@ def run_parity(settings: Settings, days: int, customers: int = 1000, terminals: 
                         not_comparable)
 
 
-def _terminal_served(settings: Settings, ws: WindowSet, frame: pd.DataFrame,
+def _terminal_served(settings: Settings, processor: StreamProcessor, frame: pd.DataFrame,
                      served: dict[str, dict[str, Any]]) -> int:
     """Terminal rows as the online store holds them once every partition delivered (the
-    committed terminal state in Redis); returns how many transactions could not be compared
-    (the state no longer holds the history, on long replays)."""
-    client = redis.Redis.from_url(settings.redis_url)
-    terminals = sorted(set(frame.terminal_id))
-    blobs = cast(list[bytes | None],
-                 client.mget([f"{STATE_PREFIX}:terminal:{t}" for t in terminals]))
-    states = {t: EventLog.loads(b) for t, b in zip(terminals, blobs, strict=True) if b}
+    committed terminal state, rebuilt from Redis); returns how many transactions could not be
+    compared (the state no longer holds the history, on long replays)."""
+    states: dict[str, EventLog] = {}
+    for part in range(partitions_for(TRANSACTIONS_BY_TERMINAL, settings)):
+        processor.restore_partition(TRANSACTIONS_BY_TERMINAL, part)
+        states.update(processor.cache["terminal"][part])
+    ws: WindowSet = processor.windows["terminal"]
     missing = 0
     for txn_id, terminal_id, when in zip(frame.txn_id, frame.terminal_id, frame.event_time,
                                          strict=True):

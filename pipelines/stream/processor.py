@@ -13,14 +13,17 @@ Micro-batches (``KESTREL_STREAM_BATCH_RECORDS`` / ``KESTREL_STREAM_BATCH_MS``) o
 Commit, per batch (offsets stored with the state they produced; no Kafka transactions):
 1. the batch's offline-log rows are staged (fsynced, invisible);
 2. the Kafka side effects (repartition, alerts, late, DLQ) are flushed (acknowledged);
-3. one Redis MULTI/EXEC writes the coalesced online feature rows, the touched entities'
-   state, the next offsets and stream times, and deletes the touched customers' insight cache
-   entries — the commit point;
+3. one Redis MULTI/EXEC writes the coalesced online feature rows, the batch's changelog
+   entries (the events it applied, per partition; now and then a snapshot instead, see
+   pipelines/stream/changelog.py), the next offsets and stream times, the customers' recent
+   transactions lists, and deletes the touched customers' insight cache entries — the commit
+   point;
 4. the staged offline rows are published.
-On (re)start and on partition assignment, state and offsets come back from Redis, so a
-``kill -9`` or a second instance joining mid-stream leaves the online store and the offline
-log as a clean single run would. Side effects of step 2 may repeat after a crash (at least
-once): the repartition is deduplicated downstream, alerts carry a stable alert_id.
+On (re)start and on partition assignment, a partition's state is rebuilt from its snapshot and
+changelog and its offsets come back from Redis, so a ``kill -9`` or a second instance joining
+mid-stream leaves the online store and the offline log as a clean single run would. Side
+effects of step 2 may repeat after a crash (at least once): the repartition is deduplicated
+downstream, alerts carry a stable alert_id.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import uuid
 from bisect import bisect_right
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast
 
 import orjson
@@ -52,8 +55,9 @@ from kestrel.topics import (
 from kestrel.windows import ENTITIES, ENTITY_KEYS, Entity, stream_view_name
 from pipelines.batching import consume_in_batches, stop_on_signals
 from pipelines.dlq import dead_letter
+from pipelines.features.online_writer import RespTransaction
 from pipelines.ingest import EventProducer
-from pipelines.stream import records
+from pipelines.stream import changelog, records
 from pipelines.stream.metrics import StreamMetrics
 from pipelines.stream.offline_log import OfflineLog
 from pipelines.stream.rules import evaluate, rules
@@ -61,16 +65,18 @@ from pipelines.stream.state import TIME, Event, EventLog, WindowSet
 
 log = logging.getLogger("kestrel.stream")
 GROUP_ID = "kestrel-stream"  # listed in kestrel.topics.CONSUMER_GROUPS
-STATE_PREFIX = "kestrel:stream:state"
+RECENT_PREFIX = "kestrel:recent:"
+RECENT_KEEP = 20
 TERMINAL_REORDER_SLACK_US = 7 * 86_400 * 1_000_000
 MAX_PARTITION_SKEW_US = 3600 * 1_000_000
-PARTITION_SHARE_PER_BATCH = 1_000
+PARTITION_SHARE_PER_BATCH = 1_000  # at least; more when the batch size allows
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class OnlineSink(Protocol):
     """Adds online feature writes for one view to a (transactional) Redis pipeline."""
 
-    def write(self, pipe: Any, view: str,
+    def write(self, pipe: RespTransaction, view: str,
               rows: list[tuple[str, dict[str, Any], datetime | int]]) -> None:
         """rows: (entity value, features, event time as a datetime or µs since the epoch)"""
 
@@ -104,6 +110,15 @@ def insight_key(customer_id: str, schema: int) -> str:
     return f"insight:user:{customer_id}:v{schema}"
 
 
+def recent_key(customer_id: str) -> str:
+    """Redis list of a customer's most recent transactions, newest first (RECENT_KEEP)."""
+    return f"{RECENT_PREFIX}{customer_id}"
+
+
+def _iso(time_us: int) -> str:
+    return (_EPOCH + timedelta(microseconds=time_us)).isoformat().replace("+00:00", "Z")
+
+
 class StreamProcessor:
     def __init__(self, settings: Settings, online: OnlineSink, group_id: str = GROUP_ID,
                  keep_freshness: bool = False, metrics_port: int | None = None,
@@ -132,6 +147,10 @@ class StreamProcessor:
         self.metrics = StreamMetrics(group_id, metrics_port)
         self._alerts_by_rule: dict[str, int] = defaultdict(int)
         self._forward: list[tuple[int, str, str]] = []  # terminal updates of this batch
+        # the events this batch applied, per (topic, partition): its changelog entries
+        self._changes: dict[tuple[str, int], list[tuple[Any, ...]]] = defaultdict(list)
+        self._since_snapshot: dict[tuple[str, int], int] = {}
+        self._recent: dict[str, list[bytes]] = defaultdict(list)
         # event-time pacing of the `transactions` partitions this instance owns
         self._owned: set[int] = set()
         self._paused: set[int] = set()
@@ -163,6 +182,7 @@ class StreamProcessor:
         def on_revoke(c: Consumer, parts: list[TopicPartition]) -> None:
             self._commit_batch(buffer, c, producer)
             for tp in parts:
+                self._since_snapshot.pop((tp.topic, tp.partition), None)
                 if tp.topic == TRANSACTIONS:
                     self.cache["card"].pop(tp.partition, None)
                     self.cache["customer"].pop(tp.partition, None)
@@ -190,11 +210,21 @@ class StreamProcessor:
                 max_wait_s=self.settings.stream_batch_ms / 1000, poll_s=0.05,
                 stopped=lambda: self._stop, idle_seconds=idle_seconds,
                 assigned_at=lambda: self._assigned_at if self._assigned else None,
-                on_first_record=first_record, on_eof=self._on_eof,
+                on_first_record=first_record, on_eof=self._on_eof, full=self._batch_full,
                 on_record=lambda m: self._count(m, consumer))
         finally:
             consumer.close()
         return self.stats
+
+    def _batch_full(self) -> bool:
+        """Every owned `transactions` partition has filled its share (or has nothing more):
+        waiting for the batch's time limit would only add latency."""
+        return bool(self._owned) and all(p in self._paused or p in self._at_end
+                                         for p in self._owned)
+
+    def _share(self) -> int:
+        return max(PARTITION_SHARE_PER_BATCH,
+                   self.settings.stream_batch_records // max(1, len(self._owned)))
 
     def _count(self, m: Message, consumer: Consumer) -> None:
         """Stop fetching a partition that filled its share of the current batch, so one
@@ -203,7 +233,7 @@ class StreamProcessor:
             return
         part = m.partition() or 0
         n = self._in_batch[part] = self._in_batch.get(part, 0) + 1
-        if n == PARTITION_SHARE_PER_BATCH and part not in self._paused:
+        if n == self._share() and part not in self._paused:
             consumer.pause([TopicPartition(TRANSACTIONS, part)])
             self._paused.add(part)
 
@@ -260,6 +290,8 @@ class StreamProcessor:
         self._load_offsets()  # another instance may have moved them while we were away
         for tp in partitions:
             tp.offset = self.next_offsets.get((tp.topic, tp.partition), OFFSET_BEGINNING)
+        for tp in partitions:
+            self.restore_partition(tp.topic, tp.partition)
         consumer.assign(partitions)
         self._owned |= {tp.partition for tp in partitions if tp.topic == TRANSACTIONS}
         self._assigned = True
@@ -268,19 +300,60 @@ class StreamProcessor:
                                                    for tp in partitions]})
 
     # --- state --------------------------------------------------------------------------
-    def _prefetch(self, wanted: dict[str, set[tuple[int, str]]]) -> None:
-        """Load, in one round trip, the states of entities not cached yet."""
-        keys, where = [], []
-        for entity, items in wanted.items():
-            for part, key in items:
-                if key not in self.cache[entity][part]:
-                    keys.append(f"{STATE_PREFIX}:{entity}:{key}")
-                    where.append((entity, part, key))
-        if not keys:
-            return
-        found = cast(list[bytes | None], self.redis.mget(keys))
-        for (entity, part, key), raw in zip(where, found, strict=True):
-            self.cache[entity][part][key] = EventLog.loads(raw) if raw else EventLog()
+    def restore_partition(self, topic: str, part: int) -> None:
+        """Rebuild a partition's state from its snapshot and changelog (pipelines/stream/
+        changelog.py), replaying the changelog through the code that applied it live."""
+        snap, entries = changelog.load(self.redis, self.group_id, topic, part)
+        kinds: tuple[Entity, ...] = ("card", "customer") if topic == TRANSACTIONS \
+            else ("terminal",)
+        for kind in kinds:
+            fresh: dict[str, EventLog] = defaultdict(EventLog)
+            for key, doc in ((snap or {}).get(kind) or {}).items():
+                fresh[key] = EventLog([tuple(e) for e in doc["e"]], doc["m"])
+            self.cache[kind][part] = fresh
+        if topic == TRANSACTIONS:
+            cards, customers = self.cache["card"][part], self.cache["customer"][part]
+            epoch = datetime.fromtimestamp(0, UTC)
+            for card_id, customer_id, *rest in entries:
+                event = cast(Event, tuple(rest))
+                card, customer = cards[card_id], customers[customer_id]
+                if self._place("card", card, event) is not None:
+                    self._evict("card", card)
+                if self._place("customer", customer, event) is not None:
+                    self._evict("customer", customer)
+                for rule in self.rules:  # the alert marks, as the live run left them
+                    evaluate(card_id, customer_id, card, rule, epoch)
+        else:
+            terminals = self.cache["terminal"][part]
+            for txn_id, time_us, terminal_id in entries:
+                state = terminals[terminal_id]
+                if self._place("terminal", state, (txn_id, time_us, 0.0, "", terminal_id, "",
+                                                   0.0, 0.0)) is not None:
+                    self._evict("terminal", state)
+        self._since_snapshot[(topic, part)] = len(entries)
+        if entries or snap:
+            log.info("state restored", extra={"partition": f"{topic}:{part}",
+                                              "changelog_events": len(entries)})
+
+    def _place(self, entity: Entity, state: EventLog, event: Event) -> int | None:
+        """Insert an event into an entity's state and evict what left every window; the
+        event's index, or None when it is too late to be placed (its history is gone)."""
+        slack = self.terminal_slack_us if entity == "terminal" else self.lateness_us
+        if state.times and event[TIME] < state.times[-1] - slack:
+            return None
+        return state.add(event)
+
+    def _evict(self, entity: Entity, state: EventLog) -> None:
+        slack = self.terminal_slack_us if entity == "terminal" else self.lateness_us
+        state.evict_before(state.times[-1] - self.windows[entity].horizon_us - slack)
+
+    def partition_state(self, topic: str, part: int) -> dict[str, dict[str, Any]]:
+        """A partition's state as a document (what a snapshot holds)."""
+        kinds: tuple[Entity, ...] = ("card", "customer") if topic == TRANSACTIONS \
+            else ("terminal",)
+        return {kind: {key: {"e": st.events, "m": st.marks}
+                       for key, st in self.cache[kind].get(part, {}).items() if st.events}
+                for kind in kinds}
 
     # --- one batch ----------------------------------------------------------------------
     def _commit_batch(self, buffer: list[Message], consumer: Consumer,
@@ -291,7 +364,6 @@ class StreamProcessor:
         started = time.perf_counter()
         before = self._counts()
         decoded: list[tuple[Message, Any]] = []
-        wanted: dict[str, set[tuple[int, str]]] = defaultdict(set)
         newest: dict[str, int] = {}
         for m in batch:
             part = m.partition() or 0
@@ -302,18 +374,12 @@ class StreamProcessor:
                 except EventValidationError as exc:
                     decoded.append((m, exc))
                     continue
-                wanted["card"].add((part, txn.card_id))
-                wanted["customer"].add((part, txn.customer_id))
                 decoded.append((m, txn))
             else:
-                fwd = orjson.loads(m.value() or b"[]")
-                wanted["terminal"].add((part, fwd[2]))
-                decoded.append((m, fwd))
-        self._prefetch(wanted)
+                decoded.append((m, orjson.loads(m.value() or b"[]")))
 
         rows: dict[Entity, list[dict[str, Any]]] = defaultdict(list)
         online: dict[Entity, dict[str, tuple[dict[str, Any], int]]] = defaultdict(dict)
-        touched: dict[str, set[tuple[int, str]]] = defaultdict(set)
         customers: set[str] = set()
         next_offsets: dict[tuple[str, int], int] = {}
         produced_at: list[int] = []
@@ -329,11 +395,11 @@ class StreamProcessor:
                                          self.group_id)
                 producer.produce(TRANSACTIONS_DLQ, key, value)
             elif isinstance(item, records.Txn):
-                if self._apply_txn(item, part, m, producer, rows, online, touched, now):
+                if self._apply_txn(item, part, m, producer, rows, online, now):
                     customers.add(item.customer_id)
                     produced_at.append(m.timestamp()[1])
             else:
-                self._apply_terminal(item, part, rows, online, touched)
+                self._apply_terminal(item, part, rows, online)
         # forward in event-time order: the batch mixes partitions that may be apart in event
         # time, and terminal state tolerates reordering only within TERMINAL_REORDER_SLACK_US
         self._forward.sort()
@@ -348,7 +414,7 @@ class StreamProcessor:
         t1 = time.perf_counter()
         producer.flush()
         t2 = time.perf_counter()
-        self._redis_commit(batch_id, online, touched, customers, next_offsets)
+        self._redis_commit(batch_id, online, customers, next_offsets)
         t3 = time.perf_counter()
         self.offline.publish(batch_id)
         t4 = time.perf_counter()
@@ -385,7 +451,7 @@ class StreamProcessor:
     def _apply_txn(self, txn: records.Txn, part: int, m: Message, producer: EventProducer,
                    rows: dict[Entity, list[dict[str, Any]]],
                    online: dict[Entity, dict[str, tuple[dict[str, Any], int]]],
-                   touched: dict[str, set[tuple[int, str]]], now: datetime) -> bool:
+                   now: datetime) -> bool:
         stream_time = self.stream_time.get(part, 0)
         if txn.time_us < stream_time - self.lateness_us:
             self.stats.late += 1
@@ -408,7 +474,11 @@ class StreamProcessor:
             self.capture[txn.txn_id] = served
         for entity, key, state in pairs:
             self._apply(entity, key, state, event, rows, online)
-            touched[entity].add((part, key))
+        self._changes[(TRANSACTIONS, part)].append((txn.card_id, txn.customer_id, *event))
+        self._recent[txn.customer_id].append(orjson.dumps({
+            "txn_id": txn.txn_id, "event_time": _iso(txn.time_us), "amount": txn.amount,
+            "currency": txn.currency, "mcc": txn.mcc, "country": txn.country,
+            "terminal_id": txn.terminal_id, "card_id": txn.card_id, "channel": txn.channel}))
         for rule in self.rules:
             alert = evaluate(txn.card_id, txn.customer_id, card, rule, now)
             if alert is not None:
@@ -421,15 +491,15 @@ class StreamProcessor:
 
     def _apply_terminal(self, fwd: list[Any], part: int,
                         rows: dict[Entity, list[dict[str, Any]]],
-                        online: dict[Entity, dict[str, tuple[dict[str, Any], int]]],
-                        touched: dict[str, set[tuple[int, str]]]) -> None:
+                        online: dict[Entity, dict[str, tuple[dict[str, Any], int]]]) -> None:
         txn_id, time_us, terminal_id = fwd
         state = self.cache["terminal"][part][terminal_id]
         if txn_id in state.ids:
             return  # forwarded twice (a replay after a crash)
         event: Event = (txn_id, time_us, 0.0, "", terminal_id, "", 0.0, 0.0)
         if self._apply("terminal", terminal_id, state, event, rows, online):
-            touched["terminal"].add((part, terminal_id))
+            self._changes[(TRANSACTIONS_BY_TERMINAL, part)].append((txn_id, time_us,
+                                                                    terminal_id))
             self.stats.terminal_applied += 1
 
     def _apply(self, entity: Entity, key: str, state: EventLog, event: Event,
@@ -444,11 +514,10 @@ class StreamProcessor:
         rows do not depend on the order in which events arrived.
         """
         ws = self.windows[entity]
-        slack = self.terminal_slack_us if entity == "terminal" else self.lateness_us
-        if state.times and event[TIME] < state.times[-1] - slack:
+        i = self._place(entity, state, event)
+        if i is None:
             self.stats.late_for_entity += 1
             return False  # its windows' history is gone; it cannot be placed any more
-        i = state.add(event)
         t = event[TIME]
         stop = bisect_right(state.times, t + ws.horizon_us)
         key_name = ENTITY_KEYS[entity]
@@ -462,22 +531,34 @@ class StreamProcessor:
             feats = ws.features(state)
         t_last = state.times[-1]
         online[entity][key] = (feats, t_last)
-        state.evict_before(t_last - ws.horizon_us - slack)
+        self._evict(entity, state)
         return True
 
     def _redis_commit(self, batch_id: str,
                       online: dict[Entity, dict[str, tuple[dict[str, Any], int]]],
-                      touched: dict[str, set[tuple[int, str]]], customers: set[str],
-                      next_offsets: dict[tuple[str, int], int]) -> None:
-        pipe = self.redis.pipeline(transaction=True)
+                      customers: set[str], next_offsets: dict[tuple[str, int], int]) -> None:
+        tx = RespTransaction()
         for entity, by_key in online.items():
-            self.online.write(pipe, stream_view_name(entity), [
+            self.online.write(tx, stream_view_name(entity), [
                 (key, feats, t)
                 for key, (feats, t) in by_key.items()])
-        for kind, items in touched.items():
-            cache = self.cache[kind]
-            pipe.mset({f"{STATE_PREFIX}:{kind}:{key}": cache[part][key].dumps()
-                       for part, key in items})
+        for (topic, part), entries in self._changes.items():
+            since = self._since_snapshot.get((topic, part), 0) + len(entries)
+            if since >= changelog.SNAPSHOT_EVENTS:
+                tx.command("SET", changelog.snapshot_key(self.group_id, topic, part),
+                           orjson.dumps(self.partition_state(topic, part)))
+                tx.command("DEL", changelog.changelog_key(self.group_id, topic, part))
+                since = 0
+            else:
+                tx.command("RPUSH", changelog.changelog_key(self.group_id, topic, part),
+                           changelog.encode_entries(entries))
+            self._since_snapshot[(topic, part)] = since
+        self._changes.clear()
+        for customer_id, docs in self._recent.items():
+            key = recent_key(customer_id)
+            tx.command("LPUSH", key, *docs[-RECENT_KEEP:])  # the last pushed ends up first
+            tx.command("LTRIM", key, 0, RECENT_KEEP - 1)
+        self._recent.clear()
         mapping: dict[str, str | int] = {"batch": batch_id}
         for topic, topic_id in self._topic_ids.items():
             mapping[f"id:{topic}"] = topic_id
@@ -485,8 +566,9 @@ class StreamProcessor:
             mapping[f"o:{topic}:{part}"] = off
         for part, t in self.stream_time.items():
             mapping[f"t:{part}"] = t
-        pipe.hset(offsets_key(self.group_id), mapping=mapping)
+        tx.command("HSET", offsets_key(self.group_id),
+                   *[x for kv in mapping.items() for x in kv])
         schema = self.settings.insight_schema_version
         if customers:
-            pipe.delete(*[insight_key(c, schema) for c in customers])
-        pipe.execute()
+            tx.command("DEL", *[insight_key(c, schema) for c in customers])
+        tx.execute(self.redis)

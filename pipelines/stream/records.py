@@ -39,6 +39,8 @@ class Txn:
     country: str
     lat: float
     lon: float
+    currency: str = ""
+    channel: str = ""
 
 
 def _ident(v: object) -> bool:
@@ -77,8 +79,10 @@ def _quick(obj: dict[str, object]) -> Txn | None:
         return None
     if t.tzinfo is None:
         return None
-    return Txn(obj["txn_id"], _micros(t), obj["customer_id"], obj["card_id"],  # type: ignore[arg-type]
-               obj["terminal_id"], mcc, amount, country, lat, lon)  # type: ignore[arg-type]
+    return Txn(obj["txn_id"], _micros(t), obj["customer_id"],  # type: ignore[arg-type]
+               obj["card_id"],  # type: ignore[arg-type]
+               obj["terminal_id"], mcc, amount, country, lat, lon,  # type: ignore[arg-type]
+               currency, obj["channel"])
 
 
 def _micros(t: datetime) -> int:
@@ -101,4 +105,4 @@ def decode(raw: bytes | None) -> Txn:
             return fast
     ev = decode_transaction(raw or b"")  # raises with every field error
     return Txn(ev.txn_id, _micros(ev.event_time), ev.customer_id, ev.card_id, ev.terminal_id,
-               ev.mcc, ev.amount, ev.country, ev.lat, ev.lon)
+               ev.mcc, ev.amount, ev.country, ev.lat, ev.lon, ev.currency, ev.channel)

@@ -21,13 +21,21 @@ import redis
 
 from kestrel.pan import CardTokenizer
 from kestrel.settings import Settings
-from kestrel.topics import ALERTS, TRANSACTIONS, TRANSACTIONS_DLQ, TRANSACTIONS_LATE
+from kestrel.topics import (
+    ALERTS,
+    TRANSACTIONS,
+    TRANSACTIONS_BY_TERMINAL,
+    TRANSACTIONS_DLQ,
+    TRANSACTIONS_LATE,
+    partitions_for,
+)
 from kestrel.windows import WINDOWS, stream_view_name
 from pipelines.features.online_writer import OnlineWriter
 from pipelines.ingest import EventProducer
 from pipelines.simulator.config import SimulationConfig
 from pipelines.simulator.generator import iter_days
 from pipelines.simulator.to_kafka import stream_to_kafka, transaction_records
+from pipelines.stream.changelog import group_prefix
 from pipelines.stream.offline_log import log_dir
 from pipelines.stream.processor import StreamProcessor, insight_key, offsets_key
 from tests.conftest import TEST_SECRET, env_for
@@ -170,15 +178,23 @@ def test_applied_transactions_invalidate_the_insight_cache(stream_settings: Sett
 
 
 def _snapshot(settings: Settings, group: str) -> tuple[dict, dict]:  # type: ignore[type-arg]
-    """Everything the stream computed: Redis (minus its offsets and metrics records) and the
+    """Everything the stream computed: Redis (minus the group's own bookkeeping: offsets,
+    changelogs, snapshots, metrics — compared below as the state they rebuild) and the
     offline log (newest row versions)."""
     client = redis.Redis.from_url(settings.redis_url)
-    store = {}
+    store: dict[bytes, object] = {}
     for key in client.scan_iter(count=1000):
-        if key == offsets_key(group).encode() or b":metrics:" in key:
+        if key.startswith(group_prefix(group).encode()):
             continue  # bookkeeping of the run itself, not what it computed
         kind = client.type(key)
-        store[key] = client.hgetall(key) if kind == b"hash" else client.get(key)
+        store[key] = (client.hgetall(key) if kind == b"hash" else
+                      client.lrange(key, 0, -1) if kind == b"list" else client.get(key))
+    # the state every partition's snapshot + changelog rebuild (what a restart would resume)
+    proc = StreamProcessor(settings, OnlineWriter(settings, dedup=False), group_id=group)
+    for topic in (TRANSACTIONS, TRANSACTIONS_BY_TERMINAL):
+        for part in range(partitions_for(topic, settings)):
+            proc.restore_partition(topic, part)
+            store[f"state:{topic}:{part}".encode()] = proc.partition_state(topic, part)
     logs = {}
     for entity in ("card", "customer", "terminal"):
         rows = offline_rows(settings, entity).drop(columns=["created"])  # newest versions

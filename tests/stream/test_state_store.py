@@ -1,0 +1,151 @@
+"""The stream's Redis side: changelog + snapshot state, recent-transactions lists, and the
+hand-built RESP transaction (same stored bytes as redis-py's pipeline)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+import redis
+from redis.exceptions import ResponseError
+
+from kestrel.pan import CardTokenizer
+from kestrel.settings import Settings
+from kestrel.topics import TRANSACTIONS, TRANSACTIONS_BY_TERMINAL, partitions_for
+from kestrel.windows import ENTITIES, feature_names, stream_view_name
+from pipelines.features.online_writer import OnlineWriter, RespTransaction
+from pipelines.simulator.config import SimulationConfig
+from pipelines.simulator.to_kafka import stream_to_kafka
+from pipelines.stream import changelog
+from pipelines.stream.processor import RECENT_KEEP, StreamProcessor, recent_key
+from tests.conftest import TEST_SECRET
+from tests.pipelines.events_factory import make_event
+from tests.pipelines.test_archive import produce
+
+pytestmark = pytest.mark.integration
+_DBS = itertools.count(3)
+
+
+@pytest.fixture
+def fresh_settings(services: Settings) -> Iterator[Settings]:
+    base = services.redis_url.rsplit("/", 1)[0]
+    s = services.model_copy(update={"redis_url": f"{base}/{next(_DBS) % 13 or 1}",
+                                    "stream_batch_ms": 100})
+    redis.Redis.from_url(s.redis_url).flushdb()
+    yield s
+
+
+def _run(settings: Settings, group: str = "kestrel-stream") -> StreamProcessor:
+    proc = StreamProcessor(settings, OnlineWriter(settings, dedup=False), group_id=group)
+    worker = threading.Thread(target=proc.run, kwargs={"idle_seconds": 2.5})
+    worker.start()
+    worker.join(300)
+    assert not worker.is_alive()
+    return proc
+
+
+def _restored(settings: Settings, group: str) -> dict[str, object]:
+    proc = StreamProcessor(settings, OnlineWriter(settings, dedup=False), group_id=group)
+    out: dict[str, object] = {}
+    for topic in (TRANSACTIONS, TRANSACTIONS_BY_TERMINAL):
+        for part in range(partitions_for(topic, settings)):
+            proc.restore_partition(topic, part)
+            out[f"{topic}:{part}"] = proc.partition_state(topic, part)
+    return out
+
+
+def test_snapshots_and_changelogs_rebuild_the_same_state(
+    fresh_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = SimulationConfig(customers=200, terminals=400, days=2)
+    sent = stream_to_kafka(config, fresh_settings, CardTokenizer(TEST_SECRET.encode()).token,
+                           with_labels=False)
+    base = fresh_settings.redis_url.rsplit("/", 1)[0]
+    # one run that snapshots often (small batches, a tiny snapshot threshold) …
+    monkeypatch.setattr(changelog, "SNAPSHOT_EVENTS", 25)
+    often = fresh_settings.model_copy(update={"stream_batch_records": 200})
+    proc = _run(often, group="often")
+    assert proc.stats.applied == sent.transactions
+    client = redis.Redis.from_url(often.redis_url)
+    snaps = list(client.scan_iter(match=changelog.snapshot_key("often", "*", "*")))  # type: ignore[arg-type]
+    assert snaps, "no snapshot was written"
+    # … and one that never does, in another database: the rebuilt states agree exactly
+    monkeypatch.setattr(changelog, "SNAPSHOT_EVENTS", 10**9)
+    never = fresh_settings.model_copy(update={"redis_url": f"{base}/13"})
+    redis.Redis.from_url(never.redis_url).flushdb()
+    _run(never, group="never")
+    assert not list(redis.Redis.from_url(never.redis_url).scan_iter(
+        match=changelog.snapshot_key("never", "*", "*")))  # type: ignore[arg-type]
+    often_state, never_state = _restored(often, "often"), _restored(never, "never")
+    assert often_state == never_state
+    assert sum(len(doc["card"]) for k, doc in often_state.items()  # type: ignore[index]
+               if k.startswith(f"{TRANSACTIONS}:")) > 100
+
+
+def test_recent_transactions_newest_first_trimmed(fresh_settings: Settings) -> None:
+    customer = make_event(0)["customer_id"]
+    events = [{**make_event(i), "customer_id": customer} for i in range(RECENT_KEEP + 5)]
+    other = make_event(999)
+    produce(fresh_settings, [*events, other, events[3]])  # a duplicate is not listed twice
+    _run(fresh_settings)
+    client = redis.Redis.from_url(fresh_settings.redis_url)
+    listed = [orjson.loads(v) for v in client.lrange(recent_key(customer), 0, -1)]
+    assert len(listed) == RECENT_KEEP
+    assert [d["txn_id"] for d in listed] == [e["txn_id"] for e in reversed(events)][:RECENT_KEEP]
+    newest, sent = listed[0], events[-1]
+    assert set(newest) == {"txn_id", "event_time", "amount", "currency", "mcc", "country",
+                           "terminal_id", "card_id", "channel"}
+    for name in ("amount", "currency", "mcc", "country", "terminal_id", "card_id", "channel"):
+        assert newest[name] == sent[name], name
+    assert newest["event_time"].endswith("Z")
+    assert datetime.fromisoformat(newest["event_time"]) == datetime.fromisoformat(
+        sent["event_time"].replace("Z", "+00:00"))
+    assert client.llen(recent_key(other["customer_id"])) == 1
+
+
+def test_resp_transaction_stores_what_the_pipeline_stores(fresh_settings: Settings) -> None:
+    """The RESP path against redis-py's pipeline path, which tests/features checks against
+    Feast's own writer byte for byte."""
+    base = fresh_settings.redis_url.rsplit("/", 1)[0]
+    a = redis.Redis.from_url(fresh_settings.redis_url)
+    b = redis.Redis.from_url(f"{base}/14")
+    b.flushdb()
+    writer = OnlineWriter(fresh_settings, dedup=False)
+    t0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    tx, pipe = RespTransaction(), b.pipeline(transaction=True)
+    for n, entity in enumerate(ENTITIES):
+        names = feature_names(entity)
+        rows = [(f"{entity}-{i}", {name: (i * 7 + j) * (1.5 if j % 2 else 1) if i != 2
+                                   else None for j, name in enumerate(names)},
+                 t0 + timedelta(microseconds=137 * i + n) if i % 2 else 1_700_000_000_000_000 + i)
+                for i in range(6)]
+        writer.write(tx, stream_view_name(entity), rows)
+        writer.write(pipe, stream_view_name(entity), rows)
+    tx.command("HSET", "plain", "f", 1.25, "g", 7)
+    pipe.hset("plain", mapping={"f": 1.25, "g": 7})
+    tx.execute(a)
+    pipe.execute()
+    keys = sorted(a.keys())
+    assert keys == sorted(b.keys()) and len(keys) == 3 * 6 + 1
+    for key in keys:
+        assert a.hgetall(key) == b.hgetall(key), key
+
+
+def test_resp_transaction_is_all_or_nothing(fresh_settings: Settings) -> None:
+    client = redis.Redis.from_url(fresh_settings.redis_url)
+    client.set("a-string", b"x")
+    tx = RespTransaction()
+    tx.command("SET", "written-first", b"1")
+    tx.command("NOSUCHCOMMAND", "x")  # refused while queued: EXEC discards everything
+    with pytest.raises(ResponseError):
+        tx.execute(client)
+    assert not client.exists("written-first")
+    tx = RespTransaction()
+    tx.command("HSET", "a-string", "f", "v")  # fails at EXEC (wrong type)
+    with pytest.raises(ResponseError):
+        tx.execute(client)
+    assert client.ping()  # the connection is usable again
