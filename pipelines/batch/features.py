@@ -83,17 +83,19 @@ def customer_features(tx: DataFrame, run_days: list[date], first: date) -> DataF
         F.count(F.lit(1)).alias("n"), F.sum("amount").alias("amount"),
         F.sum("lat").alias("lat"), F.sum("lon").alias("lon"))
     grid = _dense(daily, key, first, max(run_days), ["n", "amount", "lat", "lon"])
+    # window sums first (one per length and column), then the features from them
+    sums = {f"{c}{d}": F.sum(c).over(_frame(key, d - 1))
+            for d in sorted({*BATCH_DAYS, HOME_DAYS}) for c in ("n", "amount", "lat", "lon")
+            if c == "n" or c == "amount" or d == HOME_DAYS}
+    grid = grid.select(key, "day", *(c.alias(name) for name, c in sums.items()))
     cols: dict[str, Column] = {}
     for w in batch_windows_for("customer"):
-        n = F.sum("n").over(_frame(key, w.days - 1))
-        if w.aggregation == "count":
-            cols[w.name] = n.cast("long")
-        else:
-            cols[w.name] = _ratio(F.sum("amount").over(_frame(key, w.days - 1)), n)
-    home_n = F.sum("n").over(_frame(key, HOME_DAYS - 1))
+        n = F.col(f"n{w.days}")
+        cols[w.name] = n.cast("long") if w.aggregation == "count" else _ratio(
+            F.col(f"amount{w.days}"), n)
     lat, lon = CUSTOMER_HOME_FEATURES
-    cols[lat] = _ratio(F.sum("lat").over(_frame(key, HOME_DAYS - 1)), home_n)
-    cols[lon] = _ratio(F.sum("lon").over(_frame(key, HOME_DAYS - 1)), home_n)
+    cols[lat] = _ratio(F.col(f"lat{HOME_DAYS}"), F.col(f"n{HOME_DAYS}"))
+    cols[lon] = _ratio(F.col(f"lon{HOME_DAYS}"), F.col(f"n{HOME_DAYS}"))
     widest = f"customer_txn_count_{max(BATCH_DAYS)}d"
     out = grid.select(key, "day", *(c.alias(name) for name, c in cols.items()))
     out = out.where(F.col("day").isin(run_days) & ((F.col(widest) > 0) | F.col(lat).isNotNull()))

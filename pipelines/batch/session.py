@@ -52,6 +52,8 @@ def spark_config(settings: Settings) -> dict[str, str]:
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         "spark.sql.parquet.compression.codec": "zstd",
         "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
+        # list the lake's partitions in the driver: a listing job costs more on a local disk
+        "spark.sql.sources.parallelPartitionDiscovery.threshold": "100000",
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         "spark.driver.host": "127.0.0.1",
