@@ -133,6 +133,15 @@ class Settings(BaseSettings):
     champion_alias: str = Field(
         "champion", description="Registry alias of the model version decisioning serves."
     )
+    alert_challenges_per_day: float = Field(
+        100.0, gt=0, description="Alert budget: transactions a day the model may send to a "
+        "challenge; training sets the challenge threshold to stay within it."
+    )
+    alert_declines_per_day: float = Field(
+        10.0, gt=0, description="Transactions a day the model may decline outright; "
+        "training sets the decline threshold to stay within it."
+    )
+    train_seed: int = Field(42, ge=0, description="Seed of every model `kestrel train` fits.")
 
     # --- HTTP service --------------------------------------------------------------------
     serve_host: str = Field("127.0.0.1", description="Address `kestrel serve` binds.")

@@ -1,0 +1,196 @@
+"""`kestrel labels intake`: the `labels` topic → the label store, exactly once.
+
+The archiver's pieces, reused: the micro-batch loop (pipelines.batching), the dead-letter
+record (pipelines.dlq) and the commit protocol (pipelines.archive.commit_log.CommitLog), which
+stores each batch's next offsets in the same manifest as the files they produced. A ``kill -9``
+and a restart therefore neither lose nor duplicate a label; Kafka's committed offsets are
+only advisory. Labels land in the partition of the day they became known
+(``labelled_date=YYYY-MM-DD/intake-<batch>.parquet``). A record that breaks the LabelEvent
+contract (or carries an unknown schema_version) goes to the dead-letter topic with the reason
+and never stops the intake. One intake owns a lake at a time (a lock file).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+
+from kestrel.errors import EventValidationError, ServiceError
+from kestrel.events import decode_label
+from kestrel.kafka import consumer_config, topic_ids
+from kestrel.lake import LABEL_SCHEMA, partition_dir, write_parquet_durable
+from kestrel.settings import Settings
+from kestrel.topics import LABELS, TRANSACTIONS_DLQ
+from pipelines.archive.commit_log import CommitLog, StagedFile
+from pipelines.batching import consume_in_batches, stop_on_signals
+from pipelines.dlq import dead_letter
+from pipelines.ingest import EventProducer
+
+log = logging.getLogger("kestrel.labels")
+GROUP_ID = "kestrel-labels"
+# The project's dead-letter topic; each record names its source topic (`labels`).
+DLQ_TOPIC = TRANSACTIONS_DLQ
+BATCH_RECORDS = 50_000
+BATCH_SECONDS = 1.0
+
+
+class LabelCommitLog(CommitLog):
+    """CommitLog for `labels`, staging in its own folder: CommitLog.recover() discards every
+    staging folder it has no manifest for, so two topics must not share one."""
+
+    def __init__(self, lake_dir: Path):
+        super().__init__(lake_dir, LABELS)
+        self.staging_root = lake_dir / "_staging-labels"
+
+
+@dataclass
+class IntakeStats:
+    consumed: int = 0
+    written: int = 0
+    invalid: int = 0
+    batches: int = 0
+    files: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+
+def label_row(raw: bytes) -> dict[str, Any]:
+    """A validated LABEL_SCHEMA row from one `labels` record (raises EventValidationError)."""
+    event = decode_label(raw)
+    return event.model_dump()
+
+
+class LabelIntake:
+    def __init__(self, settings: Settings, group_id: str = GROUP_ID):
+        self.settings = settings
+        self.group_id = group_id
+        self.lake_dir = settings.lake_dir
+        self.log = LabelCommitLog(self.lake_dir)
+        self.stats = IntakeStats()
+        self._stop = False
+        self._topic_id: str | None = None
+        self._resume: dict[int, int] = {}
+        self._assigned_at: float | None = None
+
+    def request_stop(self, *_: Any) -> None:
+        self._stop = True
+
+    def run(self, idle_seconds: float | None = None,
+            progress: Callable[[IntakeStats], None] | None = None) -> IntakeStats:
+        """Consume until stopped (SIGINT/SIGTERM) or ``idle_seconds`` without a record."""
+        self.lake_dir.mkdir(parents=True, exist_ok=True)
+        with _exclusive(self.lake_dir / "_labels-intake.lock"):
+            checkpoint = self.log.recover()
+            self._topic_id = topic_ids(self.settings, [LABELS])[LABELS]
+            if checkpoint.topic_id not in (None, self._topic_id):
+                log.warning("topic %s was recreated (broker restart?); reading it from the "
+                            "start (a label read twice is harmless)", LABELS)
+            else:
+                self._resume = dict(checkpoint.offsets)
+            consumer = Consumer(consumer_config(self.settings, self.group_id))
+            dlq = EventProducer(self.settings)
+            stop_on_signals(self.request_stop)
+            buffer: list[Message] = []
+            consumer.subscribe([LABELS], on_assign=self._on_assign,
+                               on_revoke=lambda c, _p: self._flush(buffer, c, dlq))
+
+            def flush(batch: list[Message]) -> None:
+                had = bool(batch)
+                self._flush(batch, consumer, dlq)
+                if had and progress is not None:
+                    progress(self.stats)
+
+            try:
+                consume_in_batches(
+                    consumer, buffer, flush, max_records=BATCH_RECORDS,
+                    max_wait_s=BATCH_SECONDS, poll_s=0.2, stopped=lambda: self._stop,
+                    idle_seconds=idle_seconds, assigned_at=lambda: self._assigned_at)
+            finally:
+                consumer.close()
+        return self.stats
+
+    def _on_assign(self, consumer: Consumer, partitions: list[Any]) -> None:
+        for tp in partitions:
+            tp.offset = self._resume.get(tp.partition, OFFSET_BEGINNING)
+        consumer.assign(partitions)
+        self._assigned_at = time.monotonic()
+
+    def _flush(self, buffer: list[Message], consumer: Consumer, dlq: EventProducer) -> None:
+        if not buffer:
+            return
+        batch, buffer[:] = list(buffer), []
+        next_offsets: dict[int, int] = {}
+        rows_by_day: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        invalid = 0
+        for m in batch:
+            part, off = m.partition() or 0, m.offset() or 0
+            next_offsets[part] = max(next_offsets.get(part, 0), off + 1)
+            raw = m.value()
+            try:
+                row = label_row(raw or b"")
+            except EventValidationError as exc:
+                invalid += 1
+                key, value = dead_letter(LABELS, part, off, raw, exc, self.group_id)
+                dlq.produce(DLQ_TOPIC, key, value)
+                log.warning("invalid label sent to %s", DLQ_TOPIC,
+                            extra={"partition": part, "offset": off, "reason": str(exc)})
+                continue
+            rows_by_day[row["labelled_at"].date().isoformat()].append(row)
+        if invalid:
+            dlq.flush()  # durable in the DLQ before the offsets move past it
+        batch_id, staging = self.log.new_batch_dir()
+        files = []
+        for day, rows in sorted(rows_by_day.items()):
+            staged = staging / f"labelled_date={day}.parquet"
+            write_parquet_durable(pa.Table.from_pylist(rows, schema=LABEL_SCHEMA), staged)
+            final = partition_dir(self.lake_dir, "labels", day) / f"intake-{batch_id}.parquet"
+            files.append(StagedFile(staged, final))
+        written = sum(len(r) for r in rows_by_day.values())
+        self.log.commit(batch_id, self._topic_id, files, next_offsets,
+                        {"records": len(batch), "written": written, "invalid": invalid})
+        self._resume.update(next_offsets)
+        try:  # advisory, for `kestrel status`; the lake's checkpoint is what counts
+            consumer.commit(offsets=[TopicPartition(LABELS, p, o)
+                                     for p, o in next_offsets.items()], asynchronous=True)
+        except Exception as exc:
+            log.warning("could not commit offsets to Kafka: %s", exc)
+        s = self.stats
+        s.consumed += len(batch)
+        s.written += written
+        s.invalid += invalid
+        s.files += len(files)
+        s.batches += 1
+        log.info("labels committed", extra={"batch_id": batch_id, "records": len(batch),
+                                            "written": written, "invalid": invalid})
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """One intake per lake: two would race on the checkpoint."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            raise ServiceError(f"another label intake (pid {other}) is writing the lake at "
+                               f"{path.parent}; stop it first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        os.close(fd)
