@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -46,21 +47,38 @@ class OfflineLog:
         self.staging = self.root / "_staging"
         self._schemas = {e: view_schema(e) for e in ENTITIES}
 
-    def stage(self, batch_id: str, rows: dict[Entity, list[dict[str, Any]]]) -> None:
-        """Write the batch's rows to staging (durable, invisible to readers)."""
-        base = datetime.now(UTC)
-        for entity, entity_rows in rows.items():
-            if not entity_rows:
+    def stage(self, batch_id: str, rows: dict[Entity, list[dict[str, Any]]],
+              columns: dict[Entity, list[dict[str, list[Any]]]] | None = None) -> None:
+        """Write the batch's rows to staging (durable, invisible to readers): ``rows`` one
+        dict per row, ``columns`` blocks of rows as {column: values} (event_timestamp in µs)."""
+        base = int(datetime.now(UTC).timestamp() * 1_000_000)
+        columns = columns or {}
+        for entity in ENTITIES:
+            schema = self._schemas[entity]
+            bare = pa.schema([f for f in schema if f.name != "created"])
+            tables = [pa.table({f.name: pa.array(block[f.name], f.type) for f in bare},
+                               schema=bare) for block in columns.get(entity, [])]
+            if rows.get(entity):
+                tables.append(pa.Table.from_pylist(rows[entity], schema=bare))
+            if not tables:
                 continue
+            table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
             # within a batch only the last version of a (key, time) row matters
-            key = ENTITY_KEYS[entity]
-            latest = {(r[key], r["event_timestamp"]): r for r in entity_rows}
+            keys = table.column(ENTITY_KEYS[entity]).to_numpy(zero_copy_only=False)
+            ts = table.column("event_timestamp").cast(pa.int64()).to_numpy()
+            codes = np.unique(keys, return_inverse=True)[1]
+            n = len(ts)
+            order = np.lexsort((np.arange(n), ts, codes))
+            last = np.ones(n, dtype=bool)
+            last[:-1] = (codes[order][1:] != codes[order][:-1]) | (ts[order][1:]
+                                                                   != ts[order][:-1])
+            kept = np.sort(order[last])
+            if len(kept) < n:
+                table = table.take(pa.array(kept))
             # a re-emitted row must read as newer than the version it replaces:
             # ``created`` grows by 1 µs per row, in emission order
-            kept = list(latest.values())
-            for i, r in enumerate(kept):
-                r["created"] = base + timedelta(microseconds=i)
-            table = pa.Table.from_pylist(kept, schema=self._schemas[entity])
+            created = pa.array(base + np.arange(table.num_rows, dtype=np.int64), pa.int64())
+            table = table.append_column(schema.field("created"), created.cast(TS))
             name = f"{stream_view_name(entity)}.parquet"
             write_parquet_durable(table, self.staging / batch_id / name)
 

@@ -36,8 +36,10 @@ from bisect import bisect_right
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any, Protocol, cast
 
+import numpy as np
 import orjson
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
@@ -57,7 +59,7 @@ from pipelines.batching import consume_in_batches, stop_on_signals
 from pipelines.dlq import dead_letter
 from pipelines.features.online_writer import RespTransaction
 from pipelines.ingest import EventProducer
-from pipelines.stream import changelog, records
+from pipelines.stream import changelog, columnar, records
 from pipelines.stream.metrics import StreamMetrics
 from pipelines.stream.offline_log import OfflineLog
 from pipelines.stream.rules import evaluate, rules
@@ -144,6 +146,9 @@ class StreamProcessor:
         self.stats = StreamStats()
         self.keep_freshness = keep_freshness
         self.capture = capture
+        # batch-at-once window computation (pipelines/stream/columnar.py); the per-event path
+        # stays for out-of-order entities, alert candidates and parity's capture
+        self.columnar = capture is None
         self.metrics = StreamMetrics(group_id, metrics_port)
         self._alerts_by_rule: dict[str, int] = defaultdict(int)
         self._forward: list[tuple[int, str, str]] = []  # terminal updates of this batch
@@ -151,6 +156,7 @@ class StreamProcessor:
         self._changes: dict[tuple[str, int], list[tuple[Any, ...]]] = defaultdict(list)
         self._since_snapshot: dict[tuple[str, int], int] = {}
         self._recent: dict[str, list[bytes]] = defaultdict(list)
+        self._refused: set[str] = set()  # terminal updates too late to place, this batch
         # event-time pacing of the `transactions` partitions this instance owns
         self._owned: set[int] = set()
         self._paused: set[int] = set()
@@ -379,7 +385,12 @@ class StreamProcessor:
                 decoded.append((m, orjson.loads(m.value() or b"[]")))
 
         rows: dict[Entity, list[dict[str, Any]]] = defaultdict(list)
+        columns: dict[Entity, list[dict[str, list[Any]]]] = defaultdict(list)
         online: dict[Entity, dict[str, tuple[dict[str, Any], int]]] = defaultdict(dict)
+        pending: dict[Entity, dict[tuple[int, str], list[Event]]] = {
+            e: defaultdict(list) for e in ENTITIES}
+        card_customer: dict[str, str] = {}
+        seen: set[tuple[int, str, str]] = set()  # (partition, entity key, txn_id) this batch
         customers: set[str] = set()
         next_offsets: dict[tuple[str, int], int] = {}
         produced_at: list[int] = []
@@ -395,11 +406,32 @@ class StreamProcessor:
                                          self.group_id)
                 producer.produce(TRANSACTIONS_DLQ, key, value)
             elif isinstance(item, records.Txn):
-                if self._apply_txn(item, part, m, producer, rows, online, now):
+                if not self.columnar:
+                    applied = self._apply_txn(item, part, m, producer, rows, online, now)
+                else:
+                    applied = self._accept_txn(item, part, m, producer, seen)
+                    if applied:
+                        event = self._changes[(TRANSACTIONS, part)][-1][2:]
+                        pending["card"][(part, item.card_id)].append(event)
+                        pending["customer"][(part, item.customer_id)].append(event)
+                        card_customer[item.card_id] = item.customer_id
+                if applied:
                     customers.add(item.customer_id)
                     produced_at.append(m.timestamp()[1])
-            else:
+            elif not self.columnar:
                 self._apply_terminal(item, part, rows, online)
+            else:
+                txn_id, time_us, terminal_id = item
+                if (part, terminal_id, txn_id) in seen \
+                        or txn_id in self.cache["terminal"][part][terminal_id].ids:
+                    continue  # forwarded twice (a replay after a crash)
+                seen.add((part, terminal_id, txn_id))
+                pending["terminal"][(part, terminal_id)].append(
+                    (txn_id, time_us, 0.0, "", terminal_id, "", 0.0, 0.0))
+        if self.columnar:
+            for entity in ENTITIES:
+                self._apply_batch(entity, pending[entity], rows, columns, online,
+                                  card_customer, producer, now)
         # forward in event-time order: the batch mixes partitions that may be apart in event
         # time, and terminal state tolerates reordering only within TERMINAL_REORDER_SLACK_US
         self._forward.sort()
@@ -410,7 +442,7 @@ class StreamProcessor:
         batch_id = f"{time.time_ns() // 1_000_000:013d}-{uuid.uuid4().hex[:6]}"
         timing = self.stats.stage_ms
         t0 = time.perf_counter()
-        self.offline.stage(batch_id, rows)
+        self.offline.stage(batch_id, rows, columns)
         t1 = time.perf_counter()
         producer.flush()
         t2 = time.perf_counter()
@@ -447,6 +479,124 @@ class StreamProcessor:
                                    [f / 1000 for f in freshness_ms], newest)
         with contextlib.suppress(redis.RedisError):  # a summary for `kestrel status`
             self.metrics.publish(self.redis)
+
+    def _accept_txn(self, txn: records.Txn, part: int, m: Message, producer: EventProducer,
+                    seen: set[tuple[int, str, str]]) -> bool:
+        """The sequential part of applying a transaction (lateness, duplicates, stream time,
+        forwarding, changelog, recent list); the windows follow for the whole batch."""
+        stream_time = self.stream_time.get(part, 0)
+        if txn.time_us < stream_time - self.lateness_us:
+            self.stats.late += 1
+            producer.produce(TRANSACTIONS_LATE, m.key(), m.value() or b"")
+            return False
+        mark = (part, txn.customer_id, txn.txn_id)
+        if mark in seen or txn.txn_id in self.cache["customer"][part][txn.customer_id].ids:
+            self.stats.duplicates += 1
+            return False
+        seen.add(mark)
+        self.stream_time[part] = max(stream_time, txn.time_us)
+        self._changes[(TRANSACTIONS, part)].append(
+            (txn.card_id, txn.customer_id, txn.txn_id, txn.time_us, txn.amount, txn.country,
+             txn.terminal_id, txn.mcc, txn.lat, txn.lon))
+        self._recent[txn.customer_id].append(orjson.dumps({
+            "txn_id": txn.txn_id, "event_time": _iso(txn.time_us), "amount": txn.amount,
+            "currency": txn.currency, "mcc": txn.mcc, "country": txn.country,
+            "terminal_id": txn.terminal_id, "card_id": txn.card_id, "channel": txn.channel}))
+        self._forward.append((txn.time_us, txn.terminal_id, txn.txn_id))
+        self.stats.applied += 1
+        return True
+
+    def _apply_batch(self, entity: Entity, pending: dict[tuple[int, str], list[Event]],
+                     rows: dict[Entity, list[dict[str, Any]]],
+                     columns: dict[Entity, list[dict[str, list[Any]]]],
+                     online: dict[Entity, dict[str, tuple[dict[str, Any], int]]],
+                     card_customer: dict[str, str], producer: EventProducer,
+                     now: datetime) -> None:
+        """Apply a batch's events of one entity type: in-order entities at once
+        (columnar.compute), the others event by event (``_apply``)."""
+        if not pending:
+            return
+        ws = self.windows[entity]
+        caches = self.cache[entity]
+        layout = columnar.Layout()
+        fast: list[tuple[int, str, EventLog, list[Event]]] = []
+        slow: list[tuple[int, str, EventLog, list[Event]]] = []
+        for (part, key), new in pending.items():
+            state = caches[part][key]
+            times = [e[TIME] for e in new]
+            if (state.times and times[0] < state.times[-1]) or any(
+                    b < a for a, b in pairwise(times)):
+                slow.append((part, key, state, new))
+                continue
+            fast.append((part, key, state, new))
+            history = state.events[bisect_right(state.times, times[0] - ws.horizon_us):]
+            layout.add(history, new)
+        result = None
+        if fast:
+            rule_windows = tuple(r.window_us for r in self.rules) if entity == "card" else ()
+            result = columnar.compute(layout, ws.groups, rule_windows, card=entity == "card")
+        if result is None:
+            slow, fast = slow + fast, []
+        else:
+            feats, counts = result
+            ends = np.cumsum([len(new) for *_, new in fast])
+            if entity == "card":  # a card that may raise an alert goes event by event
+                hit = np.zeros(len(layout.new), dtype=bool)
+                for rule in self.rules:
+                    hit |= counts[rule.window_us] >= rule.min_count
+                if hit.any():
+                    group_of = np.searchsorted(ends, np.nonzero(hit)[0], side="right")
+                    alerting = set(group_of.tolist())
+                    keep = [i for i, g in enumerate(np.repeat(np.arange(len(fast)),
+                                                               np.diff(ends, prepend=0)))
+                            if g not in alerting]
+                    slow += [f for g, f in enumerate(fast) if g in alerting]
+                    fast = [f for g, f in enumerate(fast) if g not in alerting]
+                    feats = {name: [col[i] for i in keep] for name, col in feats.items()}
+                    ends = np.cumsum([len(new) for *_, new in fast])
+            names = list(feats)
+            keys: list[str] = []
+            last_rows = zip(*(feats[n] for n in names), strict=True)
+            previous = 0
+            for (_, key, state, new), end in zip(fast, ends.tolist(), strict=True):
+                keys.extend([key] * (end - previous))
+                previous = end
+                state.events.extend(new)
+                state.times.extend(e[TIME] for e in new)
+                state.ids.update(e[0] for e in new)
+                self._evict(entity, state)
+            last_index = set((ends - 1).tolist())
+            k = 0
+            for i, values in enumerate(last_rows):
+                if i in last_index:
+                    _, key, state, new = fast[k]
+                    online[entity][key] = (dict(zip(names, values, strict=True)),
+                                           state.times[-1])
+                    k += 1
+            if keys:
+                feats[ENTITY_KEYS[entity]] = keys
+                feats["event_timestamp"] = [e[TIME] for *_, new in fast for e in new]
+                columns[entity].append(feats)
+        for _, key, state, new in slow:
+            for event in new:
+                applied = self._apply(entity, key, state, event, rows, online)
+                if entity == "card":
+                    for rule in self.rules:
+                        alert = evaluate(key, card_customer[key], state, rule, now)
+                        if alert is not None:
+                            self.stats.alerts += 1
+                            self._alerts_by_rule[rule.name] += 1
+                            producer.produce(ALERTS, key, orjson.dumps(alert))
+                if entity == "terminal" and not applied:
+                    self._refused.add(event[0])
+        if entity == "terminal":
+            for part, key, _, new in fast + slow:
+                entries = self._changes[(TRANSACTIONS_BY_TERMINAL, part)]
+                for e in new:
+                    if e[0] not in self._refused:
+                        entries.append((e[0], e[TIME], key))
+                        self.stats.terminal_applied += 1
+            self._refused.clear()
 
     def _apply_txn(self, txn: records.Txn, part: int, m: Message, producer: EventProducer,
                    rows: dict[Entity, list[dict[str, Any]]],

@@ -90,6 +90,7 @@ class WindowSet:
             (micros, [(w.name, w.aggregation, _FIELDS.get(w.field or "", AMOUNT)) for w in ws])
             for micros, ws in sorted(by_length.items())]
         self.horizon_us = max(w.micros for w in self.windows)
+        self.groups = self._groups  # what columnar.compute takes
         self.names = feature_names(entity)
 
     def served_before(self, log: EventLog, time_us: int) -> dict[str, Any] | None:
