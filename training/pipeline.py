@@ -221,7 +221,12 @@ def _or(value: float, default: float) -> float:
 
 def _mean(per_fold: dict[str, dict[str, float]]) -> dict[str, float]:
     keys = sorted({k for m in per_fold.values() for k in m})
-    return {k: float(np.nanmean([m.get(k, np.nan) for m in per_fold.values()])) for k in keys}
+    out = {}
+    for k in keys:
+        values = np.array([m.get(k, np.nan) for m in per_fold.values()], dtype="float64")
+        out[k] = float(np.mean(values[np.isfinite(values)])) if np.isfinite(values).any() \
+            else float("nan")
+    return out
 
 
 def train_models(settings: Settings, ts: TrainingSet, families: dict[str, Family] | None = None,

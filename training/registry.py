@@ -48,7 +48,7 @@ def tracking(settings: Settings) -> MlflowClient:
         settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(settings.mlflow_uri)
     mlflow.set_registry_uri(settings.mlflow_uri)
-    return MlflowClient(settings.mlflow_uri)
+    return MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
 
 
 def experiment_name(settings: Settings, family: str) -> str:

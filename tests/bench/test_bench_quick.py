@@ -27,6 +27,33 @@ def test_ingest_quick(settings: Settings, tmp_path: Path) -> None:
     assert result.metrics["http_batch_events_per_s"].extra["events"] == 3_000
 
 
+@pytest.mark.spark
+def test_train_quick(settings: Settings, tmp_path: Path) -> None:
+    out = tmp_path / "train.json"
+    run_scenario("train", settings, quick=True, out=out)
+    doc = orjson.loads(out.read_bytes())
+    assert doc["scenario"] == "train" and doc["quick"] is True
+    train = doc["metrics"]["train_default_s"]
+    assert train["value"] > 0 and train["unit"] == "s" and train["training_set_rows"] > 0
+    for model in ("xgboost", "logreg", "iforest"):
+        for name in ("auc_roc", "average_precision", "card_precision_at_100"):
+            assert 0 <= doc["metrics"][f"{model}.{name}"]["value"] <= 1, (model, name)
+    assert doc["metrics"]["xgboost.auc_roc"]["value"] > 0.6  # it learned something
+
+
 def test_unknown_scenario(settings: Settings) -> None:
     with pytest.raises(ConfigError, match="unknown benchmark"):
         run_scenario("nope", settings)
+
+
+@pytest.mark.spark
+def test_batch_quick(settings: Settings, tmp_path: Path) -> None:
+    out = tmp_path / "batch.json"
+    result = run_scenario("batch", settings, quick=True, out=out)
+    doc = orjson.loads(out.read_bytes())
+    assert doc["scenario"] == "batch" and doc["quick"] is True
+    batch = doc["metrics"]["batch_default_s"]
+    assert batch["value"] > 0 and batch["unit"] == "s" and batch["run_days"] == 12
+    assert batch["rows"]["top_spenders"] == 12 * 100
+    mat = result.metrics["materialize_rows_per_s"]
+    assert mat.value > 0 and mat.extra["rows"] > 0 and mat.extra["insight_docs"] > 0
