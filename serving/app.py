@@ -1,29 +1,77 @@
 """The HTTP application (FastAPI, mounted in the BentoML service of ``serving/service.py``).
 
-Routes now: ``GET /healthz`` (no auth) and ``POST /v1/events/transactions`` (roles scorer,
-admin). Errors follow one shape, ``{"error": code, "message": text, "errors": [{path,
-reason}]}``, mapped from Kestrel's error tree: 400 invalid event, 401/403 auth, 413 batch too
-large, 503 broker unavailable.
+Routes and roles (``admin`` may call everything; health, readiness and metrics need no token
+and are BentoML's own endpoints, see serving/service.py):
+
+| route | roles |
+|---|---|
+| ``POST /v1/events/transactions`` | scorer |
+| ``POST /v1/score``, ``POST /v1/score/batch`` | scorer |
+| ``GET /v1/users/{customer_id}/insights``, ``GET /v1/insights/top-spenders`` | bot, investigator |
+| ``GET /v1/alerts``, ``POST /v1/labels`` | investigator |
+
+Every authenticated call passes the tenant's rate limit and leaves an access audit record.
+Errors follow one shape, ``{"error": code, "message": text, "errors": [{path, reason}]}``:
+400 invalid input, 401/403 auth, 404 unknown, 413 batch too large, 429 rate limited (with
+Retry-After), 503 a store or the broker unavailable.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import threading
+import time
+from datetime import UTC, date, datetime
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+import orjson
+from fastapi import FastAPI, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from redis.exceptions import RedisError
 
-from kestrel.errors import BatchTooLarge, EventValidationError, KestrelError, ServiceUnavailable
-from kestrel.events import TransactionIn
-from kestrel.pan import CardTokenizer
+from kestrel.errors import (
+    BatchTooLarge,
+    EventValidationError,
+    FieldError,
+    KestrelError,
+    ServiceUnavailable,
+)
+from kestrel.events import LabelEvent, TransactionEvent, TransactionIn, field_errors
 from kestrel.settings import Settings, get_settings
-from pipelines.ingest import EventProducer, Ingestor
-from serving.auth import Authenticator, AuthError, Forbidden
+from kestrel.topics import LABELS
+from pipelines.ingest import parse_transactions
+from serving import metrics
+from serving.auth import Authenticator, AuthError, Forbidden, Principal
+from serving.insights import FIELDS
+from serving.ratelimit import RateLimited
+from serving.runtime import Runtime
 
 log = logging.getLogger("kestrel.serving")
 MAX_EVENT_BYTES = 4096  # generous per-event budget for the request-size check
+
+ROLE_MATRIX: dict[str, tuple[str, ...]] = {
+    "ingest": ("scorer",),
+    "score": ("scorer",),
+    "insights": ("bot", "investigator"),
+    "alerts": ("investigator",),
+    "labels": ("investigator",),
+}
+
+
+class NotFound(KestrelError):
+    """The thing asked for does not exist (HTTP 404)."""
+
+
+class LabelIn(BaseModel):
+    """An investigator's verdict; source, analyst and time are filled in by the service."""
+
+    model_config = ConfigDict(extra="forbid")
+    txn_id: str = Field(min_length=1, max_length=64)
+    is_fraud: bool
+    reason: str | None = Field(None, max_length=500)
+    alert_id: str | None = Field(None, description="Closes this alert in the queue.")
 
 
 def _error(status: int, code: str, message: str, errors: list[dict[str, str]] | None = None,
@@ -34,33 +82,60 @@ def _error(status: int, code: str, message: str, errors: list[dict[str, str]] | 
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _ingest_body_schema() -> dict[str, Any]:
-    one = TransactionIn.model_json_schema(ref_template="#/components/schemas/{model}")
-    return {
-        "required": True,
-        "content": {"application/json": {"schema": {"oneOf": [
-            one,
-            {"type": "object", "required": ["events"], "properties": {
-                "events": {"type": "array", "items": one, "minItems": 1, "maxItems": 10_000}}},
-        ]}}},
-    }
+def _json(doc: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(doc, option=orjson.OPT_UTC_Z), status_code=status,
+                    media_type="application/json")
+
+
+def _ingest_body_schema(batch_key: str | None = "events", one: bool = True) -> dict[str, Any]:
+    item = TransactionIn.model_json_schema(ref_template="#/components/schemas/{model}")
+    batch = {"type": "object", "required": ["events"], "properties": {
+        "events": {"type": "array", "items": item, "minItems": 1, "maxItems": 10_000}}}
+    schema = {"oneOf": [item, batch]} if one and batch_key else item if one else batch
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    app = FastAPI(title="Kestrel", version="0.1.0",
-                  description="Real-time fraud features, decisions and insights.")
+    app = FastAPI(title="Kestrel", version="0.2.0",
+                  description="Real-time fraud decisions, customer insights, alerts and labels.")
     auth = Authenticator(settings)
-    state: dict[str, Ingestor] = {}
+    holder: dict[str, Runtime] = {}
+    lock = threading.Lock()
 
-    def ingestor() -> Ingestor:
-        if "ingestor" not in state:
-            state["ingestor"] = Ingestor(
-                EventProducer(settings, confirm_each=True),
-                CardTokenizer(settings.secret("pan_token_key")),
-                settings.max_batch_events,
-            )
-        return state["ingestor"]
+    def rt() -> Runtime:
+        if "rt" not in holder:
+            with lock:
+                if "rt" not in holder:
+                    holder["rt"] = Runtime(settings)
+        return holder["rt"]
+
+    app.state.runtime = rt
+
+    def guard(request: Request, area: str) -> Principal:
+        principal = auth.principal(request.headers.get("authorization"))
+        request.state.principal = principal
+        auth.authorize(principal, ROLE_MATRIX[area])
+        rt().limiter.check(principal.tenant)
+        return principal
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Any) -> Response:
+        t0 = time.perf_counter()
+        response: Response = await call_next(request)
+        elapsed = time.perf_counter() - t0
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.REQUEST_SECONDS.labels(path, request.method, str(response.status_code)).observe(
+            elapsed)
+        principal: Principal | None = getattr(request.state, "principal", None)
+        if principal is not None:
+            rt().audit.record("access", {
+                "at": datetime.now(UTC), "sub": principal.subject, "role": principal.role,
+                "tenant": principal.tenant, "method": request.method, "route": path,
+                "path": request.url.path, "status": response.status_code,
+                "ms": round(elapsed * 1000, 3)})
+        return response
 
     @app.exception_handler(EventValidationError)
     async def _invalid(_: Request, exc: EventValidationError) -> JSONResponse:
@@ -78,18 +153,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _forbidden(_: Request, exc: Forbidden) -> JSONResponse:
         return _error(403, "forbidden", str(exc))
 
+    @app.exception_handler(NotFound)
+    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return _error(404, "not_found", str(exc))
+
+    @app.exception_handler(RateLimited)
+    async def _limited(_: Request, exc: RateLimited) -> JSONResponse:
+        metrics.RATE_LIMITED.labels("tenant").inc()
+        return _error(429, "rate_limited", str(exc),
+                      headers={"Retry-After": str(exc.retry_after)})
+
     @app.exception_handler(ServiceUnavailable)
     async def _unavailable(_: Request, exc: ServiceUnavailable) -> JSONResponse:
         return _error(503, "unavailable", str(exc), headers={"Retry-After": "1"})
+
+    @app.exception_handler(RedisError)
+    async def _redis_down(_: Request, exc: RedisError) -> JSONResponse:
+        return _error(503, "unavailable", f"Redis is unavailable ({type(exc).__name__}); "
+                      "retry shortly", headers={"Retry-After": "1"})
 
     @app.exception_handler(KestrelError)
     async def _other(_: Request, exc: KestrelError) -> JSONResponse:
         log.exception("unhandled Kestrel error")
         return _error(500, "internal", str(exc))
 
-    @app.get("/healthz", tags=["operations"], summary="Liveness (no auth)")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get("/v1/ready", tags=["operations"], summary="Readiness detail (no auth)")
+    async def ready() -> Response:
+        doc = await run_in_threadpool(rt().readiness)
+        return _json(doc, 200 if doc["ready"] else 503)
+
+    # --- ingest ----------------------------------------------------------------------------
 
     @app.post(
         "/v1/events/transactions", status_code=202, tags=["ingest"],
@@ -99,16 +192,174 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    401: {"description": "missing or invalid bearer token"},
                    403: {"description": "role may not ingest"},
                    413: {"description": "batch too large"},
+                   429: {"description": "tenant over its rate limit"},
                    503: {"description": "broker unavailable"}},
     )
     async def ingest(request: Request) -> dict[str, Any]:
-        principal = auth.principal(request.headers.get("authorization"))
-        auth.authorize(principal, ("scorer",))
+        guard(request, "ingest")
         length = int(request.headers.get("content-length") or 0)
         if length > settings.max_batch_events * MAX_EVENT_BYTES:
             raise BatchTooLarge(length // MAX_EVENT_BYTES, settings.max_batch_events)
         body = await request.body()
-        accepted = await run_in_threadpool(ingestor().ingest, body)
+        accepted = await run_in_threadpool(rt().ingestor().ingest, body)
         return {"accepted": len(accepted), "txn_ids": accepted}
 
+    # --- decisioning -------------------------------------------------------------------------
+
+    def to_events(items: list[TransactionIn], prefix: str) -> list[TransactionEvent]:
+        token = rt().tokenizer.token
+        out: list[TransactionEvent] = []
+        errors: list[FieldError] = []
+        for i, item in enumerate(items):
+            fields = dict(item)
+            number = fields.pop("card_number")
+            if number is not None:
+                try:
+                    fields["card_id"] = token(number.get_secret_value())
+                except ValueError as exc:
+                    at = f"{prefix}[{i}]." if prefix else ""
+                    errors.append(FieldError(at + "card_number", str(exc)))
+                    continue
+            out.append(TransactionEvent.model_construct(**fields))
+        if errors:
+            raise EventValidationError(errors)
+        return out
+
+    score_responses: dict[int | str, dict[str, Any]] = {
+        400: {"description": "invalid transaction, with every field error"},
+        401: {"description": "missing or invalid bearer token"},
+        403: {"description": "role may not score"},
+        429: {"description": "tenant over its rate limit"}}
+
+    @app.post("/v1/score", tags=["decisioning"],
+              summary="Decide one transaction: allow, challenge or decline",
+              openapi_extra={"requestBody": _ingest_body_schema(None)},
+              responses=score_responses)
+    async def score(request: Request) -> Response:
+        t0 = time.perf_counter()
+        guard(request, "score")
+        body = await request.body()
+        items, _ = parse_transactions(body, 1)
+        if not isinstance(orjson.loads(body), dict) or "events" in orjson.loads(body):
+            raise EventValidationError([FieldError("$", "send one transaction object; use "
+                                                   "/v1/score/batch for several")])
+        events = to_events(items, "")
+        [decision] = await run_in_threadpool(rt().decider.score, events, t0)
+        return _json(decision)
+
+    @app.post("/v1/score/batch", tags=["decisioning"],
+              summary="Decide up to 10,000 transactions in one call",
+              openapi_extra={"requestBody": _ingest_body_schema("events", one=False)},
+              responses={**score_responses, 413: {"description": "batch too large"}})
+    async def score_batch(request: Request) -> Response:
+        t0 = time.perf_counter()
+        guard(request, "score")
+        body = await request.body()
+        items, prefix = await run_in_threadpool(parse_transactions, body,
+                                                settings.max_batch_events)
+        if not prefix:
+            raise EventValidationError([FieldError("events", "send {\"events\": [...]}")])
+        events = to_events(items, prefix)
+        decisions = await run_in_threadpool(rt().batch_decider.score, events, t0)
+        return _json({"decisions": decisions, "count": len(decisions)})
+
+    # --- insights --------------------------------------------------------------------------
+
+    @app.get("/v1/users/{customer_id}/insights", tags=["insights"],
+             summary="Spend, trends, categories, recent transactions, alerts, risk level",
+             responses={404: {"description": "unknown customer"},
+                        503: {"description": "Redis unavailable"}})
+    async def insights(request: Request, customer_id: str,
+                       fresh: bool = Query(False, description="Bypass the cache"),
+                       fields: str | None = Query(
+                           None, description=f"Comma-separated subset of {', '.join(FIELDS)}"),
+                       ) -> Response:
+        guard(request, "insights")
+        wanted = [f.strip() for f in fields.split(",") if f.strip()] if fields else None
+        unknown = sorted(set(wanted or ()) - set(FIELDS))
+        if unknown:
+            raise EventValidationError([FieldError("fields", f"unknown field(s) {unknown}; "
+                                                   f"choose from {', '.join(FIELDS)}")])
+        service = rt().insights
+        body = None if fresh else service.cached(customer_id)
+        metrics.INSIGHT_CACHE.labels("bypass" if fresh else "hit" if body else "miss").inc()
+        cache = "hit" if body else "bypass" if fresh else "miss"
+        if body is None:
+            body = await run_in_threadpool(service.build, customer_id)
+        if body is None:
+            raise NotFound(f"no customer {customer_id!r} in insights, recent transactions or "
+                           "alerts")
+        if wanted is None:
+            return Response(body, media_type="application/json", headers={"X-Cache": cache})
+        doc = orjson.loads(body)
+        partial = {"customer_id": doc["customer_id"], **{k: doc.get(k) for k in wanted}}
+        return Response(orjson.dumps(partial), media_type="application/json",
+                        headers={"X-Cache": cache})
+
+    @app.get("/v1/insights/top-spenders", tags=["insights"],
+             summary="The day's top spenders (from the batch insight tables)",
+             responses={404: {"description": "no ranking for that day"}})
+    async def top_spenders(request: Request, date_: Annotated[date, Query(alias="date")],
+                           n: int = Query(10, ge=1, le=100)) -> Response:
+        guard(request, "insights")
+        rows = rt().insights.top_spenders(date_.isoformat(), n)
+        if rows is None:
+            raise NotFound(f"no top spenders for {date_.isoformat()}; run `kestrel features "
+                           "materialize` for that day")
+        return _json({"date": date_.isoformat(), "n": n, "top_spenders": rows})
+
+    # --- alerts and labels -----------------------------------------------------------------
+
+    @app.get("/v1/alerts", tags=["investigation"], summary="The alert queue, newest first")
+    async def alerts(request: Request,
+                     status: str = Query("open", pattern="^(open|closed|all)$"),
+                     limit: int = Query(50, ge=1, le=500),
+                     offset: int = Query(0, ge=0)) -> Response:
+        guard(request, "alerts")
+        page, total = rt().alerts.page(None if status == "all" else status, offset, limit)
+        nxt = offset + len(page) if offset + len(page) < total else None
+        return _json({"alerts": page, "total": total, "offset": offset, "limit": limit,
+                      "next_offset": nxt})
+
+    @app.post("/v1/labels", status_code=202, tags=["investigation"],
+              summary="Label a transaction fraud or legit (published to `labels`)",
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": LabelIn.model_json_schema()}}}})
+    async def labels(request: Request) -> Response:
+        principal = guard(request, "labels")
+        try:
+            label_in = LabelIn.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise EventValidationError(field_errors(exc)) from None
+        try:
+            label = LabelEvent(txn_id=label_in.txn_id, is_fraud=label_in.is_fraud,
+                               source="investigator", analyst_id=principal.subject[:64],
+                               reason=label_in.reason, labelled_at=datetime.now(UTC))
+        except ValidationError as exc:
+            raise EventValidationError(field_errors(exc)) from None
+        await run_in_threadpool(_publish_label, rt(), label)
+        closed = rt().alerts.close(label_in.alert_id) if label_in.alert_id else None
+        return _json({"accepted": True, "label": label.model_dump(mode="json"),
+                      "alert_closed": closed}, 202)
+
     return app
+
+
+def _publish_label(runtime: Runtime, label: LabelEvent, timeout: float = 10.0) -> None:
+    done = threading.Event()
+    failure: list[str] = []
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failure.append(str(err))
+        done.set()
+
+    producer = runtime.producer()
+    producer.produce(LABELS, label.txn_id, label.to_json(), delivered)
+    deadline = time.monotonic() + timeout
+    while not done.is_set():
+        if time.monotonic() > deadline:
+            raise ServiceUnavailable("the broker did not acknowledge the label; retry")
+        producer.poll(0.01)
+    if failure:
+        raise ServiceUnavailable(f"the label was not published ({failure[0]}); retry")

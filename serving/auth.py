@@ -1,7 +1,10 @@
 """Bearer-token auth: JWTs with a role and a tenant, checked on every route but health.
 
 Development tokens are HS256, signed with ``KESTREL_JWT_SECRET`` (generated under var/ in
-dev) and minted by `kestrel token --role R --tenant T`. Roles: ``scorer`` (payment gateway),
+dev) and minted by `kestrel token --role R --tenant T`. Production tokens come from an identity
+provider, signed RS256: the keys are fetched (and cached) from ``KESTREL_JWT_JWKS_URL``, or
+read from the PEM file ``KESTREL_JWT_PUBLIC_KEY_FILE``. The token header's ``alg`` picks the
+path; an algorithm with no key configured is refused. Roles: ``scorer`` (payment gateway),
 ``bot`` (AI assistants), ``investigator``, ``admin``; ``admin`` may call everything.
 """
 
@@ -10,7 +13,8 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import jwt
 
@@ -51,15 +55,40 @@ def mint_token(settings: Settings, role: str, tenant: str, ttl_seconds: int = 36
 
 class Authenticator:
     def __init__(self, settings: Settings):
-        self._key = settings.secret("jwt_secret")
         self._issuer = settings.jwt_issuer
+        self._key: bytes | None = None
+        if settings.jwt_secret is not None or settings.env == "dev" or not (
+                settings.jwt_jwks_url or settings.jwt_public_key_file):
+            self._key = settings.secret("jwt_secret")
+        self._public_key: str | None = None
+        if settings.jwt_public_key_file is not None:
+            self._public_key = Path(settings.jwt_public_key_file).read_text()
+        self._jwks = jwt.PyJWKClient(settings.jwt_jwks_url, cache_keys=True, lifespan=300) \
+            if settings.jwt_jwks_url else None
+
+    def _verification_key(self, token: str) -> tuple[Any, str]:
+        try:
+            alg = jwt.get_unverified_header(token).get("alg")
+        except jwt.InvalidTokenError as exc:
+            raise AuthError(f"invalid token ({exc})") from None
+        if alg == ALGORITHM and self._key is not None:
+            return self._key, ALGORITHM
+        if alg == "RS256" and self._jwks is not None:
+            try:
+                return self._jwks.get_signing_key_from_jwt(token).key, "RS256"
+            except jwt.PyJWKClientError as exc:
+                raise AuthError(f"no signing key for this token ({exc})") from None
+        if alg == "RS256" and self._public_key is not None:
+            return self._public_key, "RS256"
+        raise AuthError(f"tokens signed with {alg!r} are not accepted here")
 
     def principal(self, authorization: str | None) -> Principal:
         if not authorization or not authorization.lower().startswith("bearer "):
             raise AuthError("send `Authorization: Bearer <token>` (mint one with `kestrel token`)")
         token = authorization[7:].strip()
+        key, alg = self._verification_key(token)
         try:
-            claims = jwt.decode(token, self._key, algorithms=[ALGORITHM], issuer=self._issuer,
+            claims = jwt.decode(token, key, algorithms=[alg], issuer=self._issuer,
                                 options={"require": ["exp", "iat", "sub", "iss"]})
         except jwt.ExpiredSignatureError:
             raise AuthError("the token has expired; mint a new one") from None

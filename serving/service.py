@@ -1,8 +1,12 @@
 """The BentoML service: one deployment serving every Kestrel HTTP route.
 
 The routes live in the FastAPI app of ``serving/app.py``, mounted at ``/``; BentoML supplies
-the server, worker processes and its own operational endpoints. Start it with
-`kestrel serve` (or `bentoml serve serving.service:Kestrel`).
+the server and the operational endpoints: ``/healthz`` and ``/livez`` (liveness), ``/readyz``
+(ready when Redis and the broker answer and a model is loaded — this class's ``__is_ready__``;
+``GET /v1/ready`` shows the checks), ``/metrics`` (Prometheus, with the ``kestrel_*`` metrics
+of serving/metrics.py). Start it with `kestrel serve` (or
+`bentoml serve serving.service:Kestrel`). Each worker loads the champion model when it starts
+and runs the alert-store consumer thread (KESTREL_ALERT_CONSUMER).
 """
 
 from __future__ import annotations
@@ -17,7 +21,14 @@ configure_logging(get_settings().log_level)
 http_app = create_app()
 
 
-@bentoml.service(name="kestrel", traffic={"timeout": 30})
+@bentoml.service(name="kestrel", traffic={"timeout": 60})
 @bentoml.asgi_app(http_app, path="/")
 class Kestrel:
-    """Ingestion now; decisioning, insights, labels and alerts join as they are built."""
+    """Ingestion, decisioning, insights, alerts and labels."""
+
+    def __init__(self) -> None:
+        self.runtime = http_app.state.runtime()
+        self.runtime.start()
+
+    def __is_ready__(self) -> bool:
+        return bool(self.runtime.readiness()["ready"])

@@ -1,0 +1,158 @@
+"""The alert store: topic `alerts` → Redis, for the investigator queue and insights.
+
+Layout (all keys under ``kestrel:alerts:``): ``doc:{alert_id}`` → the alert as the stream
+emitted it (pipelines/stream/rules.py); sorted sets ``open``, ``closed`` and ``all`` scored
+by the alert's last evidence time (µs), and ``customer:{customer_id}`` (all of a customer's
+alert ids). The first write of an alert id wins (``SET NX``): a replayed alert — the stream
+re-emits the same id after a crash — changes nothing, and a closed alert stays closed.
+
+The consumer runs as a daemon thread inside `kestrel serve` (one consumer group
+``kestrel-alert-store``: replicas split the partitions, dedup makes overlaps harmless); it
+commits offsets only after the Redis writes, so an alert is never lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime
+from typing import Any
+
+import orjson
+from redis import Redis
+from redis.exceptions import RedisError
+
+from kestrel.settings import Settings
+from kestrel.topics import ALERTS
+
+log = logging.getLogger("kestrel.serving.alerts")
+PREFIX = "kestrel:alerts:"
+STATUSES = ("open", "closed")
+
+# KEYS: doc, open, all, customer. ARGV: json, score, id. Returns 1 when new.
+_STORE_LUA = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
+  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
+def _score(alert: dict[str, Any]) -> int:
+    raw = str(alert.get("last_event_time") or alert.get("emitted_at") or "")
+    try:
+        return int(datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp() * 1_000_000)
+    except ValueError:
+        return 0
+
+
+class AlertStore:
+    def __init__(self, redis: Redis):
+        self.redis = redis
+        self._store = redis.register_script(_STORE_LUA)
+
+    def add(self, alert: dict[str, Any]) -> bool:
+        alert_id = str(alert["alert_id"])
+        doc = {k: v for k, v in alert.items() if k != "status"}
+        return bool(self._store(
+            keys=[f"{PREFIX}doc:{alert_id}", f"{PREFIX}open", f"{PREFIX}all",
+                  f"{PREFIX}customer:{alert.get('customer_id', '')}"],
+            args=[orjson.dumps(doc), _score(alert), alert_id]))
+
+    def close(self, alert_id: str) -> bool:
+        score: Any = self.redis.zscore(f"{PREFIX}all", alert_id)
+        if score is None:
+            return False
+        pipe = self.redis.pipeline()
+        pipe.zrem(f"{PREFIX}open", alert_id)
+        pipe.zadd(f"{PREFIX}closed", {alert_id: score})
+        pipe.execute()
+        return True
+
+    def _docs(self, ids: list[bytes]) -> list[dict[str, Any]]:
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.mget([f"{PREFIX}doc:{i.decode()}" for i in ids])
+        for i in ids:
+            pipe.zscore(f"{PREFIX}open", i)
+        raw, *open_scores = pipe.execute()
+        out = []
+        for doc, is_open in zip(raw, open_scores, strict=True):
+            if doc is not None:
+                alert = orjson.loads(doc)
+                alert["status"] = "open" if is_open is not None else "closed"
+                out.append(alert)
+        return out
+
+    def page(self, status: str | None, offset: int, limit: int) -> tuple[list[dict[str, Any]],
+                                                                          int]:
+        """Newest first; returns (alerts, total)."""
+        key = f"{PREFIX}{status or 'all'}"
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrevrange(key, offset, offset + limit - 1)
+        pipe.zcard(key)
+        ids, total = pipe.execute()
+        return self._docs(ids), int(total)
+
+    def for_customer(self, customer_id: str, status: str = "open") -> list[dict[str, Any]]:
+        ids: Any = self.redis.zrevrange(f"{PREFIX}customer:{customer_id}", 0, 99)
+        return [a for a in self._docs(ids) if a["status"] == status]
+
+
+class AlertConsumer:
+    """Topic `alerts` → AlertStore, in a daemon thread."""
+
+    def __init__(self, settings: Settings, store: AlertStore):
+        self.settings = settings
+        self.store = store
+        self.stored = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="alert-consumer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        from confluent_kafka import Consumer
+
+        consumer = Consumer({
+            "bootstrap.servers": self.settings.kafka_bootstrap,
+            "group.id": "kestrel-alert-store", "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": self.settings.consumer_session_timeout_ms,
+            "fetch.wait.max.ms": 100, "logger": log,
+        })
+        consumer.subscribe([ALERTS])
+        try:
+            while not self._stop.is_set():
+                msgs = consumer.consume(500, 0.5)
+                good = [m for m in msgs if m.error() is None]
+                if not good:
+                    continue
+                while not self._stop.is_set():
+                    try:
+                        for m in good:
+                            try:
+                                alert = orjson.loads(m.value() or b"")
+                            except orjson.JSONDecodeError:
+                                log.warning("skipping an alert that is not JSON")
+                                continue
+                            if isinstance(alert, dict) and "alert_id" in alert:
+                                self.stored += self.store.add(alert)
+                        break
+                    except RedisError as exc:  # keep the batch; retry until Redis is back
+                        log.warning("alert store unavailable (%s); retrying", exc)
+                        self._stop.wait(1.0)
+                consumer.commit(asynchronous=False)
+        except Exception:
+            log.exception("alert consumer stopped")
+        finally:
+            consumer.close()

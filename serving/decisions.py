@@ -1,0 +1,194 @@
+"""Decisioning: features → champion model → rules → a decision with its reasons.
+
+One code path for one transaction and for a batch (a batch is a list; Redis and XGBoost are
+called once for all of it). A decision is degraded — rules alone decide — when the online
+features cannot be read, no model is loaded or it fails, or the latency budget
+(``KESTREL_SCORE_BUDGET_MS``) is spent before the model's score is in. Everything but
+``latency_ms`` is a function of the inputs, the stored features and the model version, so
+identical inputs give identical outputs.
+
+Reasons are XGBoost's exact TreeSHAP values (``pred_contribs``): the features that pushed the
+score up the most, each with its value and a sentence.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from kestrel.events import TransactionEvent
+from kestrel.settings import Settings
+from kestrel.topics import DECISIONS, TRANSACTIONS
+from pipelines.ingest import EventProducer
+from serving import metrics
+from serving.audit import AuditLog
+from serving.features import OnlineFeatures, Vector
+from serving.model import ModelHolder
+from serving.rules import Outcome, RulesEngine
+
+log = logging.getLogger("kestrel.serving.decisions")
+TOP_REASONS = 3
+
+_TEXT: dict[str, str] = {
+    "txn_amount": "the amount is {v:.2f}",
+    "amount_to_avg_30d": "the amount is {v:.1f}x the customer's 30-day average",
+    "km_from_home": "the payment is {v:.0f} km from the customer's home",
+    "km_from_last_txn": "the card was used {v:.0f} km away last time",
+    "seconds_since_last_txn": "the card's previous payment was {v:.0f} s earlier",
+    "txn_hour_of_day": "the payment is at {v:.0f}:00 UTC",
+    "txn_is_night": "night-time payment flag is {v:.0f}",
+    "txn_is_weekend": "weekend flag is {v:.0f}",
+}
+_ACTION_WORD = {"allow": "Allowed", "challenge": "Challenged", "decline": "Declined"}
+
+
+def reason_text(feature: str, value: float) -> str:
+    if value != value:
+        return f"{feature} is unknown"
+    template = _TEXT.get(feature)
+    if template:
+        return template.format(v=value)
+    if "_count_" in feature or "_distinct_" in feature:
+        return f"{feature.replace('_', ' ')} is {value:.0f}"
+    return f"{feature.replace('_', ' ')} is {value:.2f}"
+
+
+def _event_doc(ev: TransactionEvent) -> dict[str, Any]:
+    return ev.model_dump(mode="json")
+
+
+class Decider:
+    def __init__(self, settings: Settings, features: OnlineFeatures, model: ModelHolder,
+                 rules: RulesEngine, producer: EventProducer | None, audit: AuditLog):
+        self.settings = settings
+        self.features = features
+        self.model = model
+        self.rules = rules
+        self.producer = producer
+        self.audit = audit
+        self.budget_s = settings.score_budget_ms / 1000
+
+    def score(self, events: Sequence[TransactionEvent],
+              started: float | None = None) -> list[dict[str, Any]]:
+        t0 = started if started is not None else time.perf_counter()
+        n = len(events)
+        cause: str | None = None
+        vectors: list[Vector] = [{} for _ in events]
+        try:
+            stored = self.features.fetch(events)
+            request = self.features.request_features(events, stored)
+            vectors = [{**s, **r} for s, r in zip(stored, request, strict=True)]
+        except Exception as exc:
+            cause = "features"
+            log.warning("online features unavailable, rules decide: %s", exc)
+        t1 = time.perf_counter()
+        metrics.STAGE_SECONDS.labels("features").observe(t1 - t0)
+        model = self.model.current
+        probs: Any = None
+        contribs: Any = None
+        if cause is None and model is None:
+            cause = "model"
+        if cause is None and t1 - t0 > self.budget_s:
+            cause = "budget"
+        if cause is None and model is not None:
+            try:
+                x = model.matrix(vectors)
+                probs, contribs = model.score(x)
+            except Exception as exc:
+                cause = "model"
+                log.exception("model failed, rules decide: %s", exc)
+        t2 = time.perf_counter()
+        metrics.STAGE_SECONDS.labels("model").observe(t2 - t1)
+        if cause is None and t2 - t0 > self.budget_s:
+            cause = "budget"
+        degraded = cause is not None
+        if degraded:
+            metrics.DEGRADED.labels(cause).inc(n)
+        tags = ({"challenge": model.threshold("challenge"), "decline": model.threshold("decline")}
+                if model is not None else {})
+        out: list[dict[str, Any]] = []
+        for i, ev in enumerate(events):
+            score = None if degraded else round(float(probs[i]), 6)
+            outcome = self.rules.decide(ev, score, tags)
+            reasons = [] if degraded or model is None else self._reasons(
+                model.features, vectors[i], contribs[i])
+            out.append({
+                "txn_id": ev.txn_id, "action": outcome.action, "score": score,
+                "reasons": reasons,
+                "rules": [{"rule": h.rule, "action": h.action, "text": h.text}
+                          for h in outcome.hits],
+                "explanation": self._explain(outcome, score, reasons, cause),
+                "model_version": None if degraded or model is None else model.version,
+                "degraded": degraded,
+            })
+        t3 = time.perf_counter()
+        metrics.STAGE_SECONDS.labels("rules").observe(t3 - t2)
+        latency_ms = round((t3 - t0) * 1000, 3)
+        for d in out:
+            d["latency_ms"] = latency_ms
+            metrics.DECISIONS.labels(d["action"], str(d["degraded"]).lower()).inc()
+        self._publish(events, out, vectors, model.version if model else None, cause)
+        return out
+
+    @staticmethod
+    def _reasons(features: tuple[str, ...], vector: Vector, contrib: Any) -> list[dict[str, Any]]:
+        values = contrib[:-1]
+        order = sorted(range(len(features)), key=lambda j: (-float(values[j]), features[j]))
+        chosen = [j for j in order if float(values[j]) > 0][:TOP_REASONS] or order[:1]
+        out = []
+        for j in chosen:
+            value = vector.get(features[j], math.nan)
+            out.append({"feature": features[j],
+                        "value": None if value != value else value,
+                        "contribution": round(float(values[j]), 6),
+                        "text": reason_text(features[j], value)})
+        return out
+
+    @staticmethod
+    def _explain(outcome: Outcome, score: float | None, reasons: list[dict[str, Any]],
+                 cause: str | None) -> str:
+        word = _ACTION_WORD[outcome.action]
+        decisive = [h for h in outcome.hits if h.action == outcome.action]
+        if cause is not None:
+            why = {"features": "online features are unavailable",
+                   "model": "no model is available", "budget": "the latency budget ran out"}[cause]
+            if decisive:
+                return f"{word} by rules alone ({why}): {decisive[0].text}."
+            return f"{word} by rules alone ({why}): no rule objected."
+        challenge, decline = outcome.thresholds or (1.0, 1.0)
+        assert score is not None
+        by_score = "decline" if score >= decline else "challenge" if score >= challenge \
+            else "allow"
+        if decisive and by_score != outcome.action:
+            return f"{word} because {decisive[0].text}."
+        drivers = " and ".join(r["text"] for r in reasons[:2]) or "no single feature"
+        if outcome.action == "allow":
+            return (f"Allowed: fraud score {score:.3f} is below the challenge threshold "
+                    f"{challenge:.3f}; the strongest risk signal was that {drivers}.")
+        return (f"{word}: fraud score {score:.3f} is above the {outcome.action} threshold "
+                f"{challenge if outcome.action == 'challenge' else decline:.3f}, mainly "
+                f"because {drivers}.")
+
+    def _publish(self, events: Sequence[TransactionEvent], decisions: list[dict[str, Any]],
+                 vectors: list[Vector], version: str | None, cause: str | None) -> None:
+        now = datetime.now(UTC)
+        if self.producer is not None:
+            try:
+                self.producer.produce_many(TRANSACTIONS, ((e.customer_id, e.to_json())
+                                                          for e in events))
+                self.producer.produce_many(DECISIONS, (
+                    (d["txn_id"], orjson.dumps({**d, "decided_at": now}, option=orjson.OPT_UTC_Z))
+                    for d in decisions))
+            except Exception as exc:
+                log.warning("could not publish decisions: %s", exc)
+        for ev, d, v in zip(events, decisions, vectors, strict=True):
+            self.audit.record("decisions", {
+                "at": now, "txn_id": ev.txn_id, "input": _event_doc(ev),
+                "features": {k: (None if x != x else x) for k, x in sorted(v.items())},
+                "model_version": version, "degraded_cause": cause, "output": d})

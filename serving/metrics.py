@@ -1,0 +1,34 @@
+"""Prometheus metrics of the HTTP service, exported at BentoML's ``/metrics``.
+
+``bentoml.metrics`` is prometheus_client wired to BentoML's multiprocess registry, so the
+numbers of every worker are summed on scrape. Cache hit ratio:
+``sum(rate(kestrel_insight_cache_total{result="hit"}[5m])) /
+sum(rate(kestrel_insight_cache_total[5m]))``.
+"""
+
+from __future__ import annotations
+
+import bentoml
+
+_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+REQUEST_SECONDS = bentoml.metrics.Histogram(
+    name="kestrel_request_seconds", documentation="HTTP request latency by route and status",
+    labelnames=["route", "method", "status"], buckets=_BUCKETS)
+STAGE_SECONDS = bentoml.metrics.Histogram(
+    name="kestrel_score_stage_seconds",
+    documentation="Scoring latency per stage (features, model, rules) per request",
+    labelnames=["stage"], buckets=_BUCKETS)
+DECISIONS = bentoml.metrics.Counter(
+    name="kestrel_decisions_total", documentation="Decisions by action and degraded flag",
+    labelnames=["action", "degraded"])
+DEGRADED = bentoml.metrics.Counter(
+    name="kestrel_degraded_decisions_total",
+    documentation="Decisions taken by rules alone, by cause", labelnames=["cause"])
+INSIGHT_CACHE = bentoml.metrics.Counter(
+    name="kestrel_insight_cache_total",
+    documentation="Insight cache lookups: hit, miss, bypass (fresh=true)",
+    labelnames=["result"])
+RATE_LIMITED = bentoml.metrics.Counter(
+    name="kestrel_rate_limited_total", documentation="Requests refused with 429, by tenant",
+    labelnames=["tenant"])

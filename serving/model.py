@@ -1,0 +1,124 @@
+"""The champion model: loaded from the MLflow registry at start, swapped when the alias moves.
+
+``models:/{model_name}@{champion_alias}`` is resolved to a version; its XGBoost booster, the
+feature order (the signature's input columns) and the thresholds (version tags) travel
+together in one immutable :class:`LoadedModel`, so a request sees either the old model or the
+new one, never a mix. A background thread polls the alias every
+``KESTREL_MODEL_POLL_SECONDS`` and loads a new version before swapping the reference: no
+request waits on a load and nothing is ever half-swapped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kestrel.settings import Settings
+
+log = logging.getLogger("kestrel.serving.model")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    version: str
+    features: tuple[str, ...]
+    booster: Any  # xgboost.Booster
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def threshold(self, name: str) -> float | None:
+        raw = self.tags.get(f"threshold_{name}")
+        try:
+            value = float(raw) if raw is not None else None
+        except ValueError:
+            return None
+        return value if value is not None and math.isfinite(value) else None
+
+    def matrix(self, vectors: list[dict[str, float]]) -> np.ndarray:
+        return np.array([[v.get(f, math.nan) for f in self.features] for v in vectors],
+                        dtype=np.float64)
+
+    def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Fraud probabilities and SHAP contributions (last column: the bias) per row."""
+        import xgboost
+
+        dmatrix = xgboost.DMatrix(x, feature_names=list(self.features), nthread=1)
+        probs = self.booster.predict(dmatrix)
+        contribs = self.booster.predict(dmatrix, pred_contribs=True)
+        return probs, contribs
+
+
+def load_champion(settings: Settings) -> LoadedModel:
+    """Load the version the champion alias points at (raises when there is none)."""
+    import mlflow
+    import mlflow.xgboost
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(settings.mlflow_uri, registry_uri=settings.mlflow_uri)
+    mv = client.get_model_version_by_alias(settings.model_name, settings.champion_alias)
+    return _load_version(settings, mv.version, dict(mv.tags or {}), mlflow)
+
+
+def _load_version(settings: Settings, version: str, tags: dict[str, str],
+                  mlflow: Any) -> LoadedModel:
+    mlflow.set_registry_uri(settings.mlflow_uri)
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    uri = f"models:/{settings.model_name}/{version}"
+    info = mlflow.models.get_model_info(uri)
+    if info.signature is None or info.signature.inputs is None:
+        raise ValueError(f"{uri} has no signature; the feature order comes from it")
+    features = tuple(info.signature.inputs.input_names())
+    model = mlflow.xgboost.load_model(uri)
+    booster = model.get_booster() if hasattr(model, "get_booster") else model
+    return LoadedModel(str(version), features, booster, tags)
+
+
+class ModelHolder:
+    """The current champion (or None) plus the poll thread that swaps it."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.current: LoadedModel | None = None
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh(self) -> bool:
+        """Load the alias's version if it differs from the current one; True when swapped."""
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        try:
+            client = MlflowClient(self.settings.mlflow_uri, registry_uri=self.settings.mlflow_uri)
+            mv = client.get_model_version_by_alias(self.settings.model_name,
+                                                   self.settings.champion_alias)
+            if self.current is not None and self.current.version == str(mv.version):
+                return False
+            loaded = _load_version(self.settings, mv.version, dict(mv.tags or {}), mlflow)
+        except Exception as exc:
+            if self.last_error != str(exc):
+                log.warning("champion model not loaded: %s", exc)
+            self.last_error = str(exc)
+            return False
+        previous = self.current.version if self.current else None
+        self.current = loaded  # one reference assignment: the swap
+        self.last_error = None
+        log.info("serving model %s version %s (was %s)", self.settings.model_name,
+                 loaded.version, previous)
+        return True
+
+    def start(self) -> None:
+        self.refresh()
+        self._thread = threading.Thread(target=self._poll, name="model-poll", daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.settings.model_poll_seconds):
+            self.refresh()
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,111 @@
+"""Everything the HTTP routes share, built once per worker process.
+
+Two Redis clients: ``scoring`` with a socket timeout equal to the score budget (a slow Redis
+turns into a degraded decision, not a slow one) and ``redis`` for the rest. Neither retries:
+an unreachable Redis answers at once with an error, and each caller knows what to do with it
+(score degraded, rate limiter fails open, insights answer 503).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from kestrel.kafka import broker_answers
+from kestrel.pan import CardTokenizer
+from kestrel.settings import Settings
+from pipelines.ingest import EventProducer, Ingestor
+from serving.alerts import AlertConsumer, AlertStore
+from serving.audit import AuditLog
+from serving.decisions import Decider
+from serving.features import OnlineFeatures
+from serving.insights import Insights
+from serving.model import ModelHolder
+from serving.ratelimit import RateLimiter
+from serving.rules import RulesEngine
+
+log = logging.getLogger("kestrel.serving")
+
+
+def _redis(url: str, timeout: float) -> Redis:
+    return Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=min(timeout, 0.5),
+                          retry=Retry(NoBackoff(), 0), health_check_interval=0)
+
+
+class Runtime:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.redis = _redis(settings.redis_url, 2.0)
+        self.scoring_redis = _redis(settings.redis_url, max(settings.score_budget_ms / 1000,
+                                                            0.005))
+        self.batch_redis = _redis(settings.redis_url, 10.0)
+        self.tokenizer = CardTokenizer(settings.secret("pan_token_key"))
+        self.audit = AuditLog(settings.var_dir / "audit")
+        self.rules = RulesEngine.from_file(settings.rules_path)
+        self.model = ModelHolder(settings)
+        self.alerts = AlertStore(self.redis)
+        self.insights = Insights(self.redis, self.alerts, settings.insight_schema_version,
+                                 settings.insight_cache_ttl_seconds)
+        self.limiter = RateLimiter(settings, self.redis)
+        self._producer: EventProducer | None = None
+        self._ingestor: Ingestor | None = None
+        self._lock = threading.Lock()
+        self.features = OnlineFeatures(settings, self.scoring_redis)
+        self.batch_features = OnlineFeatures(settings, self.batch_redis)
+        self.decider = Decider(settings, self.features, self.model, self.rules, None, self.audit)
+        self.batch_decider = Decider(settings, self.batch_features, self.model, self.rules,
+                                     None, self.audit)
+        self.batch_decider.budget_s = float("inf")  # a batch is throughput, not latency
+        self.consumer: AlertConsumer | None = None
+        self.started = False
+
+    def start(self) -> None:
+        """Load the model, start the poll and the alert consumer (idempotent)."""
+        with self._lock:
+            if self.started:
+                return
+            self.started = True
+        self.model.start()
+        producer = self.producer()
+        self.decider.producer = producer
+        self.batch_decider.producer = producer
+        if self.settings.alert_consumer:
+            self.consumer = AlertConsumer(self.settings, self.alerts)
+            self.consumer.start()
+
+    def producer(self) -> EventProducer:
+        with self._lock:
+            if self._producer is None:
+                self._producer = EventProducer(self.settings, confirm_each=True)
+            return self._producer
+
+    def ingestor(self) -> Ingestor:
+        if self._ingestor is None:
+            self._ingestor = Ingestor(self.producer(), self.tokenizer,
+                                      self.settings.max_batch_events)
+        return self._ingestor
+
+    def readiness(self) -> dict[str, Any]:
+        try:
+            redis_ok = bool(self.redis.ping())
+        except Exception:
+            redis_ok = False
+        model = self.model.current
+        checks = {"redis": redis_ok, "broker": broker_answers(self.settings, 1.0),
+                  "model": model is not None}
+        return {"ready": all(checks.values()), "checks": checks,
+                "model_version": model.version if model else None,
+                "model_error": self.model.last_error}
+
+    def stop(self) -> None:
+        self.model.stop()
+        if self.consumer is not None:
+            self.consumer.stop()
+        if self._producer is not None:
+            self._producer.poll(0)
+        self.audit.close()
