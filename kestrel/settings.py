@@ -158,6 +158,40 @@ class Settings(BaseSettings):
         None, description="HS256 secret for API bearer tokens (development auth)."
     )
     jwt_issuer: str = Field("kestrel", description="`iss` claim required on API tokens.")
+    jwt_jwks_url: str | None = Field(
+        None, description="JWKS URL of the identity provider; RS256 tokens are verified "
+        "with its keys (production auth)."
+    )
+    jwt_public_key_file: Path | None = Field(
+        None, description="PEM public key that verifies RS256 tokens (instead of a JWKS URL)."
+    )
+
+    # --- Decisioning and insights (serving/) ---------------------------------------------
+    score_budget_ms: float = Field(
+        50.0, gt=0, description="Latency budget of a decision; past it rules alone decide "
+        "(degraded=true)."
+    )
+    rules_path: Path | None = Field(
+        None, description="Rules YAML of POST /v1/score (unset: serving/rules.yaml)."
+    )
+    model_poll_seconds: float = Field(
+        10.0, gt=0, description="How often serving checks whether the champion alias moved."
+    )
+    insight_cache_ttl_seconds: int = Field(
+        300, ge=1, description="TTL of the insight cache entries `insight:user:{id}:v{N}`."
+    )
+    rate_limit_per_second: float = Field(
+        2000.0, ge=0, description="Per-tenant token bucket refill rate (requests/s; 0: off)."
+    )
+    rate_limit_burst: float = Field(
+        4000.0, ge=1, description="Per-tenant token bucket size (requests)."
+    )
+    rate_limit_tenants: str | None = Field(
+        None, description="Per-tenant overrides, `tenant=rate:burst,...`."
+    )
+    alert_consumer: bool = Field(
+        True, description="`kestrel serve` runs the consumer of `alerts` into the alert store."
+    )
 
     # --- derived paths -------------------------------------------------------------------
     @property
