@@ -8,33 +8,30 @@ config wants) and opens its client lazily, so loading the definitions costs noth
 """
 
 
-from pathlib import Path
+import json
 from typing import Any
 
 import dagster as dg
 
 from kestrel.settings import Settings, get_settings
 
+# every SecretStr setting: only ever from the environment, never in Dagster's config
+SECRETS = tuple(name for name, f in Settings.model_fields.items()
+                if "SecretStr" in str(f.annotation))
+
 
 class KestrelSettings(dg.ConfigurableResource):  # type: ignore[misc]
-    """The project's settings; ``var_dir`` and the service addresses may be overridden."""
+    """The project's settings: ``values`` (JSON) holds what the environment that built the
+    definitions set explicitly; anything else (and every secret) still comes from
+    ``KESTREL_*`` in the process that runs the step. Secrets are never put in here: Dagster
+    shows resource config in its UI."""
 
-    var_dir: str
-    env: str = "dev"
-    kafka_bootstrap: str = ""
-    redis_url: str = ""
-    spark_master: str = ""
-    mlflow_tracking_uri: str = ""
+    values: str = "{}"
 
     def get(self) -> Settings:
-        overrides: dict[str, Any] = {"var_dir": Path(self.var_dir), "env": self.env}
-        for name in ("kafka_bootstrap", "redis_url", "spark_master", "mlflow_tracking_uri"):
-            value = getattr(self, name)
-            if value:
-                overrides[name] = value
-        # read afresh (not the process-wide cache): a long-lived `dagster dev` picks up a
-        # changed environment on its next run, and tests can set KESTREL_* per test
-        return Settings().model_copy(update=overrides)
+        # constructed afresh (not the process-wide cache), so a long-lived `dagster dev`
+        # sees a changed environment on its next run, and tests can set KESTREL_* per test
+        return Settings(**json.loads(self.values))
 
 
 class SparkResource(dg.ConfigurableResource):  # type: ignore[misc]
@@ -98,10 +95,9 @@ class RedisResource(dg.ConfigurableResource):  # type: ignore[misc]
 def resources_for(settings: Settings | None = None) -> dict[str, Any]:
     """The resources of one environment, every one from the same settings."""
     s = settings or get_settings()
-    base = KestrelSettings(
-        var_dir=str(s.var_dir.resolve()), env=s.env, kafka_bootstrap=s.kafka_bootstrap,
-        redis_url=s.redis_url, spark_master=s.spark_master,
-        mlflow_tracking_uri=s.mlflow_tracking_uri or "")
+    values = s.model_dump(mode="json", exclude=set(SECRETS), exclude_defaults=True)
+    values["var_dir"] = str(s.var_dir.resolve())  # a `dagster dev` may run from elsewhere
+    base = KestrelSettings(values=json.dumps(values, sort_keys=True))
     return {
         "kestrel": base,
         "spark": SparkResource(settings=base),

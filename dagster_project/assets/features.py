@@ -13,7 +13,7 @@ from typing import Any
 
 import dagster as dg
 
-from dagster_project.partitions import daily, day_of, days_back
+from dagster_project.partitions import ONE_RUN, daily, days_back, days_of
 from dagster_project.resources import KestrelSettings, SparkResource
 
 # The longest batch window, plus the label delay the fraud risk shifts by (kestrel/windows.py)
@@ -36,14 +36,15 @@ def _table(rows: dict[str, int]) -> dg.MetadataValue:
                 "with the stream's own window definitions (kestrel/windows.py), in the "
                 "stream's offline feature log. Training sets over history read them.",
     owners=["team:fraud-platform"], tags={"layer": "features", "engine": "spark"},
+    backfill_policy=ONE_RUN,
 )
 def stream_feature_history(context: dg.AssetExecutionContext, kestrel: KestrelSettings,
                            spark: SparkResource) -> dg.MaterializeResult:
     from pipelines.batch.backfill import backfill_stream_features
 
-    day = day_of(context)
+    first, last = days_of(context)
     spark.session()
-    result = backfill_stream_features(kestrel.get(), day, day, progress=_say(context))
+    result = backfill_stream_features(kestrel.get(), first, last, progress=_say(context))
     views = result.get("views", {})
     rows = {view: int(info.get("rows", 0)) if isinstance(info, dict) else int(info)
             for view, info in views.items()}
@@ -62,14 +63,15 @@ def stream_feature_history(context: dg.AssetExecutionContext, kestrel: KestrelSe
                 "risk from labels known by then; the insight tables. Recomputed only when "
                 "its inputs changed.",
     owners=["team:fraud-platform"], tags={"layer": "features", "engine": "spark"},
+    backfill_policy=ONE_RUN,
 )
 def batch_feature_tables(context: dg.AssetExecutionContext, kestrel: KestrelSettings,
                          spark: SparkResource) -> dg.MaterializeResult:
     from pipelines.batch.jobs import run_batch_features
 
-    day = day_of(context)
+    first, last = days_of(context)
     spark.session()
-    result = run_batch_features(kestrel.get(), day, day, progress=_say(context))
+    result = run_batch_features(kestrel.get(), first, last, progress=_say(context))
     groups = result.get("groups", {})
     return dg.MaterializeResult(metadata={
         "rows": _table({k: int(v) for k, v in result.get("rows", {}).items()}),
@@ -86,13 +88,14 @@ def batch_feature_tables(context: dg.AssetExecutionContext, kestrel: KestrelSett
                 "insight documents and top-spender lists, loaded into Redis incrementally "
                 "(a watermark per table; only partitions newer than it are read).",
     owners=["team:fraud-platform"], tags={"layer": "online"},
+    backfill_policy=ONE_RUN,
 )
 def online_materialization(context: dg.AssetExecutionContext,
                            kestrel: KestrelSettings) -> dg.MaterializeResult:
     from pipelines.features.materialize import materialize
 
-    day = day_of(context)
-    result = materialize(kestrel.get(), None, day, progress=_say(context))
+    _, last = days_of(context)
+    result = materialize(kestrel.get(), None, last, progress=_say(context))
     views = result.get("views", {})
     return dg.MaterializeResult(metadata={
         "rows": _table({k: int(v.get("rows", 0)) for k, v in views.items()}),

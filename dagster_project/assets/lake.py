@@ -6,13 +6,13 @@ any feature is computed from it. A missing day is an error that says how to fill
 """
 
 
-from datetime import date
+from datetime import date, timedelta
 
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dagster_project.partitions import daily, day_of
+from dagster_project.partitions import ONE_RUN, daily, days_of
 from dagster_project.resources import KestrelSettings
 from kestrel.errors import LakeError
 from kestrel.lake import list_files, partition_dir, read_table
@@ -25,8 +25,12 @@ def _files(settings: Settings, table: str, day: date) -> list[str]:
             if p.parent == folder]
 
 
+def _days(first: date, last: date) -> list[date]:
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
 @dg.asset(
-    partitions_def=daily, group_name="lake", kinds={"parquet"},
+    partitions_def=daily, group_name="lake", kinds={"parquet"}, backfill_policy=ONE_RUN,
     description="The day's raw transactions in the lake (written by the archiver from "
                 "`transactions`, or by the simulator). Observed, never rewritten here.",
     owners=["team:fraud-platform"], tags={"layer": "lake"},
@@ -34,24 +38,26 @@ def _files(settings: Settings, table: str, day: date) -> list[str]:
 def lake_transactions(context: dg.AssetExecutionContext,
                       kestrel: KestrelSettings) -> dg.MaterializeResult:
     settings = kestrel.get()
-    day = day_of(context)
-    if not _files(settings, "transactions", day):
-        raise LakeError(f"no transactions for {day} in {settings.lake_dir}; run `make demo`, "
-                        "`kestrel simulate --to lake` or the archiver first")
-    table = read_table(settings.lake_dir, "transactions", days=[day])
-    amount = table.column("amount")
+    days = _days(*days_of(context))
+    missing = [d for d in days if not _files(settings, "transactions", d)]
+    if missing:
+        raise LakeError(f"no transactions for {', '.join(map(str, missing[:5]))} in "
+                        f"{settings.lake_dir}; run `make demo`, `kestrel simulate --to lake` "
+                        "or the archiver first")
+    table = read_table(settings.lake_dir, "transactions", days=days)
     return dg.MaterializeResult(metadata={
         "rows": table.num_rows,
-        "files": len(_files(settings, "transactions", day)),
+        "files": sum(len(_files(settings, "transactions", d)) for d in days),
         "customers": pc.count_distinct(table.column("customer_id")).as_py(),
         "cards": pc.count_distinct(table.column("card_id")).as_py(),
-        "amount_total": round(float(pc.sum(amount).as_py() or 0.0), 2),
-        "path": dg.MetadataValue.path(str(partition_dir(settings.lake_dir, "transactions", day))),
+        "amount_total": round(float(pc.sum(table.column("amount")).as_py() or 0.0), 2),
+        "path": dg.MetadataValue.path(str(partition_dir(settings.lake_dir, "transactions",
+                                                        days[-1]))),
     })
 
 
 @dg.asset(
-    partitions_def=daily, group_name="lake", kinds={"parquet"},
+    partitions_def=daily, group_name="lake", kinds={"parquet"}, backfill_policy=ONE_RUN,
     description="Labels that became known on the day (labelled_at within it): investigator "
                 "decisions, chargebacks and the simulator's delayed ground truth.",
     owners=["team:fraud-platform"], tags={"layer": "lake"},
@@ -59,14 +65,15 @@ def lake_transactions(context: dg.AssetExecutionContext,
 def label_table(context: dg.AssetExecutionContext,
                 kestrel: KestrelSettings) -> dg.MaterializeResult:
     settings = kestrel.get()
-    day = day_of(context)
+    days = _days(*days_of(context))
     try:
-        table = read_table(settings.lake_dir, "labels", days=[day])
+        table = read_table(settings.lake_dir, "labels", days=days)
     except LakeError:
         table = pa.table({"is_fraud": pa.array([], pa.bool_())})
     frauds = int(pc.sum(table.column("is_fraud")).as_py() or 0) if table.num_rows else 0
     return dg.MaterializeResult(metadata={
         "rows": table.num_rows, "frauds": frauds,
         "fraud_share": round(frauds / table.num_rows, 5) if table.num_rows else 0.0,
-        "path": dg.MetadataValue.path(str(partition_dir(settings.lake_dir, "labels", day))),
+        "path": dg.MetadataValue.path(str(partition_dir(settings.lake_dir, "labels",
+                                                        days[-1]))),
     })

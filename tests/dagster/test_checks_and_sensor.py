@@ -14,7 +14,7 @@ from dagster_project.assets.lake import label_table, lake_transactions
 from dagster_project.automation import label_count, newest_complete_day, retrain_on_new_labels
 from dagster_project.checks import lake_freshness, lake_rows_and_nulls, lake_value_ranges
 from dagster_project.drift import FAIL_PSI, WARN_PSI, baseline, psi
-from dagster_project.resources import KestrelSettings
+from dagster_project.resources import KestrelSettings, resources_for
 from kestrel.lake import TRANSACTION_SCHEMA, partition_dir, write_parquet_durable
 from kestrel.pan import CardTokenizer
 from kestrel.settings import Settings
@@ -31,7 +31,7 @@ def _simulate(settings: Settings, days: int, start: str = "2018-04-01") -> None:
 
 
 def _kestrel(settings: Settings) -> KestrelSettings:
-    return KestrelSettings(var_dir=str(settings.var_dir), env="test")
+    return resources_for(settings)["kestrel"]
 
 
 def test_psi_reads_stable_shifted_and_missing() -> None:
