@@ -130,6 +130,32 @@ def encode_double(value: FeatureValue) -> bytes:
 
 _ENCODERS: dict[Any, Callable[[FeatureValue], bytes]] = {Int64: encode_int64,
                                                           Float64: encode_double}
+_RESP_EMPTY = b"$0\r\n\r\n"
+_RESP_SMALL_INTS = tuple(b"$%d\r\n%s\r\n" % (len(v), v)
+                         for v in (encode_int64(i) for i in range(16_384)))
+_RESP_DOUBLE_HEAD = b"$9\r\n" + _DOUBLE_TAG
+
+
+def resp_int64(value: FeatureValue) -> bytes:
+    """encode_int64 as a RESP bulk string."""
+    if value is None or value != value:
+        return _RESP_EMPTY
+    number = int(value)
+    if 0 <= number < 16_384:
+        return _RESP_SMALL_INTS[number]
+    encoded = encode_int64(number)
+    return b"$%d\r\n%s\r\n" % (len(encoded), encoded)
+
+
+def resp_double(value: FeatureValue) -> bytes:
+    """encode_double as a RESP bulk string."""
+    if value is None or value != value:
+        return _RESP_EMPTY
+    return _RESP_DOUBLE_HEAD + _DOUBLE(float(value)) + b"\r\n"
+
+
+_RESP_ENCODERS: dict[Callable[[FeatureValue], bytes], Callable[[FeatureValue], bytes]] = {
+    encode_int64: resp_int64, encode_double: resp_double}
 
 
 def timestamp_parts(event_time: datetime | int) -> tuple[int, int]:
@@ -176,7 +202,8 @@ class RespTransaction:
         return self.commands
 
     def command(self, *args: bytes | str | int | float) -> None:
-        self._parts.append(b"*%d\r\n" % len(args) + b"".join(_arg(a) for a in args))
+        self._parts.append(b"*%d\r\n" % len(args) + b"".join([
+            b"$%d\r\n%s\r\n" % (len(a), a) if type(a) is bytes else _arg(a) for a in args]))
         self.commands += 1
 
     def raw(self, payload: bytes, commands: int) -> None:
@@ -250,7 +277,7 @@ class ViewWriter:
             self._fields[feature.name] = (_mmh3(f"{self.view_name}:{feature.name}"), encoder)
         self._ttl_arg = str(self.key_ttl_seconds).encode()
         # RESP templates for RespTransaction: "$4\r\n<field>\r\n" per feature
-        self._resp_fields = {name: (_bulk(f), encoder) for name, (f, encoder)
+        self._resp_fields = {name: (_bulk(f), _RESP_ENCODERS[encoder]) for name, (f, encoder)
                              in self._fields.items()}
         self._resp_ts_field = _bulk(self.ts_field)
 
@@ -336,7 +363,7 @@ class ViewWriter:
                     raise KeyError(f"{self.view_name} has no feature {name!r}; nothing of "
                                    "this row was queued") from None
                 parts.append(field)
-                parts.append(_bulk(encode(feature_value)))
+                parts.append(encode(feature_value))
             out.append(b"".join(parts))
             queued += 1
             if ttl:
@@ -347,6 +374,19 @@ class ViewWriter:
 
 
 def _varint(n: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative int (timestamps: 4–5 bytes)."""
+    if n < 0x80:
+        return bytes((n,))
+    if n < 1 << 28:
+        if n < 1 << 14:
+            return bytes(((n & 0x7F) | 0x80, n >> 7))
+        if n < 1 << 21:
+            return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, n >> 14))
+        return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, ((n >> 14) & 0x7F) | 0x80,
+                      n >> 21))
+    if n < 1 << 35:
+        return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, ((n >> 14) & 0x7F) | 0x80,
+                      ((n >> 21) & 0x7F) | 0x80, n >> 28))
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)

@@ -34,6 +34,7 @@ import time
 import uuid
 from bisect import bisect_right
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -157,6 +158,7 @@ class StreamProcessor:
         self._since_snapshot: dict[tuple[str, int], int] = {}
         self._recent: dict[str, list[bytes]] = defaultdict(list)
         self._refused: set[str] = set()  # terminal updates too late to place, this batch
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offline-log")
         # event-time pacing of the `transactions` partitions this instance owns
         self._owned: set[int] = set()
         self._paused: set[int] = set()
@@ -235,9 +237,9 @@ class StreamProcessor:
     def _count(self, m: Message, consumer: Consumer) -> None:
         """Stop fetching a partition that filled its share of the current batch, so one
         partition cannot carry a batch far ahead in event time; _pace resumes it."""
-        if m.topic() != TRANSACTIONS:
-            return
         part = m.partition() or 0
+        if part not in self._owned or m.topic() != TRANSACTIONS:
+            return
         n = self._in_batch[part] = self._in_batch.get(part, 0) + 1
         if n == self._share() and part not in self._paused:
             consumer.pause([TopicPartition(TRANSACTIONS, part)])
@@ -369,20 +371,20 @@ class StreamProcessor:
         batch, buffer[:] = list(buffer), []
         started = time.perf_counter()
         before = self._counts()
-        decoded: list[tuple[Message, Any]] = []
+        decoded: list[tuple[Message, str, int, Any]] = []
         newest: dict[str, int] = {}
         for m in batch:
-            part = m.partition() or 0
-            if m.topic() == TRANSACTIONS:
+            part, topic = m.partition() or 0, m.topic() or ""
+            if topic == TRANSACTIONS:
                 self._at_end.discard(part)  # it has data again
                 try:
                     txn = records.decode(m.value())
                 except EventValidationError as exc:
-                    decoded.append((m, exc))
+                    decoded.append((m, topic, part, exc))
                     continue
-                decoded.append((m, txn))
+                decoded.append((m, topic, part, txn))
             else:
-                decoded.append((m, orjson.loads(m.value() or b"[]")))
+                decoded.append((m, topic, part, orjson.loads(m.value() or b"[]")))
 
         rows: dict[Entity, list[dict[str, Any]]] = defaultdict(list)
         columns: dict[Entity, list[dict[str, list[Any]]]] = defaultdict(list)
@@ -395,10 +397,10 @@ class StreamProcessor:
         next_offsets: dict[tuple[str, int], int] = {}
         produced_at: list[int] = []
         now = datetime.now(UTC)
-        for m, item in decoded:
-            part, offset = m.partition() or 0, m.offset() or 0
-            next_offsets[(m.topic() or "", part)] = offset + 1
-            if m.topic() == TRANSACTIONS:
+        for m, topic, part, item in decoded:
+            offset = m.offset() or 0
+            next_offsets[(topic, part)] = offset + 1
+            if topic == TRANSACTIONS:
                 newest[str(part)] = m.timestamp()[1]
             if isinstance(item, EventValidationError):
                 self.stats.invalid += 1
@@ -442,19 +444,25 @@ class StreamProcessor:
         batch_id = f"{time.time_ns() // 1_000_000:013d}-{uuid.uuid4().hex[:6]}"
         timing = self.stats.stage_ms
         t0 = time.perf_counter()
-        self.offline.stage(batch_id, rows, columns)
+        # the offline rows are written and fsynced in the background while the commit is
+        # encoded and the Kafka side effects are flushed; the commit waits for both
+        staging = self._io.submit(self.offline.stage, batch_id, rows, columns)
+        tx = self._build_commit(batch_id, online, customers, next_offsets)
         t1 = time.perf_counter()
         producer.flush()
         t2 = time.perf_counter()
-        self._redis_commit(batch_id, online, customers, next_offsets)
+        staging.result()  # durable before the commit point
         t3 = time.perf_counter()
-        self.offline.publish(batch_id)
+        tx.execute(self.redis)  # the commit point
         t4 = time.perf_counter()
+        self.offline.publish(batch_id)
+        t5 = time.perf_counter()
         timing["apply"] += (t0 - started) * 1000
-        timing["offline_stage"] += (t1 - t0) * 1000
+        timing["commit_encode"] += (t1 - t0) * 1000
         timing["kafka_flush"] += (t2 - t1) * 1000
-        timing["redis_commit"] += (t3 - t2) * 1000
-        timing["offline_publish"] += (t4 - t3) * 1000
+        timing["offline_stage_wait"] += (t3 - t2) * 1000
+        timing["redis_commit"] += (t4 - t3) * 1000
+        timing["offline_publish"] += (t5 - t4) * 1000
         self.stats.last_commit_at = time.monotonic()
         done_ms = time.time() * 1000
         freshness_ms = [done_ms - t for t in produced_at if t > 0]
@@ -684,9 +692,10 @@ class StreamProcessor:
         self._evict(entity, state)
         return True
 
-    def _redis_commit(self, batch_id: str,
+    def _build_commit(self, batch_id: str,
                       online: dict[Entity, dict[str, tuple[dict[str, Any], int]]],
-                      customers: set[str], next_offsets: dict[tuple[str, int], int]) -> None:
+                      customers: set[str], next_offsets: dict[tuple[str, int], int]
+                      ) -> RespTransaction:
         tx = RespTransaction()
         for entity, by_key in online.items():
             self.online.write(tx, stream_view_name(entity), [
@@ -721,4 +730,4 @@ class StreamProcessor:
         schema = self.settings.insight_schema_version
         if customers:
             tx.command("DEL", *[insight_key(c, schema) for c in customers])
-        tx.execute(self.redis)
+        return tx
