@@ -113,8 +113,12 @@ def terminal_features(tx: DataFrame, labels: DataFrame, run_days: list[date], fi
     grid = _dense(daily, key, first, max(run_days), ["n"])
 
     # label → change of the transaction's fraud state, on the day it became known
+    # only transactions ever labelled fraud can change state: the rest never count, and
+    # leaving them out keeps the join with the transactions small
     by_txn = Window.partitionBy("txn_id").orderBy("labelled_at", "is_fraud")
-    changes = (labels.join(tx.select("txn_id", key, F.col("day").alias("txn_day")), "txn_id")
+    ever_fraud = labels.where(F.col("is_fraud")).select("txn_id").distinct()
+    relevant = labels.join(ever_fraud, "txn_id", "left_semi")
+    changes = (relevant.join(tx.select("txn_id", key, F.col("day").alias("txn_day")), "txn_id")
                .withColumn("state", F.col("is_fraud").cast("int"))
                .withColumn("delta", F.col("state") - F.lag("state", 1, 0).over(by_txn))
                .where(F.col("delta") != 0)
