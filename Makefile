@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DAYS ?= 3
 
-.PHONY: install demo test test-unit lint typecheck bench clean down
+.PHONY: install demo test test-unit lint typecheck bench clean down dagster
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,13 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/kestrel bench ingest
+
+## dagster: the Dagster UI on http://127.0.0.1:$(DAGSTER_PORT) (asset graph, checks, schedules, sensor)
+DAGSTER_PORT ?= 3001
+dagster: $(STAMP)
+	@mkdir -p var/dagster
+	DAGSTER_HOME=$(abspath var/dagster) $(BIN)/dagster dev -m dagster_project.definitions \
+		-h 127.0.0.1 -p $(DAGSTER_PORT)
 
 down: $(STAMP)
 	$(BIN)/kestrel down

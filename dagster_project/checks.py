@@ -7,6 +7,7 @@ the drift check warns at PSI 0.1 and fails at 0.25 (DESIGN's reading of PSI).
 
 
 from datetime import date, timedelta
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -24,7 +25,7 @@ from dagster_project.quality import (
 from dagster_project.resources import KestrelSettings
 from kestrel.events import MAX_AMOUNT
 from kestrel.lake import read_table
-from kestrel.windows import batch_feature_names, batch_view_name
+from kestrel.windows import Entity, batch_feature_names, batch_view_name
 
 REQUIRED = ["txn_id", "event_time", "customer_id", "card_id", "terminal_id", "mcc", "amount",
             "country", "lat", "lon", "channel"]
@@ -32,10 +33,9 @@ REQUIRED = ["txn_id", "event_time", "customer_id", "card_id", "terminal_id", "mc
 
 def _result(m: Measured, severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR
             ) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(passed=m.passed, severity=severity,
-                               metadata={k: dg.MetadataValue.json(v)
-                                         if isinstance(v, dict | list) else v
-                                         for k, v in m.metadata.items()})
+    metadata: dict[str, Any] = {k: dg.MetadataValue.json(v) if isinstance(v, dict | list)
+                                else v for k, v in m.metadata.items()}
+    return dg.AssetCheckResult(passed=m.passed, severity=severity, metadata=metadata)
 
 
 def _days(context: dg.AssetCheckExecutionContext) -> list[date]:
@@ -84,13 +84,13 @@ def lake_freshness(context: dg.AssetCheckExecutionContext,
                    dg.AssetCheckSeverity.WARN)
 
 
-def batch_rows(kestrel: KestrelSettings, entity: str, day: str) -> pd.DataFrame:
+def batch_rows(kestrel: KestrelSettings, entity: Entity, day: str) -> pd.DataFrame:
     from pipelines.batch.layout import batch_table, partition_files
 
     settings = kestrel.get()
-    files = partition_files(batch_table(settings, entity), "run_date", day)  # type: ignore[arg-type]
+    files = partition_files(batch_table(settings, entity), "run_date", day)
     if not files:
-        return pd.DataFrame(columns=list(batch_feature_names(entity)))  # type: ignore[arg-type]
+        return pd.DataFrame(columns=list(batch_feature_names(entity)))
     return pa.concat_tables([pq.read_table(f) for f in files]).to_pandas()
 
 
@@ -102,9 +102,10 @@ def batch_tables_valid(context: dg.AssetCheckExecutionContext,
                        kestrel: KestrelSettings) -> dg.AssetCheckResult:
     metadata: dict[str, object] = {}
     passed = True
-    for entity in ("customer", "terminal"):
+    entities: tuple[Entity, ...] = ("customer", "terminal")
+    for entity in entities:
         frame = pd.concat([batch_rows(kestrel, entity, str(d)) for d in _days(context)])
-        names = batch_feature_names(entity)  # type: ignore[arg-type]
+        names = batch_feature_names(entity)
         ranges: dict[str, tuple[float, float]] = {}
         for n in names:
             if "_txn_count_" in n:

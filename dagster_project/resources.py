@@ -20,7 +20,7 @@ SECRETS = tuple(name for name, f in Settings.model_fields.items()
                 if "SecretStr" in str(f.annotation))
 
 
-class KestrelSettings(dg.ConfigurableResource):  # type: ignore[misc]
+class KestrelSettings(dg.ConfigurableResource):
     """The project's settings: ``values`` (JSON) holds what the environment that built the
     definitions set explicitly; anything else (and every secret) still comes from
     ``KESTREL_*`` in the process that runs the step. Secrets are never put in here: Dagster
@@ -34,7 +34,7 @@ class KestrelSettings(dg.ConfigurableResource):  # type: ignore[misc]
         return Settings(**json.loads(self.values))
 
 
-class SparkResource(dg.ConfigurableResource):  # type: ignore[misc]
+class SparkResource(dg.ConfigurableResource):
     """A Spark session on the configured master (started on first use, then reused)."""
 
     settings: KestrelSettings
@@ -45,7 +45,7 @@ class SparkResource(dg.ConfigurableResource):  # type: ignore[misc]
         return spark_session(self.settings.get())
 
 
-class FeastResource(dg.ConfigurableResource):  # type: ignore[misc]
+class FeastResource(dg.ConfigurableResource):
     """The Feast store over feature_repo/ with the registry and stores from the settings."""
 
     settings: KestrelSettings
@@ -56,7 +56,7 @@ class FeastResource(dg.ConfigurableResource):  # type: ignore[misc]
         return feature_store(self.settings.get())
 
 
-class MLflowResource(dg.ConfigurableResource):  # type: ignore[misc]
+class MLflowResource(dg.ConfigurableResource):
     """MLflow tracking and registry at the settings' URI."""
 
     settings: KestrelSettings
@@ -70,7 +70,7 @@ class MLflowResource(dg.ConfigurableResource):  # type: ignore[misc]
         return MlflowClient(tracking_uri=uri)
 
 
-class KafkaResource(dg.ConfigurableResource):  # type: ignore[misc]
+class KafkaResource(dg.ConfigurableResource):
     """The Kafka-protocol broker (admin checks; producers come from pipelines.ingest)."""
 
     settings: KestrelSettings
@@ -81,7 +81,7 @@ class KafkaResource(dg.ConfigurableResource):  # type: ignore[misc]
         return broker_answers(self.settings.get())
 
 
-class RedisResource(dg.ConfigurableResource):  # type: ignore[misc]
+class RedisResource(dg.ConfigurableResource):
     """The Redis online store / caches."""
 
     settings: KestrelSettings

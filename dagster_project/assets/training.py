@@ -28,7 +28,7 @@ from kestrel.settings import Settings
 TRAINING_HISTORY_DAYS = 80
 
 
-class TrainingConfig(dg.Config):  # type: ignore[misc]
+class TrainingConfig(dg.Config):
     folds: int = 4
     train_days: int = 7
     test_days: int = 7
