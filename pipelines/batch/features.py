@@ -29,6 +29,7 @@ from kestrel.windows import (
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
+    from pyspark.sql.window import WindowSpec
 
 
 def reach_days(delay: int) -> int:
@@ -44,7 +45,7 @@ def _calendar(tx: DataFrame, first: date, last: date) -> DataFrame:
         F.date_add(F.lit(first), F.col("id").cast("int")).alias("day"))
 
 
-def _frame(key: str, back: int, upto: int = 0):  # type: ignore[no-untyped-def]
+def _frame(key: str, back: int, upto: int = 0) -> WindowSpec:
     from pyspark.sql import Window
 
     return Window.partitionBy(key).orderBy("day").rowsBetween(-back, -upto)

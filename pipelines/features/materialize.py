@@ -73,7 +73,7 @@ def _in_range(values: list[str], start: date | None, end: date | None, width: in
 
 
 def _watermark(client: redis.Redis, name: str) -> dict[str, str]:
-    raw = client.get(WATERMARK_KEY.format(name=name))
+    raw: bytes | None = client.get(WATERMARK_KEY.format(name=name))  # type: ignore[assignment]
     return orjson.loads(raw) if raw else {}
 
 
