@@ -111,11 +111,12 @@ def _read_view_rows(view: FeatureView, names: list[str], upto: pd.Timestamp,
     flt = ds.field(ts) <= pa.scalar(upto.to_pydatetime(), ts_type)
     if since is not None:
         flt = flt & (ds.field(ts) >= pa.scalar(since.to_pydatetime(), ts_type))
-    frame = data.to_table(columns=cols, filter=flt).to_pandas()
-    order = [ts, created] if created else [ts]
-    frame = frame.sort_values(order, kind="stable")
-    # versions of one (key, timestamp) row: the newest `created` wins, as in Feast's join
-    frame = frame.drop_duplicates([key, ts], keep="last")
+    table = data.to_table(columns=cols, filter=flt)
+    # sorted by (timestamp, created): among versions of one (key, timestamp) row the newest
+    # `created` comes last, and merge_asof takes the last of equal timestamps — the same
+    # choice as Feast's join
+    order = [(ts, "ascending"), *([(created, "ascending")] if created else [])]
+    frame = table.sort_by(order).to_pandas()
     return frame.rename(columns={ts: "_row_ts"}).drop(columns=[created] if created else [])
 
 
@@ -125,10 +126,13 @@ def _join_view_asof(entities: pd.DataFrame, view: FeatureView, names: list[str])
     ttl = view.ttl if view.ttl and view.ttl.total_seconds() else None
     since = left["_asked"].min() - ttl if ttl is not None else None
     right = _read_view_rows(view, names, left["_asked"].max(), since)
-    right = right.sort_values("_row_ts", kind="stable")
     right["_row_ts"] = right["_row_ts"].astype(left["_asked"].dtype)
-    right[key] = right[key].astype(left[key].dtype)
-    merged = pd.merge_asof(left, right, left_on="_asked", right_on="_row_ts", by=key,
+    # merge_asof groups by the key: integer codes instead of strings make it several
+    # times faster on millions of rows
+    codes, _ = pd.factorize(pd.concat([left[key], right[key]], ignore_index=True))
+    left = left.assign(_key=codes[: len(left)])
+    right = right.assign(_key=codes[len(left):]).drop(columns=[key])
+    merged = pd.merge_asof(left, right, left_on="_asked", right_on="_row_ts", by="_key",
                            direction="backward", allow_exact_matches=True)
     if ttl is not None:
         stale = merged["_row_ts"] < merged["_asked"] - ttl

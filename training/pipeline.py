@@ -46,6 +46,12 @@ class TrainingSet:
     protocol: Protocol
     parts: ServiceParts
     manifest: dict[str, Any] = field(default_factory=dict)
+    _folds: dict[str, FoldData] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        # sorted once, so each fold's "latest label known at T" is a filter and a shift
+        self.labels = self.labels.sort_values(["txn_id", "labelled_at", "is_fraud"],
+                                              kind="stable").reset_index(drop=True)
 
     def rows(self, start: Any, end: Any) -> pd.DataFrame:
         t = self.frame["event_time"]
@@ -127,11 +133,26 @@ def _x(frame: pd.DataFrame) -> np.ndarray:
     return frame[list(MODEL_FEATURES)].to_numpy(dtype="float64")
 
 
+def _known_labels(labels: pd.DataFrame, cutoff: Any) -> pd.DataFrame:
+    """latest_per_txn for label rows already sorted by (txn_id, labelled_at, is_fraud)."""
+    known = labels[labels["labelled_at"] < cutoff]
+    ids = known["txn_id"].to_numpy()
+    last = np.append(ids[1:] != ids[:-1], True) if len(ids) else np.zeros(0, dtype=bool)
+    return known[last][["txn_id", "is_fraud"]]
+
+
 def fold_data(ts: TrainingSet, fold: Fold) -> FoldData:
     """The training rows with the labels known at ``fold.label_cutoff``; the delay period's
-    rows (unlabelled); the test rows with their final labels, known-compromised cards out."""
+    rows (unlabelled); the test rows with their final labels, known-compromised cards out.
+    Computed once per fold and training set."""
+    if fold.name not in ts._folds:
+        ts._folds[fold.name] = _fold_data(ts, fold)
+    return ts._folds[fold.name]
+
+
+def _fold_data(ts: TrainingSet, fold: Fold) -> FoldData:
     train = ts.rows(fold.train_start, fold.train_end)
-    known = latest_per_txn(ts.labels, fold.label_cutoff)[["txn_id", "is_fraud"]]
+    known = _known_labels(ts.labels, fold.label_cutoff)
     labelled = train.merge(known, on="txn_id", how="inner")
     delay = ts.rows(fold.train_end, fold.test_start)
     test = ts.rows(fold.test_start, fold.test_end)

@@ -116,13 +116,13 @@ def test_same_seed_same_metrics_and_gate(lake: Settings, tmp_path: Path) -> None
     better = register(s, ts, first, seed=7)  # beats the champion on the same folds
     assert better["gate"].promoted and better["gate"].basis == "recorded on the same folds"
     champion = client.get_model_version_by_alias(s.model_name, s.champion_alias)
-    assert champion.version == better["version"] != weak_version
+    assert str(champion.version) == better["version"] != weak_version
 
     worse = register(s, ts, weak, seed=7)  # a worse challenger leaves the alias alone
     assert not worse["gate"].promoted
     assert worse["gate"].champion_ap == pytest.approx(first["xgboost"].mean["average_precision"])
     champion = client.get_model_version_by_alias(s.model_name, s.champion_alias)
-    assert champion.version == better["version"]
+    assert str(champion.version) == better["version"]
     rejected = client.get_model_version(s.model_name, worse["version"])
     assert rejected.tags["gate"] == "rejected"
     run = client.get_run(worse["runs"]["xgboost"])
