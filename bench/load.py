@@ -4,7 +4,9 @@ Requests are sent on a fixed schedule (request i at t0 + i / rate), whether or n
 ones have answered, and each latency is measured from the request's *scheduled* time, so a
 slow server is charged for the queue it causes (no coordinated omission). Input: a JSON spec
 on stdin ``{"url", "rate", "seconds", "headers", "bodies": [...], "method"}``; output: JSON
-``{"latencies_ms": [...], "errors": n, "statuses": {...}}`` on stdout.
+``{"latencies_ms": [...], "errors": n, "statuses": {...}, "send_lag_p99_ms": x}`` on stdout;
+a large send lag means the load process itself could not keep the schedule (CPU-starved),
+so the latencies then overstate the server's.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ async def _run(spec: dict[str, Any]) -> dict[str, Any]:
     method = spec.get("method", "POST")
     total = int(rate * seconds)
     latencies: list[float] = []
+    lags: list[float] = []  # how late the generator itself sent each request
     statuses: Counter[int] = Counter()
     errors = 0
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
@@ -40,6 +43,7 @@ async def _run(spec: dict[str, Any]) -> dict[str, Any]:
             delay = at - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
+            lags.append((time.perf_counter() - at) * 1000)
             try:
                 r = await client.request(method, urls[i % len(urls)],
                                          content=bodies[i % len(bodies)])
@@ -50,7 +54,9 @@ async def _run(spec: dict[str, Any]) -> dict[str, Any]:
 
         t0 = time.perf_counter() + 0.05
         await asyncio.gather(*(one(i, t0 + i / rate) for i in range(total)))
+    lags.sort()
     return {"latencies_ms": latencies, "errors": errors,
+            "send_lag_p99_ms": lags[int(0.99 * (len(lags) - 1))] if lags else 0.0,
             "statuses": {str(k): v for k, v in statuses.items()}}
 
 

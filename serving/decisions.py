@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import orjson
 
 from kestrel.events import TransactionEvent
@@ -57,6 +58,13 @@ def reason_text(feature: str, value: float) -> str:
     if "_count_" in feature or "_distinct_" in feature:
         return f"{feature.replace('_', ' ')} is {value:.0f}"
     return f"{feature.replace('_', ' ')} is {value:.2f}"
+
+
+def _top_contributions(contribs: Any) -> Any:
+    """Per row, the indices of the TOP_REASONS largest contributions (bias column left out),
+    largest first; ties go to the earlier feature, so the choice is deterministic."""
+    values = contribs[:, :-1]
+    return np.argsort(-values, axis=1, kind="stable")[:, :TOP_REASONS]
 
 
 def _event_doc(ev: TransactionEvent) -> dict[str, Any]:
@@ -110,14 +118,15 @@ class Decider:
         degraded = cause is not None
         if degraded:
             metrics.DEGRADED.labels(cause).inc(n)
+        top = None if degraded or model is None else _top_contributions(contribs)
         tags = ({"challenge": model.threshold("challenge"), "decline": model.threshold("decline")}
                 if model is not None else {})
         out: list[dict[str, Any]] = []
         for i, ev in enumerate(events):
             score = None if degraded else round(float(probs[i]), 6)
             outcome = self.rules.decide(ev, score, tags)
-            reasons = [] if degraded or model is None else self._reasons(
-                model.features, vectors[i], contribs[i])
+            reasons = [] if top is None or model is None else self._reasons(
+                model.features, vectors[i], contribs[i], top[i])
             out.append({
                 "txn_id": ev.txn_id, "action": outcome.action, "score": score,
                 "reasons": reasons,
@@ -137,10 +146,10 @@ class Decider:
         return out
 
     @staticmethod
-    def _reasons(features: tuple[str, ...], vector: Vector, contrib: Any) -> list[dict[str, Any]]:
-        values = contrib[:-1]
-        order = sorted(range(len(features)), key=lambda j: (-float(values[j]), features[j]))
-        chosen = [j for j in order if float(values[j]) > 0][:TOP_REASONS] or order[:1]
+    def _reasons(features: tuple[str, ...], vector: Vector, contrib: Any,
+                 order: Any) -> list[dict[str, Any]]:
+        values = contrib
+        chosen = [int(j) for j in order if values[j] > 0] or [int(order[0])]
         out = []
         for j in chosen:
             value = vector.get(features[j], math.nan)
@@ -190,5 +199,5 @@ class Decider:
         for ev, d, v in zip(events, decisions, vectors, strict=True):
             self.audit.record("decisions", {
                 "at": now, "txn_id": ev.txn_id, "input": _event_doc(ev),
-                "features": {k: (None if x != x else x) for k, x in sorted(v.items())},
+                "features": v,  # orjson writes NaN as null
                 "model_version": version, "degraded_cause": cause, "output": d})

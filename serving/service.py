@@ -21,7 +21,10 @@ configure_logging(get_settings().log_level)
 http_app = create_app()
 
 
-@bentoml.service(name="kestrel", traffic={"timeout": 60})
+# BentoML's per-request access log line is off: the access audit (serving/audit.py) records
+# every authenticated call, and a log line per request costs more than a decision.
+@bentoml.service(name="kestrel", traffic={"timeout": 60},
+                 logging={"access": {"enabled": False}})
 @bentoml.asgi_app(http_app, path="/")
 class Kestrel:
     """Ingestion, decisioning, insights, alerts and labels."""

@@ -57,3 +57,17 @@ def test_batch_quick(settings: Settings, tmp_path: Path) -> None:
     assert batch["rows"]["top_spenders"] == 12 * 100
     mat = result.metrics["materialize_rows_per_s"]
     assert mat.value > 0 and mat.extra["rows"] > 0 and mat.extra["insight_docs"] > 0
+
+
+def test_serve_quick(settings: Settings, tmp_path: Path) -> None:
+    out = tmp_path / "serve.json"
+    run_scenario("serve", settings, quick=True, out=out)
+    doc = orjson.loads(out.read_bytes())
+    assert doc["scenario"] == "serve" and doc["quick"] is True
+    for name in ("score_p50_ms@100", "score_p99_ms@100", "batch_score_txn_per_s",
+                 "insights_hit_p99_ms", "insights_miss_p99_ms", "feast_serve_p99_ms@100"):
+        metric = doc["metrics"][name]
+        assert metric["value"] > 0 and metric["unit"], name
+    for name in ("score_p99_ms@100", "insights_hit_p99_ms", "feast_serve_p99_ms@100"):
+        metric = doc["metrics"][name]
+        assert metric["errors"] == 0 and set(metric["statuses"]) == {"200"}, (name, metric)

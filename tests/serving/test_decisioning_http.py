@@ -262,7 +262,9 @@ def test_insights_compose_cache_and_invalidate(stack: Stack) -> None:
     assert doc["today"] == "2018-06-02" and doc["spend_today"] == 15.0
     assert doc["spend_7d"] == 115.0 and doc["spend_30d"] == 125.0
     assert doc["top_categories"][0] == {"category": "fuel", "amount": 60.0}
-    assert len(doc["recent_transactions"]) == 3 and doc["risk_level"] == "normal"
+    assert len(doc["recent_transactions"]) == 3
+    # 115 this week against 10 the week before, no open alert: elevated
+    assert doc["trend"]["vs_previous_7d"] == 10.5 and doc["risk_level"] == "elevated"
     assert doc["trend"]["month_over_month"] == 0.5
     assert stack.get("/v1/users/C0042/insights", role="bot").headers["x-cache"] == "hit"
     # a change the cache does not know about stays invisible until the stream invalidates
