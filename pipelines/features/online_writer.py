@@ -211,13 +211,30 @@ class RespTransaction:
         self._parts.append(payload)
         self.commands += commands
 
-    def execute(self, client: Redis) -> list[Any]:
-        """Send MULTI, the commands and EXEC; returns EXEC's replies."""
+    def execute(self, client: Redis, guard: Mapping[str, bytes] | None = None
+                ) -> list[Any] | None:
+        """Send MULTI, the commands and EXEC; returns EXEC's replies.
+
+        ``guard`` (optional fencing): keys that must hold these values. They are WATCHed and
+        read first; when one differs, or changes before EXEC, nothing is written and None is
+        returned."""
         if not self.commands:
             return []
         pool = client.connection_pool
         conn = pool.get_connection()
         try:
+            if guard:
+                keys = list(guard)
+                conn.send_packed_command([b"*%d\r\n$5\r\nWATCH\r\n" % (len(keys) + 1)
+                                          + b"".join(_arg(k) for k in keys)
+                                          + b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1)
+                                          + b"".join(_arg(k) for k in keys)])
+                conn.read_response()
+                held = conn.read_response()
+                if list(held) != [guard[k] for k in keys]:
+                    conn.send_packed_command([b"*1\r\n$7\r\nUNWATCH\r\n"])
+                    conn.read_response()
+                    return None
             conn.send_packed_command([b"".join([b"*1\r\n$5\r\nMULTI\r\n", *self._parts,
                                                 b"*1\r\n$4\r\nEXEC\r\n"])])
             errors: list[str] = []
@@ -231,6 +248,8 @@ class RespTransaction:
             except ResponseError as exc:
                 raise ResponseError(f"{exc}; first queued error: {errors[:1]}") from None
             if result is None:
+                if guard:
+                    return None  # a watched key changed: nothing was written
                 raise ResponseError("EXEC returned nothing (the transaction was discarded)")
             failed = [r for r in result if isinstance(r, ResponseError)]
             if failed:

@@ -25,8 +25,21 @@ from typing import Any, cast
 import orjson
 import redis
 
+from kestrel.errors import KestrelError
+
 SNAPSHOT_EVENTS = 100_000
 """Events in a partition's changelog after which its state is snapshotted instead."""
+
+
+class PartitionLost(KestrelError):
+    """Another instance owns a partition this one was about to commit for (a zombie after a
+    rebalance it missed). Nothing of the batch was committed; restart the processor (it
+    rejoins the group and resumes from what Redis holds)."""
+
+
+def owner_key(group_id: str, topic: str, partition: int) -> str:
+    """The instance that owns a partition: set on assignment, checked (WATCH) at commit."""
+    return f"kestrel:stream:{group_id}:owner:{topic}:{partition}"
 
 
 def changelog_key(group_id: str, topic: str, partition: int) -> str:

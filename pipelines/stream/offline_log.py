@@ -82,6 +82,10 @@ class OfflineLog:
             name = f"{stream_view_name(entity)}.parquet"
             write_parquet_durable(table, self.staging / batch_id / name)
 
+    def discard(self, batch_id: str) -> None:
+        """Forget a staged batch that was not committed."""
+        shutil.rmtree(self.staging / batch_id, ignore_errors=True)
+
     def publish(self, batch_id: str) -> None:
         """Move a committed batch's files into their views (idempotent)."""
         folder = self.staging / batch_id

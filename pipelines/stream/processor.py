@@ -159,6 +159,9 @@ class StreamProcessor:
         self._recent: dict[str, list[bytes]] = defaultdict(list)
         self._refused: set[str] = set()  # terminal updates too late to place, this batch
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offline-log")
+        # fencing: on assignment this instance writes its token as the partition's owner;
+        # a commit only goes through while every partition of the batch still names it
+        self.token = uuid.uuid4().hex.encode()
         # event-time pacing of the `transactions` partitions this instance owns
         self._owned: set[int] = set()
         self._paused: set[int] = set()
@@ -298,6 +301,9 @@ class StreamProcessor:
         self._load_offsets()  # another instance may have moved them while we were away
         for tp in partitions:
             tp.offset = self.next_offsets.get((tp.topic, tp.partition), OFFSET_BEGINNING)
+        if partitions:
+            self.redis.mset({changelog.owner_key(self.group_id, tp.topic, tp.partition):
+                             self.token for tp in partitions})
         for tp in partitions:
             self.restore_partition(tp.topic, tp.partition)
         consumer.assign(partitions)
@@ -453,7 +459,14 @@ class StreamProcessor:
         t2 = time.perf_counter()
         staging.result()  # durable before the commit point
         t3 = time.perf_counter()
-        tx.execute(self.redis)  # the commit point
+        guard = {changelog.owner_key(self.group_id, t, p): self.token
+                 for t, p in next_offsets}
+        if tx.execute(self.redis, guard=guard) is None:  # the commit point, fenced
+            self._io.submit(self.offline.discard, batch_id).result()
+            lost = sorted(f"{t}:{p}" for t, p in next_offsets)
+            raise changelog.PartitionLost(
+                f"another instance of group {self.group_id!r} owns one of {lost}; this "
+                "batch was not committed. Restart `kestrel stream` to rejoin the group.")
         t4 = time.perf_counter()
         self.offline.publish(batch_id)
         t5 = time.perf_counter()

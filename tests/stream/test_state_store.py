@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -22,7 +23,7 @@ from pipelines.features.online_writer import OnlineWriter, RespTransaction
 from pipelines.simulator.config import SimulationConfig
 from pipelines.simulator.to_kafka import stream_to_kafka
 from pipelines.stream import changelog
-from pipelines.stream.processor import RECENT_KEEP, StreamProcessor, recent_key
+from pipelines.stream.processor import RECENT_KEEP, StreamProcessor, offsets_key, recent_key
 from tests.conftest import TEST_SECRET
 from tests.pipelines.events_factory import make_event
 from tests.pipelines.test_archive import produce
@@ -193,3 +194,37 @@ def test_columnar_batches_equal_the_per_event_path(fresh_settings: Settings) -> 
     for e in ENTITIES:
         pd.testing.assert_frame_equal(a_logs[e], b_logs[e])
     assert a_state == b_state
+
+
+def test_a_zombie_cannot_commit_for_a_partition_it_lost(fresh_settings: Settings) -> None:
+    """Fencing: once another instance has claimed the partitions (its owner token), this
+    one's next commit writes nothing and it stops with PartitionLost."""
+    events = [make_event(i) for i in range(200)]
+    produce(fresh_settings, events[:100])
+    proc = StreamProcessor(fresh_settings, OnlineWriter(fresh_settings, dedup=False),
+                           group_id="z")
+    errors: list[Exception] = []
+
+    def run() -> None:
+        try:
+            proc.run(idle_seconds=6)
+        except changelog.PartitionLost as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    client = redis.Redis.from_url(fresh_settings.redis_url)
+    deadline = time.monotonic() + 120
+    while proc.stats.applied < 100 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.stats.applied == 100
+    owners = list(client.scan_iter(match=changelog.owner_key("z", "*", "*")))  # type: ignore[arg-type]
+    assert owners and all(client.get(k) == proc.token for k in owners)
+    for key in owners:  # a new owner took every partition over
+        client.set(key, b"another-instance")
+    before = client.hgetall(offsets_key("z"))
+    produce(fresh_settings, events[100:])
+    worker.join(120)
+    assert not worker.is_alive()
+    assert errors and "Restart" in str(errors[0])
+    assert client.hgetall(offsets_key("z")) == before  # nothing of the batch was committed
