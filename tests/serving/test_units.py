@@ -1,0 +1,89 @@
+"""Pure parts of serving: the rules engine, insight composition, Feast value decoding,
+rate-limit overrides. No services."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+from kestrel.errors import ConfigError
+from kestrel.events import TransactionEvent
+from pipelines.features.online_writer import encode_double, encode_int64
+from serving.features import decode_value
+from serving.insights import compose
+from serving.ratelimit import Limit, parse_overrides
+from serving.rules import DEFAULT_RULES, RulesEngine
+
+
+def _event(**over: object) -> TransactionEvent:
+    doc: dict[str, object] = {
+        "txn_id": "t1", "event_time": datetime(2018, 6, 1, tzinfo=UTC), "customer_id": "C1",
+        "account_id": "A1", "card_id": "card-1", "terminal_id": "T1", "mcc": "5411",
+        "amount": 20.0, "currency": "EUR", "country": "FR", "lat": 1.0, "lon": 2.0,
+        "channel": "pos"}
+    doc.update(over)
+    return TransactionEvent.model_validate(doc)
+
+
+def test_rules_thresholds_and_severity() -> None:
+    rules = RulesEngine.from_file(DEFAULT_RULES)
+    tags = {"challenge": 0.4, "decline": 0.7}
+    assert rules.decide(_event(), 0.1, tags).action == "allow"
+    assert rules.decide(_event(), 0.5, tags).action == "challenge"
+    assert rules.decide(_event(), 0.7, tags).action == "decline"
+    assert rules.decide(_event(), 0.5, {}).action == "challenge"  # default 0.5 from the YAML
+    blocked = rules.decide(_event(country="KP"), 0.01, tags)
+    assert blocked.action == "decline" and blocked.hits[0].rule == "blocked_country"
+    # a rule's challenge is not softened by a low score; a high score beats a rule's challenge
+    assert rules.decide(_event(amount=6000.0), 0.01, tags).action == "challenge"
+    assert rules.decide(_event(amount=6000.0), 0.9, tags).action == "decline"
+    # degraded: rules alone, with the degraded amount cap
+    assert rules.decide(_event(amount=100.0), None, tags).action == "allow"
+    assert rules.decide(_event(amount=600.0), None, tags).action == "challenge"
+
+
+def test_bad_rules_file_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("blocked: {planets: [mars]}\n")
+    with pytest.raises(ConfigError, match="invalid"):
+        RulesEngine.from_file(bad)
+    with pytest.raises(ConfigError, match="KESTREL_RULES_PATH"):
+        RulesEngine.from_file(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 16_383, 16_384, 2**40, -5])
+def test_decode_int64_matches_feast(value: int) -> None:
+    raw = encode_int64(value)
+    assert raw == ValueProto(int64_val=value).SerializeToString()
+    assert decode_value(raw) == float(value)
+
+
+def test_decode_double_and_missing() -> None:
+    assert decode_value(encode_double(3.25)) == 3.25
+    assert math.isnan(decode_value(b"")) and math.isnan(decode_value(None))
+    assert decode_value(ValueProto(float_val=1.5).SerializeToString()) == 1.5
+
+
+def test_compose_partial_sources() -> None:
+    assert compose("C1", None, [], []) is None
+    recent = [{"txn_id": "r1", "event_time": "2018-06-02T10:00:00Z", "amount": 7.5,
+               "mcc": "5541"}]
+    doc = compose("C1", None, recent, [])
+    assert doc is not None
+    assert doc["today"] == "2018-06-02" and doc["spend_7d"] == 7.5
+    assert doc["top_categories"] == [{"category": "fuel", "amount": 7.5}]
+    assert doc["sources"] == {"insight_doc": False, "recent_transactions": True,
+                              "alerts": False}
+    alert_only = compose("C1", None, [], [{"alert_id": "a"}])
+    assert alert_only is not None and alert_only["risk_level"] == "high"
+
+
+def test_rate_limit_overrides() -> None:
+    assert parse_overrides("a=1:2, b=0.5:10") == {"a": Limit(1.0, 2.0), "b": Limit(0.5, 10.0)}
+    assert parse_overrides(None) == {}
+    with pytest.raises(ConfigError, match="tenant=rate:burst"):
+        parse_overrides("oops")
