@@ -87,3 +87,49 @@ def test_rate_limit_overrides() -> None:
     assert parse_overrides(None) == {}
     with pytest.raises(ConfigError, match="tenant=rate:burst"):
         parse_overrides("oops")
+
+
+def test_rs256_tokens_verified_with_keys_from_a_jwks_url(tmp_path: Path) -> None:
+    """The production path: the identity provider's JWKS served over HTTP by this test."""
+    import json
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from serving.auth import Authenticator, AuthError
+    from tests.conftest import make_settings
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    body = json.dumps({"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "RS256"}]}).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = make_settings(tmp_path, env="prod", jwt_secret=None,
+                                 jwt_jwks_url=f"http://127.0.0.1:{server.server_port}/jwks")
+        auth = Authenticator(settings)
+        now = int(time.time())
+        claims = {"sub": "svc", "role": "bot", "tenant": "t", "iss": "kestrel", "iat": now,
+                  "exp": now + 60}
+        token = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "k1"})
+        assert auth.principal(f"Bearer {token}").role == "bot"
+        # no HS256 in production without a configured secret
+        hs = jwt.encode(claims, "x" * 40, algorithm="HS256")
+        with pytest.raises(AuthError, match="not accepted"):
+            auth.principal(f"Bearer {hs}")
+    finally:
+        server.shutdown()
