@@ -5,7 +5,8 @@ Incremental, like Feast's ``materialize-incremental``: per batch view a watermar
 inputs) says what is already there; only newer partitions (or the last one, recomputed since)
 are read, and of those only the ones within the view's ttl of the newest (older rows would be
 stale online anyway). For each entity the latest row is written in Feast's own Redis format
-(pipelines/features/online_writer.py), pipelined, not through ``FeatureStore.materialize``
+(pipelines/features/online_writer.py: hand-encoded RESP, one MULTI/EXEC per 5,000 rows),
+not through ``FeatureStore.materialize``
 (which goes through pandas and protos row by row). ``FeatureStore.get_online_features`` reads
 the rows back like its own.
 
@@ -50,7 +51,7 @@ from pipelines.batch.layout import (
     partition_files,
     partition_values,
 )
-from pipelines.features.online_writer import OnlineWriter
+from pipelines.features.online_writer import OnlineWriter, RespTransaction
 
 Progress = Callable[[str], None]
 WATERMARK_KEY = "kestrel:materialize:{name}"
@@ -131,34 +132,6 @@ def _feature_rows(table: pa.Table, key: str, names: tuple[str, ...]
         yield entity, dict(zip(names, row, strict=True)), time_us
 
 
-class _Commands:
-    """Collects the commands a ViewWriter queues (it only calls ``execute_command``)."""
-
-    def __init__(self) -> None:
-        self.commands: list[tuple[Any, ...]] = []
-
-    def execute_command(self, *args: Any) -> None:
-        self.commands.append(args)
-
-
-def send_commands(client: redis.Redis, commands: list[tuple[Any, ...]]) -> None:
-    """Pipeline ``commands`` on one connection: packed at once (hiredis when installed),
-    one send, then one reply each (an error reply raises). redis-py's Pipeline does the same
-    with per-command bookkeeping that costs more than encoding the row did."""
-    if not commands:
-        return
-    conn = client.connection_pool.get_connection()
-    try:
-        conn.send_packed_command(conn.pack_commands(commands))
-        for _ in commands:
-            conn.read_response()
-    except BaseException:
-        conn.disconnect()  # replies may be pending: never hand this connection out again
-        raise
-    finally:
-        client.connection_pool.release(conn)
-
-
 def materialize_views(settings: Settings, client: redis.Redis, manifest: Manifest,
                       start: date | None, end: date | None, say: Progress) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -191,10 +164,10 @@ def materialize_views(settings: Settings, client: redis.Redis, manifest: Manifes
                 pipe = client.pipeline(transaction=False)
                 view_writer.add(pipe, chunk)
                 pipe.execute()
-            else:
-                queued = _Commands()
-                view_writer.add(queued, chunk)  # type: ignore[arg-type]
-                send_commands(client, queued.commands)
+            else:  # hand-encoded RESP, one MULTI/EXEC per chunk
+                tx = RespTransaction()
+                view_writer.add(tx, chunk)
+                tx.execute(client)
             written += len(chunk)
         seconds = time.perf_counter() - began
         _set_watermark(client, view, pending[-1], fingerprints.get(pending[-1], ""))
