@@ -129,7 +129,7 @@ def _feast_features() -> list[str]:
 
 def run(settings: Settings, quick: bool, console: Console) -> BenchResult:
     rates = [100] if quick else [200, 500, 1000]
-    seconds = 2.0 if quick else 10.0
+    seconds = 2.0 if quick else 5.0
     batch_size = 1000 if quick else 10_000
     load_avg = os.getloadavg()[0]
     result = BenchResult("serve", quick, {"rates": rates, "seconds_per_rate": seconds,
