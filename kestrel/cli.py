@@ -73,10 +73,10 @@ def up() -> None:
 @app.command()
 def down() -> None:
     """Stop what `kestrel up` started, and nothing else."""
-    from kestrel.services import BROKER, REDIS, stop
+    from kestrel.services import BROKER, HTTP, REDIS, stop
 
     settings = _settings()
-    for name in (BROKER, REDIS):
+    for name in (HTTP, BROKER, REDIS):
         typer.echo(stop(settings, name))
 
 
@@ -488,11 +488,28 @@ def mlflow_ui(
 def serve(
     port: Annotated[int | None, typer.Option(help="Port (default KESTREL_SERVE_PORT)")] = None,
     host: Annotated[str | None, typer.Option(help="Address (default KESTREL_SERVE_HOST)")] = None,
+    detach: Annotated[bool, typer.Option(
+        help="Run in the background (pid in var/run, log in var/log; `kestrel down` stops it)"
+    )] = False,
 ) -> None:
-    """Start the HTTP services (BentoML) in the foreground."""
+    """Start the HTTP services (BentoML): decisions, insights, ingest, labels, alerts."""
     import os
 
     settings = _settings()
+    if detach:
+        from kestrel.errors import KestrelError
+        from kestrel.services import start_http
+
+        update: dict[str, object] = {}
+        if port is not None:
+            update["serve_port"] = port
+        if host is not None:
+            update["serve_host"] = host
+        try:
+            typer.echo(start_http(settings.model_copy(update=update)))
+        except KestrelError as exc:
+            _fail(exc)
+        return
     cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:Kestrel",
            "--host", host or settings.serve_host, "--port", str(port or settings.serve_port)]
     os.execv(sys.executable, cmd)
@@ -528,11 +545,20 @@ def bench(
 
 
 @app.command()
-def demo(days: Annotated[int, typer.Option(min=1, help="Simulated days to stream")] = 3) -> None:
-    """Stream simulated days through ingest and the archiver into the lake; summarize."""
+def demo(
+    days: Annotated[int, typer.Option(min=1, help="Live days streamed through Kafka")] = 3,
+    history_days: Annotated[int, typer.Option(
+        min=1, help="Days of history simulated straight into the lake (training needs ~42)")
+    ] = 42,
+) -> None:
+    """The platform end to end: history + live stream, Spark features, training, HTTP API."""
+    from kestrel.errors import KestrelError
     from pipelines.demo import run_demo
 
-    run_demo(_settings(), days=days)
+    try:
+        run_demo(_settings(), days=days, history_days=history_days)
+    except KestrelError as exc:
+        _fail(exc)
 
 
 if __name__ == "__main__":

@@ -47,5 +47,5 @@ def configure_logging(level: str = "INFO") -> None:
     handler.setFormatter(JsonFormatter())
     root.handlers = [handler]
     root.setLevel(level)
-    for noisy in ("py4j", "urllib3", "httpx"):
+    for noisy in ("py4j", "urllib3", "httpx", "feast.infra.registry"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

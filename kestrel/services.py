@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+import httpx
 import orjson
 import psutil
 import redis
@@ -31,6 +33,7 @@ from kestrel.settings import Settings
 
 BROKER = "broker"
 REDIS = "redis"
+HTTP = "http"
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,30 @@ def start_redis(settings: Settings) -> str:
     return f"redis-server started at {settings.redis_url} (pid {rec.pid})"
 
 
+# --- the HTTP service ----------------------------------------------------------------------
+
+def http_answers(settings: Settings, timeout: float = 1.0) -> bool:
+    url = f"http://{settings.serve_host}:{settings.serve_port}/healthz"
+    try:
+        return bool(httpx.get(url, timeout=timeout).status_code == 200)
+    except httpx.HTTPError:
+        return False
+
+
+def start_http(settings: Settings, timeout: float = 120.0) -> str:
+    """`kestrel serve` in the background (recorded like the broker, stopped by `down`)."""
+    ours = read_launched(settings, HTTP)
+    address = f"http://{settings.serve_host}:{settings.serve_port}"
+    if http_answers(settings):
+        who = f"started by kestrel, pid {ours.pid}" if ours else "not started by kestrel"
+        return f"HTTP service already answers at {address} ({who})"
+    rec = _launch(settings, HTTP, [sys.executable, "-m", "kestrel.cli", "serve", "--host",
+                                   settings.serve_host, "--port", str(settings.serve_port)],
+                  address)
+    _wait(lambda: http_answers(settings, 0.5), "the HTTP service", rec.log, timeout)
+    return f"HTTP service started at {address} (pid {rec.pid}; log {rec.log})"
+
+
 # --- throwaway services --------------------------------------------------------------------
 
 @contextmanager
@@ -236,10 +263,14 @@ def stop(settings: Settings, name: str, timeout: float = 10.0) -> str:
 def report(settings: Settings) -> list[ServiceReport]:
     broker = read_launched(settings, BROKER)
     red = read_launched(settings, REDIS)
+    http = read_launched(settings, HTTP)
     out = [
         ServiceReport(BROKER, settings.kafka_bootstrap, broker_answers(settings, 1.5),
                       broker is not None, broker.pid if broker else None, "Kafka protocol"),
         ServiceReport(REDIS, settings.redis_url, redis_answers(settings.redis_url),
                       red is not None, red.pid if red else None, "online store, caches"),
+        ServiceReport(HTTP, f"http://{settings.serve_host}:{settings.serve_port}",
+                      http_answers(settings), http is not None, http.pid if http else None,
+                      "decisions, insights, ingest, labels, alerts"),
     ]
     return out

@@ -104,8 +104,9 @@ def _read_view_rows(view: FeatureView, names: list[str], upto: pd.Timestamp,
     path = Path(source.path)
     key = _join_key(view)
     cols = [key, ts, *([created] if created else []), *names]
-    if not path.exists():
-        return pd.DataFrame({c: pd.Series(dtype="float64") for c in cols})
+    if not path.exists():  # nothing written yet: no rows, the same columns as below
+        return pd.DataFrame({("_row_ts" if c == ts else c): pd.Series(dtype="float64")
+                             for c in cols if c != created})
     data = ds.dataset(path, format="parquet", partitioning="hive")
     ts_type = data.schema.field(ts).type
     flt = ds.field(ts) <= pa.scalar(upto.to_pydatetime(), ts_type)

@@ -162,7 +162,10 @@ def load_repo(settings: Settings) -> RepoContents:
 
     Feast needs the cwd to be the repo while it imports, and the cwd is per process: call this
     at startup, not while other threads open relative paths (``var_dir`` defaults to one).
+    The var dir is made absolute first: the sources' paths are resolved while the cwd is
+    the repo, and a relative ``var`` would land them in ``feature_repo/var``.
     """
+    settings = settings.model_copy(update={"var_dir": settings.var_dir.resolve()})
     with _importable_repo(settings):
         return parse_repo(REPO_DIR)
 
