@@ -85,7 +85,10 @@ def run(settings: Settings, quick: bool = False, console: Console | None = None)
         simulate_s = time.perf_counter() - began
         console.print(f"  {summary.transactions:,} transactions ({summary.frauds:,} frauds) "
                       f"in {simulate_s:.1f} s")
-        report = run_training(own, **protocol, families=small_grids() if quick else None,
+        report = run_training(own, folds=protocol["folds"],
+                              train_days=protocol["train_days"],
+                              test_days=protocol["test_days"],
+                              families=small_grids() if quick else None,
                               progress=console.print)
         params = {"simulation": {"customers": sim.customers, "terminals": sim.terminals,
                                  "days": sim.days, "seed": sim.seed,
