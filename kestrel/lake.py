@@ -98,6 +98,18 @@ def write_parquet_durable(table: pa.Table, path: Path) -> None:
     _write_durable(path, lambda fh: pq.write_table(table, fh, compression="zstd"))
 
 
+def write_parquet_if_changed(table: pa.Table, path: Path) -> bool:
+    """Like write_parquet_durable, but leaves an identical file alone (its modification time
+    too, which is what the batch jobs' input fingerprints look at); True when written."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    data = sink.getvalue().to_pybytes()
+    if path.exists() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return False
+    write_bytes_durable(data, path)
+    return True
+
+
 def write_bytes_durable(data: bytes, path: Path) -> None:
     """The same for small files (manifests, checkpoints)."""
     _write_durable(path, lambda fh: fh.write(data))

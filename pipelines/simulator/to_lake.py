@@ -4,9 +4,10 @@ Transactions land in their event-date partition as ``simulated.parquet``; labels
 partition of the date they become known, as ``simulated-from-<transaction date>.parquet``. The
 names are fixed per day, so running the simulation again replaces its files instead of adding
 duplicates (and label files a previous run left in other partitions, e.g. with another delay,
-are removed). Transactions the archiver already wrote to a partition (the same simulation
+are removed); a file whose content would not change is left untouched, so the batch jobs see
+unchanged inputs. Transactions the archiver already wrote to a partition (the same simulation
 streamed through Kafka) are left out, so the lake holds every txn_id once. Every file is
-written atomically with ``write_parquet_durable``.
+written atomically (kestrel.lake).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from kestrel.lake import partition_dir, table_dir, write_parquet_durable
+from kestrel.lake import partition_dir, table_dir, write_parquet_if_changed
 from pipelines.simulator.config import FRAUD_SCENARIOS, SCENARIO_NAMES, SimulationConfig
 from pipelines.simulator.generator import DayBatch, Simulator
 from pipelines.simulator.labels import labels_for
@@ -64,7 +65,7 @@ def _write_labels(batch: DayBatch, labels: pa.Table, lake_dir: Path) -> list[Pat
         when = date.fromordinal(date(1970, 1, 1).toordinal() + int(epoch_day))
         rows = labels.filter(pa.array(known_day == epoch_day))
         path = partition_dir(lake_dir, "labels", when) / LABELS_FILE.format(day=batch.day)
-        write_parquet_durable(rows, path)
+        write_parquet_if_changed(rows, path)
         paths.append(path)
     return paths
 
@@ -116,7 +117,7 @@ def write_to_lake(
             kept = transactions.filter(fresh)
             summary.already_in_lake += transactions.num_rows - kept.num_rows
             transactions = kept
-        write_parquet_durable(transactions, path)
+        write_parquet_if_changed(transactions, path)
         written.add(path)
         written.update(_write_labels(batch, labels_for(batch, config.label_delay_days), lake_dir))
         scenario = batch.truth["scenario"].to_numpy()

@@ -386,9 +386,12 @@ def test_write_to_lake_replaces_instead_of_duplicating(tmp_path: Path, tiny_batc
     expected_labels = pa.concat_tables(labels_for(b, 0.5) for b in tiny_batches)
     assert labels.equals(expected_labels.sort_by("txn_id"))
 
-    # the same run again, then with the default 7-day delay: files replaced, old labels gone
+    # the same run again leaves every file as it was (mtime included: the batch jobs'
+    # fingerprints see no change); then the default 7-day delay: old labels gone
+    stamps = {p: p.stat().st_mtime_ns for p in lake.rglob("*.parquet")}
     write_to_lake(config, lake, TOKENIZE)
     assert read_back()[0].num_rows == generated.num_rows
+    assert {p: p.stat().st_mtime_ns for p in lake.rglob("*.parquet")} == stamps
     write_to_lake(TINY, lake, TOKENIZE)
     txns, labels = read_back()
     assert txns.equals(generated.sort_by("txn_id"))
