@@ -53,4 +53,6 @@ def topic_configs(settings: Settings) -> dict[str, str]:
 CONSUMER_GROUPS: dict[str, tuple[str, ...]] = {
     "kestrel-archiver": (TRANSACTIONS,),
     "kestrel-stream": (TRANSACTIONS, TRANSACTIONS_BY_TERMINAL),
+    "kestrel-labels": (LABELS,),
+    "kestrel-alert-store": (ALERTS,),
 }
