@@ -534,7 +534,7 @@ def token(
 
 @app.command()
 def bench(
-    scenario: Annotated[str, typer.Argument(help="ingest | stream")],
+    scenario: Annotated[str, typer.Argument(help="ingest | stream | batch | train | serve")],
     quick: Annotated[bool, typer.Option(help="Small version (the test suite runs it)")] = False,
     out: Annotated[Path | None, typer.Option(help="JSON path (default bench/results/)")] = None,
 ) -> None:

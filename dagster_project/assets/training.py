@@ -6,12 +6,15 @@ with D. Each step keeps its output under ``<var_dir>/training/<D>/`` (Parquet fo
 training set, a pickle of the trained results — written and read only by this project), so a
 step can be re-run alone, and the UI links to the files.
 
-The drift check compares each model feature on day D with the final fold's training window
-(what the production model learns from): PSI ≥ 0.1 warns, ≥ 0.25 fails.
+The drift check compares each model feature over the week ending with D (a whole weekly
+cycle: one day alone would make calendar features such as the weekend flag "drift" every
+day) with the final fold's training window, what the production model learns from: PSI ≥ 0.1
+warns, ≥ 0.25 fails.
 """
 
 import json
 import pickle
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from kestrel.settings import Settings
 
 # test folds + validation folds + training + delay (training.protocol): about 11 weeks
 TRAINING_HISTORY_DAYS = 80
+DRIFT_DAYS = 7
 
 
 class TrainingConfig(dg.Config):
@@ -202,9 +206,9 @@ def registered_model(context: dg.AssetExecutionContext, kestrel: KestrelSettings
 
 
 @dg.asset_check(asset=training_set, partitions_def=daily,
-                description=f"PSI of each model feature on the partition's day against the "
-                            f"final fold's training window: warn ≥ {WARN_PSI}, fail ≥ "
-                            f"{FAIL_PSI}.")
+                description=f"PSI of each model feature over the week ending with the "
+                            f"partition's day against the final fold's training window: warn "
+                            f"≥ {WARN_PSI}, fail ≥ {FAIL_PSI}.")
 def feature_drift(context: dg.AssetCheckExecutionContext,
                   kestrel: KestrelSettings) -> dg.AssetCheckResult:
     from training.features import MODEL_FEATURES
@@ -217,7 +221,8 @@ def feature_drift(context: dg.AssetCheckExecutionContext,
     start, end = (pd.Timestamp(x.strip(), tz="UTC") for x in final["train"].split("…"))
     times = pd.to_datetime(frame["event_time"], utc=True)
     base_rows = frame[(times >= start) & (times < end)]
-    day_rows = frame[frame["day"] == day]
+    week = {str(day_of(context) - timedelta(days=i)) for i in range(DRIFT_DAYS)}
+    day_rows = frame[frame["day"].isin(week)]
     scores = {}
     for name in MODEL_FEATURES:
         ref = base_rows[name].to_numpy(dtype=float)
@@ -227,7 +232,7 @@ def feature_drift(context: dg.AssetCheckExecutionContext,
     severity = dg.AssetCheckSeverity.ERROR if worst >= FAIL_PSI else dg.AssetCheckSeverity.WARN
     top = dict(sorted(scores.items(), key=lambda kv: -np.nan_to_num(kv[1]))[:10])
     return dg.AssetCheckResult(passed=worst < WARN_PSI, severity=severity, metadata={
-        "max_psi": worst, "rows_day": len(day_rows), "rows_baseline": len(base_rows),
+        "max_psi": worst, "rows_week": len(day_rows), "rows_baseline": len(base_rows),
         "psi_top10": dg.MetadataValue.json(top),
         "psi_all": dg.MetadataValue.json({k: v for k, v in scores.items() if np.isfinite(v)}),
     })

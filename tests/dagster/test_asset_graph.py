@@ -91,7 +91,7 @@ def test_training_chain_materializes_and_registers_a_champion(tmp_path: object,
     assert meta["registered_model"]["promoted"].value is True  # no champion yet: the first wins
     [drift] = result.get_asset_check_evaluations()
     assert drift.check_name == "feature_drift"
-    assert drift.metadata["rows_day"].value > 0
+    assert drift.metadata["rows_week"].value > 0
     assert "psi_all" in drift.metadata
 
     from mlflow import MlflowClient
