@@ -284,7 +284,8 @@ class StreamProcessor:
         raw = cast(dict[bytes, bytes], self.redis.hgetall(offsets_key(self.group_id)))
         doc = {k.decode(): v.decode() for k, v in raw.items()}
         self.next_offsets = {}
-        stale = {t for t, i in self._topic_ids.items() if doc.get(f"id:{t}") != i}
+        # a topic whose stored id differs was recreated; no stored id is a first start
+        stale = {t for t, i in self._topic_ids.items() if doc.get(f"id:{t}") not in (None, i)}
         for topic in sorted(stale):
             log.warning("topic %s was recreated (broker restart?); reading it from the start; "
                         "txn_ids in the state keep replayed events from counting twice", topic)
