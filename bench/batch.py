@@ -9,7 +9,8 @@ tables and Redis are never touched:
   start-up included (reported apart as ``spark_startup_s``; 0 when the process already had
   a session); a second run with unchanged inputs shows the incremental path (``rerun_s``);
 - ``materialize_rows_per_s``: ``materialize`` into Redis: the latest batch row of every
-  customer and terminal in Feast's format, rows ÷ the time to read, encode and write them.
+  customer and terminal in Feast's format, rows ÷ the time to read, encode and write them;
+  the median of five full loads (the set has ~15,000 such rows, a fraction of a second each).
   The insight docs and top-spender lists are reported as extras.
 
 The machine is shared: the 1-minute load average before and after is recorded with the
@@ -19,25 +20,29 @@ figures.
 from __future__ import annotations
 
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import redis
 from rich.console import Console
 
 from bench.data import tokenize
 from bench.results import BenchResult, Metric
 from kestrel.services import REDIS, free_port, start_redis, stop
 from kestrel.settings import Settings
+from kestrel.windows import batch_view_name
 from pipelines.batch.jobs import run_batch_features
 from pipelines.batch.session import session_info
-from pipelines.features.materialize import materialize
+from pipelines.features.materialize import WATERMARK_KEY, materialize
 from pipelines.features.store import apply
 from pipelines.simulator.config import SimulationConfig
 from pipelines.simulator.to_lake import write_to_lake
 
 TARGET_BATCH_S = 180.0
 TARGET_MATERIALIZE = 50_000
+REPEATS = 5
 
 
 def _load() -> float:
@@ -83,11 +88,20 @@ def run(settings: Settings, quick: bool = False, console: Console | None = None)
             apply(own, echo=lambda _: None)
             load_before = _load()
             mat = materialize(own, progress=lambda line: console.print(f"  {line}"))
+            # The default set has one latest row per customer and terminal (~15,000): a
+            # fraction of a second, so the figure is the median of REPEATS full loads (the
+            # watermarks dropped before each; the rows overwrite the same keys).
+            client = redis.Redis.from_url(own.redis_url)
+            rates = [mat["rows_per_s"]]
+            for _ in range(REPEATS - 1):
+                client.delete(*[WATERMARK_KEY.format(name=batch_view_name(e))
+                                for e in ("customer", "terminal")])
+                rates.append(materialize(own)["rows_per_s"])
         finally:
             stop(own, REDIS)
         result.metrics["materialize_rows_per_s"] = Metric(
-            mat["rows_per_s"], "rows/s", TARGET_MATERIALIZE, "higher",
-            {"rows": mat["rows"],
+            statistics.median(rates), "rows/s", TARGET_MATERIALIZE, "higher",
+            {"rows": mat["rows"], "runs_rows_per_s": [round(r) for r in rates],
              "views": {v: {"rows": d["rows"], "seconds": round(d["seconds"], 3)}
                        for v, d in mat["views"].items()},
              "insight_docs": mat["insights"]["customers"],

@@ -5,10 +5,10 @@ Incremental, like Feast's ``materialize-incremental``: per batch view a watermar
 inputs) says what is already there; only newer partitions (or the last one, recomputed since)
 are read, and of those only the ones within the view's ttl of the newest (older rows would be
 stale online anyway). For each entity the latest row is written in Feast's own Redis format
-(pipelines/features/online_writer.py: hand-encoded RESP, one MULTI/EXEC per 5,000 rows),
-not through ``FeatureStore.materialize``
-(which goes through pandas and protos row by row). ``FeatureStore.get_online_features`` reads
-the rows back like its own.
+(pipelines/features/online_writer.py: RESP encoded column by column from the Arrow table, one
+MULTI/EXEC per 5,000 rows), not through ``FeatureStore.materialize`` (which goes through
+pandas and protos row by row). ``FeatureStore.get_online_features`` reads the rows back like
+its own.
 
 Insights, in the format the contracts fix:
 
@@ -154,21 +154,21 @@ def materialize_views(settings: Settings, client: redis.Redis, manifest: Manifes
         names = batch_feature_names(entity)
         latest = latest_rows(folder, key, pending, [key, *names, "event_timestamp"])
         view_writer = writer.view(view)
-        rows = _feature_rows(latest, key, names)
         written = 0
-        while True:
-            chunk = [r for _, r in zip(range(CHUNK), rows, strict=False)]
-            if not chunk:
-                break
+        for offset in range(0, latest.num_rows, CHUNK):
+            chunk = latest.slice(offset, CHUNK)
             if view_writer.dedup:  # the compare-and-set script needs the Pipeline's loading
                 pipe = client.pipeline(transaction=False)
-                view_writer.add(pipe, chunk)
+                view_writer.add(pipe, _feature_rows(chunk, key, names))
                 pipe.execute()
-            else:  # hand-encoded RESP, one MULTI/EXEC per chunk
+            else:  # hand-encoded RESP from the columns, one MULTI/EXEC per chunk
                 tx = RespTransaction()
-                view_writer.add(tx, chunk)
+                view_writer.add_columns(
+                    tx, chunk.column(key).to_pylist(),
+                    {n: chunk.column(n).to_pylist() for n in names},
+                    chunk.column("event_timestamp").cast(pa.int64()).to_pylist())
                 tx.execute(client)
-            written += len(chunk)
+            written += chunk.num_rows
         seconds = time.perf_counter() - began
         _set_watermark(client, view, pending[-1], fingerprints.get(pending[-1], ""))
         out[view] = {"rows": written, "partitions": pending, "seconds": seconds,

@@ -36,8 +36,9 @@ bytes stored are the same either way.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from itertools import chain, repeat
 from typing import Any
 
 from feast import FeatureStore, FeatureView, RepoConfig
@@ -390,6 +391,55 @@ class ViewWriter:
                 queued += 1
         tx.raw(b"".join(out), queued)
         return queued
+
+
+    def add_columns(self, tx: RespTransaction, keys: Sequence[str],
+                    columns: Mapping[str, Sequence[FeatureValue]], times_us: Sequence[int]
+                    ) -> int:
+        """Queue one HSET per entity from columns (bulk loads): ``keys[i]`` gets
+        ``columns[f][i]`` for every feature ``f`` and the event time ``times_us[i]`` (µs since
+        the epoch, UTC). The bytes stored are those of :meth:`add`; encoding goes column by
+        column (lookup tables for small counts, one cached Timestamp per distinct time) and
+        the commands are joined in one pass, a few µs per row instead of a dict and a
+        function call per value. Returns the number of commands queued."""
+        unknown = [name for name in columns if name not in self._resp_fields]
+        if unknown:
+            raise KeyError(f"{self.view_name} has no feature(s) {unknown}; nothing was queued")
+        n = len(keys)
+        if len(times_us) != n or any(len(c) != n for c in columns.values()):
+            raise ValueError(f"{self.view_name}: keys, times and every column must have the "
+                             f"same length ({n})")
+        prefix, project = self._key_prefix, self._project
+        encoded_keys = [_bulk(prefix + _U32(len(v)) + v + project)
+                        for v in (k.encode() for k in keys)]
+        stamps: dict[int, bytes] = {}
+        for t in set(times_us):
+            stamps[t] = _bulk(_timestamp_bytes(*timestamp_parts(t)))
+        cols: list[Iterable[bytes]] = [
+            repeat(b"*%d\r\n$4\r\nHSET\r\n" % (4 + 2 * len(columns)), n), encoded_keys,
+            repeat(self._resp_ts_field, n), [stamps[t] for t in times_us]]
+        for name, values in columns.items():
+            field, encode = self._resp_fields[name]
+            cols.append(repeat(field, n))
+            cols.append(_resp_column(values, encode))
+        queued = n
+        if self.key_ttl_seconds:
+            cols += [repeat(b"*3\r\n$6\r\nEXPIRE\r\n", n), encoded_keys,
+                     repeat(_arg(self.key_ttl_seconds), n)]
+            queued += n
+        tx.raw(b"".join(chain.from_iterable(zip(*cols, strict=True))), queued)
+        return queued
+
+
+def _resp_column(values: Sequence[FeatureValue], encode: Callable[[FeatureValue], bytes]
+                 ) -> list[bytes]:
+    """A column of values as RESP bulk strings (encode is resp_int64 or resp_double)."""
+    if encode is resp_double:
+        head, pack = _RESP_DOUBLE_HEAD, _DOUBLE
+        return [head + pack(v) + b"\r\n" if v is not None and v == v else _RESP_EMPTY
+                for v in values]
+    small = _RESP_SMALL_INTS
+    return [small[v] if type(v) is int and 0 <= v < 16_384 else encode(v) for v in values]
 
 
 def _varint(n: int) -> bytes:

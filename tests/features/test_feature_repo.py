@@ -21,7 +21,7 @@ from feast import FeatureStore, FileSource
 
 from kestrel.settings import Settings
 from kestrel.windows import ENTITY_KEYS, Entity, feature_names, stream_view_name, windows_for
-from pipelines.features.online_writer import OnlineWriter, ViewWriter
+from pipelines.features.online_writer import OnlineWriter, RespTransaction, ViewWriter
 from pipelines.features.store import apply, feature_store
 from tests.conftest import make_settings
 
@@ -31,6 +31,7 @@ _DBS = itertools.count(11)  # the stream tests count up from 1; start elsewhere
 ENTITIES: tuple[Entity, ...] = get_args(Entity)
 EARTH_KM_PER_DEGREE = 6371.0088 * math.pi / 180
 T0 = datetime(2024, 6, 1, 23, 30, tzinfo=UTC)  # a Saturday night
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _db_url(redis_url: str, db: int) -> str:
@@ -169,6 +170,7 @@ def test_writer_stores_exactly_what_feast_stores(feast_settings: Settings, store
     ours = OnlineWriter(feast_settings)
     c_ours = redis.Redis.from_url(feast_settings.redis_url)
     c_theirs = redis.Redis.from_url(theirs_settings.redis_url)
+    c_columns = redis.Redis.from_url(_db_url(redis_url, next(_DBS)))  # add_columns' copy
     keys: list[bytes] = []
     for n, entity in enumerate(ENTITIES):
         view = stream_view_name(entity)
@@ -178,18 +180,25 @@ def test_writer_stores_exactly_what_feast_stores(feast_settings: Settings, store
         rows[2][1][feature_names(entity)[-1]] = math.nan
         write(ours, c_ours, view, rows)
         feast_write(theirs, view, rows)
+        tx = RespTransaction()
+        ours.view(view).add_columns(
+            tx, [key for key, _, _ in rows],
+            {name: [feats[name] for _, feats, _ in rows] for name in feature_names(entity)},
+            [int((when - EPOCH) / timedelta(microseconds=1)) for _, _, when in rows])
+        tx.execute(c_columns)
         from_registry = ViewWriter.for_view(store, view)  # the applied copy agrees
         assert from_registry._fields == ours.view(view)._fields
         assert from_registry.key("k") == ours.view(view).key("k")
         keys += [ours.view(view).key(key) for key, _, _ in rows]
     for key in keys:
         mine = stored(c_ours, key)
-        assert mine and mine == stored(c_theirs, key)
+        assert mine and mine == stored(c_theirs, key) == stored(c_columns, key)
         assert ttl(c_ours, key) == ttl(c_theirs, key) == -1
 
 
-@pytest.mark.parametrize("dedup", [True, False])
-def test_key_ttl_is_set_like_feast(tmp_path: Path, redis_url: str, dedup: bool) -> None:
+@pytest.mark.parametrize("dedup,columns", [(True, False), (False, False), (False, True)])
+def test_key_ttl_is_set_like_feast(tmp_path: Path, redis_url: str, dedup: bool,
+                                   columns: bool) -> None:
     s = make_settings(tmp_path / "var", redis_url=_db_url(redis_url, next(_DBS)),
                       feast_online_key_ttl_seconds=3600)
     apply(s, echo=lambda _: None)
@@ -197,7 +206,14 @@ def test_key_ttl_is_set_like_feast(tmp_path: Path, redis_url: str, dedup: bool) 
     writer = OnlineWriter(s, dedup=dedup).view(view)
     client = redis.Redis.from_url(s.redis_url)
     customer = uid("cust")
-    write(writer, client, view, [(customer, stream_row("customer", 1), T0)])
+    row = stream_row("customer", 1)
+    if columns:
+        tx = RespTransaction()
+        writer.add_columns(tx, [customer], {k: [v] for k, v in row.items()}, [1_700_000_000])
+        replies = tx.execute(client)
+        assert replies == [1 + len(row), 1]  # HSET: fields added (ts + features); EXPIRE: set
+    else:
+        write(writer, client, view, [(customer, row, T0)])
     assert 3590 < ttl(client, writer.key(customer)) <= 3600
 
 
