@@ -24,6 +24,7 @@ from kestrel.settings import Settings
 Role = Literal["scorer", "bot", "investigator", "admin"]
 ROLES: tuple[str, ...] = ("scorer", "bot", "investigator", "admin")
 ALGORITHM = "HS256"
+VERIFIED_CACHE_SIZE = 10_000  # distinct live tokens remembered after verification
 
 
 class AuthError(KestrelError):
@@ -63,6 +64,8 @@ class Authenticator:
         self._public_key: str | None = None
         if settings.jwt_public_key_file is not None:
             self._public_key = Path(settings.jwt_public_key_file).read_text()
+        # token → (principal, exp): signature checks cost more than the rest of a decision
+        self._verified: dict[str, tuple[Principal, float]] = {}
         self._jwks = jwt.PyJWKClient(settings.jwt_jwks_url, cache_keys=True, lifespan=300) \
             if settings.jwt_jwks_url else None
 
@@ -83,9 +86,24 @@ class Authenticator:
         raise AuthError(f"tokens signed with {alg!r} are not accepted here")
 
     def principal(self, authorization: str | None) -> Principal:
+        """The caller of a request; a token verified before is looked up, not re-verified
+        (its expiry is still checked on every call)."""
         if not authorization or not authorization.lower().startswith("bearer "):
             raise AuthError("send `Authorization: Bearer <token>` (mint one with `kestrel token`)")
         token = authorization[7:].strip()
+        known = self._verified.get(token)
+        if known is not None:
+            principal, expires = known
+            if time.time() < expires:
+                return principal
+            self._verified.pop(token, None)
+        principal, expires = self._verify(token)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.clear()  # crude, bounded; a busy service re-verifies once
+        self._verified[token] = (principal, expires)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, float]:
         key, alg = self._verification_key(token)
         try:
             claims = jwt.decode(token, key, algorithms=[alg], issuer=self._issuer,
@@ -97,7 +115,7 @@ class Authenticator:
         role, tenant = claims.get("role"), claims.get("tenant")
         if role not in ROLES or not isinstance(tenant, str) or not tenant:
             raise AuthError("the token lacks a valid role or tenant claim")
-        return Principal(str(claims["sub"]), role, tenant)
+        return Principal(str(claims["sub"]), role, tenant), float(claims["exp"])
 
     @staticmethod
     def authorize(principal: Principal, allowed: tuple[str, ...]) -> None:
