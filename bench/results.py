@@ -72,5 +72,6 @@ class BenchResult:
             mark = "-" if ok is None else ("[green]yes[/green]" if ok else "[red]no[/red]")
             sign = "≥" if m.better == "higher" else "≤"
             target = "-" if m.target is None else f"{sign} {m.target:,}"
-            table.add_row(name, f"{m.value:,.1f}", m.unit, target, mark)
+            value = f"{m.value:,.1f}" if abs(m.value) >= 10 else f"{m.value:.3f}"
+            table.add_row(name, value, m.unit, target, mark)
         console.print(table)

@@ -14,6 +14,7 @@ The per-model metrics are the means over the test folds (protocol in training/pr
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -77,6 +78,7 @@ def run(settings: Settings, quick: bool = False, console: Console | None = None)
         shutil.rmtree(root, ignore_errors=True)
     own = settings.model_copy(update={"var_dir": root, "mlflow_tracking_uri": None,
                                       "label_delay_days": sim.label_delay_days})
+    load_before = round(os.getloadavg()[0], 2)
     try:
         began = time.perf_counter()
         console.print(f"simulating {sim.customers:,} customers × {sim.days} days into {root} …")
@@ -94,7 +96,9 @@ def run(settings: Settings, quick: bool = False, console: Console | None = None)
                                  "days": sim.days, "seed": sim.seed,
                                  "transactions": summary.transactions},
                   "protocol": protocol, "rows": report.manifest["rows"],
-                  "range": report.manifest["range"], "label_delay_days": sim.label_delay_days}
+                  "range": report.manifest["range"], "label_delay_days": sim.label_delay_days,
+                  "load_avg_1m_before": load_before,
+                  "load_avg_1m_after": round(os.getloadavg()[0], 2)}
         return result_from_report(report, quick, params, {"simulate": simulate_s})
     finally:
         if quick:
