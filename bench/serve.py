@@ -37,6 +37,7 @@ from serving.fixtures import register_tiny_model, transaction, write_features
 from serving.process import running_service, settings_env
 
 CUSTOMERS = 2000
+CHAMPION_TREES = 300  # the shape `kestrel train` chose on the default set (depth 3, 300 trees)
 ENTITIES: tuple[Entity, ...] = ("card", "customer", "terminal")
 BATCH_ENTITIES: tuple[Entity, ...] = ("customer", "terminal")
 
@@ -139,7 +140,7 @@ def run(settings: Settings, quick: bool, console: Console) -> BenchResult:
                                        "log_level": "WARNING", "mlflow_tracking_uri": None})
     with private_services(base, with_redis=True) as own:
         console.print("registering a synthetic champion and seeding Redis …")
-        register_tiny_model(own)
+        register_tiny_model(own, n_estimators=CHAMPION_TREES)
         _seed(own)
         bodies = [transaction(i) for i in range(CUSTOMERS)]
         for b in bodies:

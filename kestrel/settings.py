@@ -192,6 +192,10 @@ class Settings(BaseSettings):
     alert_consumer: bool = Field(
         True, description="`kestrel serve` runs the consumer of `alerts` into the alert store."
     )
+    audit_fsync_ms: float = Field(
+        100.0, ge=0, description="Audit records are written at once and fsynced at most this "
+        "often (0: after every write)."
+    )
 
     # --- derived paths -------------------------------------------------------------------
     @property

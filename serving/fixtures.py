@@ -23,9 +23,12 @@ def model_features() -> list[str]:
 
 
 def register_tiny_model(settings: Settings, seed: int = 0, challenge: float = 0.5,
-                        decline: float = 0.8, alias: bool = True) -> str:
-    """Fit a small XGBClassifier on synthetic rows (fraud = big amount or a busy card) and
-    register it like training does: signature columns in order, threshold tags, alias."""
+                        decline: float = 0.8, alias: bool = True,
+                        n_estimators: int = 20) -> str:
+    """Fit an XGBClassifier (depth 3) on synthetic rows (fraud = big amount or a busy card)
+    and register it like training does: signature columns in order, threshold tags, alias.
+    Tests keep it tiny; `kestrel bench serve` asks for the trained champion's 300 trees, since
+    the cost of TreeSHAP grows with them."""
     import mlflow
     import mlflow.xgboost
     import xgboost
@@ -42,7 +45,7 @@ def register_tiny_model(settings: Settings, seed: int = 0, challenge: float = 0.
     y = ((x["txn_amount"] > 300) | (x["card_txn_count_1h"] >= 4)).astype(int)
     x.loc[rng.uniform(0, 1, n) < 0.2, "card_txn_count_1h"] = np.nan  # unknown card: no signal
     x = x.astype("float64")
-    model = xgboost.XGBClassifier(n_estimators=20, max_depth=3, random_state=seed,
+    model = xgboost.XGBClassifier(n_estimators=n_estimators, max_depth=3, random_state=seed,
                                   n_jobs=1)
     model.fit(x, y)
     settings.mlflow_dir.mkdir(parents=True, exist_ok=True)

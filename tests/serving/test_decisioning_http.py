@@ -108,9 +108,20 @@ def test_quiet_card_is_allowed_and_scoring_is_deterministic(stack: Stack) -> Non
     again = [stack.post("/v1/score", ev).json() for _ in range(3)]
     assert first["action"] == "allow" and first["score"] < 0.5
     assert all(_strip_latency(a) == _strip_latency(first) for a in again)
-    # the batch path decides the same transaction identically
-    batch = stack.post("/v1/score/batch", {"events": [ev, transaction(1)]}).json()
+    assert first["reasons"] and "strongest risk signal" in first["explanation"]
+    # the batch path decides the same transaction identically when asked for every reason
+    batch = stack.post("/v1/score/batch?reasons=all", {"events": [ev, transaction(1)]}).json()
     assert _strip_latency(batch["decisions"][0]) == _strip_latency(first)
+    # by default a batch explains only what it flags: same action and score, no reasons
+    flagged = stack.post("/v1/score/batch", {"events": [ev, transaction(1)]}).json()
+    quiet, busy = flagged["decisions"]
+    assert {k: quiet[k] for k in ("action", "score", "model_version")} == \
+        {k: first[k] for k in ("action", "score", "model_version")}
+    assert quiet["reasons"] == [] and quiet["explanation"].startswith("Allowed: fraud score")
+    assert busy["action"] == "decline" and busy["reasons"][0]["feature"] == "card_txn_count_1h"
+    assert _strip_latency(busy) == _strip_latency(batch["decisions"][1])
+    r = stack.post("/v1/score/batch?reasons=some", {"events": [ev]})
+    assert r.status_code == 400 and r.json()["errors"][0]["path"] == "reasons"
 
 
 def test_rules_block_countries_and_limit_amounts(stack: Stack) -> None:
