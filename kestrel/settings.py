@@ -146,6 +146,10 @@ class Settings(BaseSettings):
     # --- HTTP service --------------------------------------------------------------------
     serve_host: str = Field("127.0.0.1", description="Address `kestrel serve` binds.")
     serve_port: int = Field(3000, ge=1, le=65535, description="Port `kestrel serve` binds.")
+    serve_workers: int = Field(
+        2, ge=1, description="Worker processes of `kestrel serve` (each runs its own event "
+        "loop; a decision is CPU under the GIL, so one per core)."
+    )
     max_batch_events: int = Field(
         10_000, ge=1, description="Largest batch POST /v1/events/transactions accepts (413)."
     )

@@ -21,10 +21,15 @@ configure_logging(get_settings().log_level)
 http_app = create_app()
 
 
-# BentoML's per-request access log line is off: the access audit (serving/audit.py) records
-# every authenticated call, and a log line per request costs more than a decision.
-@bentoml.service(name="kestrel", traffic={"timeout": 60},
-                 logging={"access": {"enabled": False}})
+# Per-request work BentoML would add is off for the /v1 routes, because on 2 cores it cost
+# about as much CPU as the decision itself: its access log line (the access audit of
+# serving/audit.py records every authenticated call), its generic traffic metrics (the
+# `kestrel_request_seconds` histogram of serving/metrics.py times every route and status),
+# and OpenTelemetry spans (no exporter is configured; a deployment that wants traces removes
+# "/v1" from excluded_urls).
+@bentoml.service(name="kestrel", traffic={"timeout": 60}, workers=get_settings().serve_workers,
+                 logging={"access": {"enabled": False, "skip_paths": ["/v1"]}},
+                 tracing={"excluded_urls": ["/v1"]})
 @bentoml.asgi_app(http_app, path="/")
 class Kestrel:
     """Ingestion, decisioning, insights, alerts and labels."""

@@ -133,3 +133,31 @@ def test_rs256_tokens_verified_with_keys_from_a_jwks_url(tmp_path: Path) -> None
             auth.principal(f"Bearer {hs}")
     finally:
         server.shutdown()
+
+
+def test_native_scoring_equals_xgboost_predict() -> None:
+    """The direct C-API path gives XGBoost's own probabilities and TreeSHAP values, bit for
+    bit, with missing values, for one row and for a subset of a batch."""
+    import numpy as np
+    import xgboost
+
+    from serving.model import LoadedModel, serving_booster
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(400, 6))
+    y = (x[:, 0] + x[:, 3] > 1).astype(int)
+    x[rng.uniform(size=x.shape) < 0.1] = np.nan
+    fitted = xgboost.XGBClassifier(n_estimators=30, max_depth=3, n_jobs=1).fit(x, y)
+    features = tuple(f"f{i}" for i in range(6))
+    model = LoadedModel("1", features, serving_booster(fitted.get_booster(), features))
+    vectors = [{f: float(v) for f, v in zip(features, row, strict=True)} for row in x]
+    rows = model.matrix(vectors)
+    reference = fitted.get_booster()
+    expected = reference.predict(xgboost.DMatrix(x))
+    assert np.array_equal(model.probabilities(rows), expected)
+    which = [3, 17, 250]
+    assert np.array_equal(model.contributions(rows, which),
+                          reference.predict(xgboost.DMatrix(x[which]), pred_contribs=True))
+    one = model.matrix(vectors[5:6])
+    assert np.array_equal(model.probabilities(one), expected[5:6])
+    assert model.contributions(one, [0]).shape == (1, len(features) + 1)
