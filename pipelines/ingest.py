@@ -50,14 +50,15 @@ class EventProducer:
                 self.last_error = str(err)
 
     def produce(self, topic: str, key: bytes | str | None, value: bytes | str,
-                on_delivery: Any = None) -> None:
-        """Queue one record, waiting for room when the local queue is full."""
+                on_delivery: Any = None, partition: int | None = None) -> None:
+        """Queue one record, waiting for room when the local queue is full; ``partition``
+        overrides the partitioner (the stream's repartition names it)."""
+        extra: dict[str, Any] = {} if partition is None else {"partition": partition}
+        if on_delivery is not None:
+            extra["on_delivery"] = on_delivery
         while True:
             try:
-                if on_delivery is None:
-                    self._producer.produce(topic, value, key)
-                else:
-                    self._producer.produce(topic, value, key, on_delivery=on_delivery)
+                self._producer.produce(topic, value, key, **extra)
                 return
             except BufferError:
                 self._producer.poll(0.05)

@@ -63,7 +63,7 @@ def _prev_same(group: np.ndarray, codes: np.ndarray) -> np.ndarray:
     return prev
 
 
-def _codes(values: tuple[Any, ...]) -> np.ndarray:
+def _codes(values: list[Any]) -> np.ndarray:
     seen: dict[Any, int] = {}
     return np.fromiter((seen.setdefault(v, len(seen)) for v in values), np.int64, len(values))
 
@@ -76,9 +76,9 @@ def compute(layout: Layout, groups: list[tuple[int, list[tuple[str, Aggregation,
     aggregation, index of the event field), as WindowSet.groups has them. None when the
     batch's time span does not fit the composite key (the caller then uses the per-event
     path)."""
-    n = len(layout.events)
-    cols = list(zip(*layout.events, strict=True))
-    times = np.fromiter(cols[TIME], np.int64, n)
+    events = layout.events
+    n = len(events)
+    times = np.fromiter([e[TIME] for e in events], np.int64, n)
     t0 = int(times.min())
     if int(times.max()) - t0 >= (1 << _GROUP_BITS) or len(layout.starts) >= (1 << 16):
         return None
@@ -86,7 +86,7 @@ def compute(layout: Layout, groups: list[tuple[int, list[tuple[str, Aggregation,
     comp = (group << _GROUP_BITS) + (times - t0)
     idx = np.array(layout.new, dtype=np.int64)
     starts = np.array(layout.starts, dtype=np.int64)[group[idx]]
-    amounts = np.fromiter(cols[AMOUNT], np.float64, n)
+    amounts: np.ndarray | None = None  # only the fields some window needs are read
     prev: dict[int, np.ndarray] = {}
     out: dict[str, list[Any]] = {}
 
@@ -102,6 +102,8 @@ def compute(layout: Layout, groups: list[tuple[int, list[tuple[str, Aggregation,
             if kind == "count":
                 out[name] = width.tolist()
             elif kind == "sum":
+                if amounts is None:
+                    amounts = np.fromiter([e[AMOUNT] for e in events], np.float64, n)
                 acc = np.zeros(len(idx))
                 for k in range(longest):  # left to right, as Python's sum adds
                     j = lo + k
@@ -109,7 +111,7 @@ def compute(layout: Layout, groups: list[tuple[int, list[tuple[str, Aggregation,
                 out[name] = [round(x, 2) for x in acc.tolist()]
             else:
                 if field not in prev:
-                    prev[field] = _prev_same(group, _codes(cols[field]))
+                    prev[field] = _prev_same(group, _codes([e[field] for e in events]))
                 p = prev[field]
                 distinct = np.zeros(len(idx), dtype=np.int64)
                 for k in range(longest):
@@ -119,7 +121,7 @@ def compute(layout: Layout, groups: list[tuple[int, list[tuple[str, Aggregation,
                 out[name] = distinct.tolist()
     if card:
         out["card_last_event_time_us"] = times[idx].tolist()
-        out["card_last_lat"] = [cols[LAT][i] for i in layout.new]
-        out["card_last_lon"] = [cols[LON][i] for i in layout.new]
+        out["card_last_lat"] = [events[i][LAT] for i in layout.new]
+        out["card_last_lon"] = [events[i][LON] for i in layout.new]
     extra = {micros: idx - lower(micros) + 1 for micros in extra_counts}
     return out, extra

@@ -6,9 +6,16 @@ Micro-batches (``KESTREL_STREAM_BATCH_RECORDS`` / ``KESTREL_STREAM_BATCH_MS``) o
   is validated (invalid → `transactions.dlq`), checked against the partition's stream time
   (older than the allowed lateness → `transactions.late`), deduplicated by txn_id, applied to
   its card and customer, checked against the alert rules, and forwarded to the repartition
-  topic `transactions.by-terminal` (key terminal_id);
+  topic `transactions.by-terminal` (key terminal_id, partition named explicitly:
+  ``terminal_partition``) — or, while this instance owns every partition of both topics,
+  applied to the same terminal partition's state in the same batch (the round trip through
+  Kafka would only bring it back here); leftovers in the topic are still consumed;
 - `transactions.by-terminal`: terminal state, deduplicated by txn_id as well (a replay after a
   crash may forward an event twice).
+
+The columnar path decodes a batch's records at once (pipelines/stream/batch_decode.py) and
+computes in-order entities' windows at once (columnar.py); the per-event path is the
+reference (parity's capture uses it; tests compare the two).
 
 Commit, per batch (offsets stored with the state they produced; no Kafka transactions):
 1. the batch's offline-log rows are staged (fsynced, invisible);
@@ -32,12 +39,12 @@ import contextlib
 import logging
 import time
 import uuid
+import zlib
 from bisect import bisect_right
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from itertools import pairwise
+from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
 import numpy as np
@@ -54,13 +61,14 @@ from kestrel.topics import (
     TRANSACTIONS_BY_TERMINAL,
     TRANSACTIONS_DLQ,
     TRANSACTIONS_LATE,
+    partitions_for,
 )
 from kestrel.windows import ENTITIES, ENTITY_KEYS, Entity, stream_view_name
 from pipelines.batching import consume_in_batches, stop_on_signals
 from pipelines.dlq import dead_letter
 from pipelines.features.online_writer import RespTransaction
 from pipelines.ingest import EventProducer
-from pipelines.stream import changelog, columnar, records
+from pipelines.stream import batch_decode, changelog, columnar, records
 from pipelines.stream.metrics import StreamMetrics
 from pipelines.stream.offline_log import OfflineLog
 from pipelines.stream.rules import evaluate, rules
@@ -73,7 +81,6 @@ RECENT_KEEP = 20
 TERMINAL_REORDER_SLACK_US = 7 * 86_400 * 1_000_000
 MAX_PARTITION_SKEW_US = 3600 * 1_000_000
 PARTITION_SHARE_PER_BATCH = 1_000  # at least; more when the batch size allows
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class OnlineSink(Protocol):
@@ -82,6 +89,10 @@ class OnlineSink(Protocol):
     def write(self, pipe: RespTransaction, view: str,
               rows: list[tuple[str, dict[str, Any], datetime | int]]) -> None:
         """rows: (entity value, features, event time as a datetime or µs since the epoch)"""
+
+    def write_columns(self, pipe: RespTransaction, view: str, keys: list[str],
+                      columns: dict[str, list[Any]], times_us: list[int]) -> None:
+        """The same writes from columns: keys[i] gets columns[f][i], stamped times_us[i]."""
 
 
 @dataclass
@@ -118,10 +129,6 @@ def recent_key(customer_id: str) -> str:
     return f"{RECENT_PREFIX}{customer_id}"
 
 
-def _iso(time_us: int) -> str:
-    return (_EPOCH + timedelta(microseconds=time_us)).isoformat().replace("+00:00", "Z")
-
-
 class StreamProcessor:
     def __init__(self, settings: Settings, online: OnlineSink, group_id: str = GROUP_ID,
                  keep_freshness: bool = False, metrics_port: int | None = None,
@@ -153,6 +160,9 @@ class StreamProcessor:
         self.metrics = StreamMetrics(group_id, metrics_port)
         self._alerts_by_rule: dict[str, int] = defaultdict(int)
         self._forward: list[tuple[int, str, str]] = []  # terminal updates of this batch
+        # online rows of in-order entities, as columns: (keys, {feature: values}, times µs)
+        self._online_blocks: dict[Entity, list[tuple[list[str], dict[str, list[Any]],
+                                                     list[int]]]] = defaultdict(list)
         # the events this batch applied, per (topic, partition): its changelog entries
         self._changes: dict[tuple[str, int], list[tuple[Any, ...]]] = defaultdict(list)
         self._since_snapshot: dict[tuple[str, int], int] = {}
@@ -164,6 +174,9 @@ class StreamProcessor:
         self.token = uuid.uuid4().hex.encode()
         # event-time pacing of the `transactions` partitions this instance owns
         self._owned: set[int] = set()
+        self._owned_terminal: set[int] = set()  # `transactions.by-terminal` partitions
+        self._partitions: dict[str, int] = {}  # partition count of each input topic
+        self._terminal_part: dict[str, int] = {}  # terminal_id → by-terminal partition
         self._paused: set[int] = set()
         self._at_end: set[int] = set()
         self._in_batch: dict[int, int] = {}
@@ -181,11 +194,16 @@ class StreamProcessor:
         stored = self._load_offsets()
         self.offline.recover(stored.get("batch"))
         # small fetches interleave the partitions finely, so a batch's events stay close in
-        # event time across partitions (terminal state sees them in near event-time order)
+        # event time across partitions (terminal state sees them in near event-time order).
+        # Measured here, they also cap consumption at ~13–19k records/s (256 KiB: > 100k/s),
+        # but larger prefetches let one partition fill most of a batch (pause() comes after
+        # the records are already queued), which the terminal reorder slack must then absorb.
         consumer = Consumer(consumer_config(self.settings, self.group_id,
                                             **{"max.partition.fetch.bytes": 65_536,
                                                "queued.min.messages": 2_000,
                                                "enable.partition.eof": True}))
+        self._partitions = {t: len(md.partitions) for t, md in consumer.list_topics(
+            timeout=10).topics.items() if t in (TRANSACTIONS, TRANSACTIONS_BY_TERMINAL)}
         producer = EventProducer(self.settings)
         stop_on_signals(self.request_stop)
         buffer: list[Message] = []
@@ -203,6 +221,7 @@ class StreamProcessor:
                     self._at_end.discard(tp.partition)
                 else:
                     self.cache["terminal"].pop(tp.partition, None)
+                    self._owned_terminal.discard(tp.partition)
 
         consumer.subscribe([TRANSACTIONS, TRANSACTIONS_BY_TERMINAL], on_assign=self._on_assign,
                            on_revoke=on_revoke)
@@ -309,6 +328,8 @@ class StreamProcessor:
             self.restore_partition(tp.topic, tp.partition)
         consumer.assign(partitions)
         self._owned |= {tp.partition for tp in partitions if tp.topic == TRANSACTIONS}
+        self._owned_terminal |= {tp.partition for tp in partitions
+                                 if tp.topic == TRANSACTIONS_BY_TERMINAL}
         self._assigned = True
         self._assigned_at = time.monotonic()  # idleness counts from here
         log.info("assigned", extra={"partitions": [f"{tp.topic}:{tp.partition}@{tp.offset}"
@@ -378,93 +399,41 @@ class StreamProcessor:
         batch, buffer[:] = list(buffer), []
         started = time.perf_counter()
         before = self._counts()
-        decoded: list[tuple[Message, str, int, Any]] = []
-        newest: dict[str, int] = {}
-        for m in batch:
-            part, topic = m.partition() or 0, m.topic() or ""
-            if topic == TRANSACTIONS:
-                self._at_end.discard(part)  # it has data again
-                try:
-                    txn = records.decode(m.value())
-                except EventValidationError as exc:
-                    decoded.append((m, topic, part, exc))
-                    continue
-                decoded.append((m, topic, part, txn))
-            else:
-                decoded.append((m, topic, part, orjson.loads(m.value() or b"[]")))
-
         rows: dict[Entity, list[dict[str, Any]]] = defaultdict(list)
         columns: dict[Entity, list[dict[str, list[Any]]]] = defaultdict(list)
         online: dict[Entity, dict[str, tuple[dict[str, Any], int]]] = defaultdict(dict)
-        pending: dict[Entity, dict[tuple[int, str], list[Event]]] = {
-            e: defaultdict(list) for e in ENTITIES}
-        card_customer: dict[str, str] = {}
-        seen: set[tuple[int, str, str]] = set()  # (partition, entity key, txn_id) this batch
-        customers: set[str] = set()
-        next_offsets: dict[tuple[str, int], int] = {}
-        produced_at: list[int] = []
+        next_offsets = {(m.topic() or "", m.partition() or 0): (m.offset() or 0) + 1
+                        for m in batch}
+        txns = [m for m in batch if m.topic() == TRANSACTIONS]
+        newest = {str(m.partition() or 0): m.timestamp()[1] for m in txns}
+        self._at_end -= {m.partition() or 0 for m in txns}  # they have data again
         now = datetime.now(UTC)
-        for m, topic, part, item in decoded:
-            offset = m.offset() or 0
-            next_offsets[(topic, part)] = offset + 1
-            if topic == TRANSACTIONS:
-                newest[str(part)] = m.timestamp()[1]
-            if isinstance(item, EventValidationError):
-                self.stats.invalid += 1
-                key, value = dead_letter(TRANSACTIONS, part, offset, m.value(), item,
-                                         self.group_id)
-                producer.produce(TRANSACTIONS_DLQ, key, value)
-            elif isinstance(item, records.Txn):
-                if not self.columnar:
-                    applied = self._apply_txn(item, part, m, producer, rows, online, now)
-                else:
-                    applied = self._accept_txn(item, part, m, producer, seen)
-                    if applied:
-                        event = self._changes[(TRANSACTIONS, part)][-1][2:]
-                        pending["card"][(part, item.card_id)].append(event)
-                        pending["customer"][(part, item.customer_id)].append(event)
-                        card_customer[item.card_id] = item.customer_id
-                if applied:
-                    customers.add(item.customer_id)
-                    produced_at.append(m.timestamp()[1])
-            elif not self.columnar:
-                self._apply_terminal(item, part, rows, online)
-            else:
-                txn_id, time_us, terminal_id = item
-                if (part, terminal_id, txn_id) in seen \
-                        or txn_id in self.cache["terminal"][part][terminal_id].ids:
-                    continue  # forwarded twice (a replay after a crash)
-                seen.add((part, terminal_id, txn_id))
-                pending["terminal"][(part, terminal_id)].append(
-                    (txn_id, time_us, 0.0, "", terminal_id, "", 0.0, 0.0))
         if self.columnar:
-            for entity in ENTITIES:
-                self._apply_batch(entity, pending[entity], rows, columns, online,
-                                  card_customer, producer, now)
-        # forward in event-time order: the batch mixes partitions that may be apart in event
-        # time, and terminal state tolerates reordering only within TERMINAL_REORDER_SLACK_US
-        self._forward.sort()
-        for time_us, terminal_id, txn_id in self._forward:
-            producer.produce(TRANSACTIONS_BY_TERMINAL, terminal_id,
-                             orjson.dumps([txn_id, time_us, terminal_id]))
-        self._forward.clear()
+            customers, produced_at = self._apply_columnar(batch, txns, rows, columns, online,
+                                                          producer, now)
+        else:
+            customers, produced_at = self._apply_per_event(batch, rows, online, producer, now)
         batch_id = f"{time.time_ns() // 1_000_000:013d}-{uuid.uuid4().hex[:6]}"
         timing = self.stats.stage_ms
         t0 = time.perf_counter()
         # the offline rows are written and fsynced in the background while the commit is
         # encoded and the Kafka side effects are flushed; the commit waits for both
         staging = self._io.submit(self.offline.stage, batch_id, rows, columns)
+        # fenced: every partition the batch read, and every partition whose state it changed
+        # (terminal partitions updated in-process are not read from)
+        fenced = set(next_offsets) | set(self._changes)
+        written = sum(len(v) for v in online.values()) + sum(
+            len(keys) for blocks in self._online_blocks.values() for keys, _, _ in blocks)
         tx = self._build_commit(batch_id, online, customers, next_offsets)
         t1 = time.perf_counter()
         producer.flush()
         t2 = time.perf_counter()
         staging.result()  # durable before the commit point
         t3 = time.perf_counter()
-        guard = {changelog.owner_key(self.group_id, t, p): self.token
-                 for t, p in next_offsets}
+        guard = {changelog.owner_key(self.group_id, t, p): self.token for t, p in fenced}
         if tx.execute(self.redis, guard=guard) is None:  # the commit point, fenced
             self._io.submit(self.offline.discard, batch_id).result()
-            lost = sorted(f"{t}:{p}" for t, p in next_offsets)
+            lost = sorted(f"{t}:{p}" for t, p in fenced)
             raise changelog.PartitionLost(
                 f"another instance of group {self.group_id!r} owns one of {lost}; this "
                 "batch was not committed. Restart `kestrel stream` to rejoin the group.")
@@ -483,10 +452,190 @@ class StreamProcessor:
         if self.keep_freshness:
             self.stats.freshness_ms.extend(freshness_ms)
         self.stats.batches += 1
-        self._observe(before, freshness_ms, sum(len(v) for v in online.values()), newest)
+        self._observe(before, freshness_ms, written, newest)
         with contextlib.suppress(Exception):  # advisory, for `kestrel status`
             consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o
                                      in next_offsets.items()], asynchronous=True)
+
+    def _apply_per_event(self, batch: list[Message],
+                         rows: dict[Entity, list[dict[str, Any]]],
+                         online: dict[Entity, dict[str, tuple[dict[str, Any], int]]],
+                         producer: EventProducer, now: datetime) -> tuple[set[str], list[int]]:
+        """The reference path (parity's capture, and what the columnar path is tested
+        against): each record decoded and applied on its own, in order."""
+        customers: set[str] = set()
+        produced_at: list[int] = []
+        for m in batch:
+            part, topic = m.partition() or 0, m.topic() or ""
+            if topic != TRANSACTIONS:
+                self._apply_terminal(orjson.loads(m.value() or b"[]"), part, rows, online)
+                continue
+            try:
+                txn = records.decode(m.value())
+            except EventValidationError as exc:
+                self._dead_letter(m, exc, producer)
+                continue
+            if self._apply_txn(txn, part, m, producer, rows, online, now):
+                customers.add(txn.customer_id)
+                produced_at.append(m.timestamp()[1])
+        for time_us, terminal_id, txn_id, local in self._route_terminal(producer):
+            self._apply_terminal([txn_id, time_us, terminal_id], local, rows, online)
+        return customers, produced_at
+
+    def _dead_letter(self, m: Message, error: EventValidationError,
+                     producer: EventProducer) -> None:
+        self.stats.invalid += 1
+        key, value = dead_letter(TRANSACTIONS, m.partition() or 0, m.offset() or 0, m.value(),
+                                 error, self.group_id)
+        producer.produce(TRANSACTIONS_DLQ, key, value)
+
+    def terminal_partition(self, terminal_id: str) -> int:
+        """The `transactions.by-terminal` partition of a terminal: librdkafka's default
+        (consistent_random: CRC32 of the key), computed here so that the in-process path
+        and the topic agree by construction (forwarded records name it explicitly)."""
+        part = self._terminal_part.get(terminal_id)
+        if part is None:
+            count = self._partitions.get(TRANSACTIONS_BY_TERMINAL) or partitions_for(
+                TRANSACTIONS_BY_TERMINAL, self.settings)
+            part = self._terminal_part[terminal_id] = zlib.crc32(terminal_id.encode()) % count
+        return part
+
+    def _local_terminals(self) -> bool:
+        """This instance owns every partition of both topics: the repartition round trip
+        through Kafka would bring every terminal update back to this process, so it is
+        applied in-process instead (same partition, same state, same order of application
+        within the batch as a consumer of the topic would see)."""
+        return bool(self._partitions) and len(self._owned) == self._partitions.get(
+            TRANSACTIONS, -1) and len(self._owned_terminal) == self._partitions.get(
+            TRANSACTIONS_BY_TERMINAL, -1)
+
+    def _route_terminal(self, producer: EventProducer) -> list[tuple[int, str, str, int]]:
+        """The batch's terminal updates, in event-time order (the batch mixes partitions
+        that may be apart in event time; terminal state tolerates reordering only within
+        TERMINAL_REORDER_SLACK_US): forwarded to `transactions.by-terminal`, or returned
+        with their partition to be applied in this batch when _local_terminals."""
+        forward, self._forward = sorted(self._forward), []
+        if self._local_terminals():
+            part = self.terminal_partition
+            return [(t, terminal_id, txn_id, part(terminal_id))
+                    for t, terminal_id, txn_id in forward]
+        for time_us, terminal_id, txn_id in forward:
+            producer.produce(TRANSACTIONS_BY_TERMINAL, terminal_id,
+                             orjson.dumps([txn_id, time_us, terminal_id]),
+                             partition=self.terminal_partition(terminal_id))
+        return []
+
+    def _apply_columnar(self, batch: list[Message], txns: list[Message],
+                        rows: dict[Entity, list[dict[str, Any]]],
+                        columns: dict[Entity, list[dict[str, list[Any]]]],
+                        online: dict[Entity, dict[str, tuple[dict[str, Any], int]]],
+                        producer: EventProducer, now: datetime) -> tuple[set[str], list[int]]:
+        """The batch decoded at once (batch_decode), the sequential checks in one tight
+        loop, the windows per entity type at once (_apply_batch)."""
+        pending: dict[Entity, dict[tuple[int, str], list[Event]]] = {
+            e: defaultdict(list) for e in ENTITIES}
+        seen: set[tuple[int, str, str]] = set()  # (partition, entity key, txn_id) this batch
+        cols = batch_decode.decode_batch([m.value() for m in txns])
+        for i, exc in cols.errors.items():
+            self._dead_letter(txns[i], exc, producer)
+        accepted = self._accept(txns, cols, producer)
+        ids, times, amounts, countries = cols.txn_id, cols.time_us, cols.amount, cols.country
+        terminals, mccs, lats, lons = cols.terminal_id, cols.mcc, cols.lat, cols.lon
+        cards, custs = cols.card_id, cols.customer_id
+        pend_card, pend_customer = pending["card"], pending["customer"]
+        card_customer: dict[str, str] = {}
+        changes = self._changes
+        recent = self._recent
+        dumps = orjson.dumps
+        produced_at: list[int] = []
+        for i in accepted:
+            m = txns[i]
+            part = m.partition() or 0
+            event: Event = (ids[i], times[i], amounts[i], countries[i], terminals[i], mccs[i],
+                            lats[i], lons[i])
+            card, customer = cards[i], custs[i]
+            changes[(TRANSACTIONS, part)].append((card, customer, *event))
+            pend_card[(part, card)].append(event)
+            pend_customer[(part, customer)].append(event)
+            card_customer[card] = customer
+            recent[customer].append(dumps({
+                "txn_id": ids[i], "event_time": cols.event_time[i], "amount": amounts[i],
+                "currency": cols.currency[i], "mcc": mccs[i], "country": countries[i],
+                "terminal_id": terminals[i], "card_id": card, "channel": cols.channel[i]}))
+            produced_at.append(m.timestamp()[1])
+        self._forward = [(times[i], terminals[i], ids[i]) for i in accepted]
+        self.stats.applied += len(accepted)
+        terminal_cache = self.cache["terminal"]
+        pend_terminal = pending["terminal"]
+        for m in batch:  # terminal updates forwarded through the topic
+            if m.topic() == TRANSACTIONS:
+                continue
+            txn_id, time_us, terminal_id = orjson.loads(m.value() or b"[]")
+            self._pend_terminal(m.partition() or 0, txn_id, time_us, terminal_id, seen,
+                                pend_terminal, terminal_cache)
+        for time_us, terminal_id, txn_id, part in self._route_terminal(producer):
+            self._pend_terminal(part, txn_id, time_us, terminal_id, seen, pend_terminal,
+                                terminal_cache)
+        for entity in ENTITIES:
+            self._apply_batch(entity, pending[entity], rows, columns, online, card_customer,
+                              producer, now)
+        return {custs[i] for i in accepted}, produced_at
+
+    @staticmethod
+    def _pend_terminal(part: int, txn_id: str, time_us: int, terminal_id: str,
+                       seen: set[tuple[int, str, str]],
+                       pending: dict[tuple[int, str], list[Event]],
+                       cache: dict[int, dict[str, EventLog]]) -> None:
+        mark = (part, terminal_id, txn_id)
+        if mark in seen:
+            return
+        state = cache[part].get(terminal_id)
+        if state is not None and txn_id in state.ids:
+            return  # forwarded twice (a replay after a crash)
+        seen.add(mark)
+        pending[(part, terminal_id)].append((txn_id, time_us, 0.0, "", terminal_id, "", 0.0,
+                                             0.0))
+
+    def _accept(self, txns: list[Message], cols: batch_decode.TxnColumns,
+                producer: EventProducer) -> list[int]:
+        """The sequential part of applying transactions, for the whole batch: lateness
+        against the partition's stream time, then duplicates (this batch, or the customer's
+        state); returns the positions of the accepted ones, which move the stream time."""
+        lateness, stream_time = self.lateness_us, self.stream_time
+        customers = self.cache["customer"]
+        ids, times, custs = cols.txn_id, cols.time_us, cols.customer_id
+        errors = cols.errors
+        check_batch = len(set(ids)) < len(ids)  # the same txn_id twice in this batch
+        seen: set[tuple[int, str, str]] = set()
+        accepted: list[int] = []
+        late = 0
+        for i, m in enumerate(txns):
+            if i in errors:
+                continue
+            part = m.partition() or 0
+            t = times[i]
+            now = stream_time.get(part, 0)
+            if t < now - lateness:
+                late += 1
+                producer.produce(TRANSACTIONS_LATE, m.key(), m.value() or b"")
+                continue
+            txn_id, customer = ids[i], custs[i]
+            if check_batch:
+                mark = (part, customer, txn_id)
+                if mark in seen:
+                    self.stats.duplicates += 1
+                    continue
+            state = customers[part].get(customer)
+            if state is not None and txn_id in state.ids:
+                self.stats.duplicates += 1
+                continue
+            if check_batch:
+                seen.add(mark)
+            if t > now:
+                stream_time[part] = t
+            accepted.append(i)
+        self.stats.late += late
+        return accepted
 
     def _counts(self) -> dict[str, int]:
         s = self.stats
@@ -501,32 +650,6 @@ class StreamProcessor:
                                    [f / 1000 for f in freshness_ms], newest)
         with contextlib.suppress(redis.RedisError):  # a summary for `kestrel status`
             self.metrics.publish(self.redis)
-
-    def _accept_txn(self, txn: records.Txn, part: int, m: Message, producer: EventProducer,
-                    seen: set[tuple[int, str, str]]) -> bool:
-        """The sequential part of applying a transaction (lateness, duplicates, stream time,
-        forwarding, changelog, recent list); the windows follow for the whole batch."""
-        stream_time = self.stream_time.get(part, 0)
-        if txn.time_us < stream_time - self.lateness_us:
-            self.stats.late += 1
-            producer.produce(TRANSACTIONS_LATE, m.key(), m.value() or b"")
-            return False
-        mark = (part, txn.customer_id, txn.txn_id)
-        if mark in seen or txn.txn_id in self.cache["customer"][part][txn.customer_id].ids:
-            self.stats.duplicates += 1
-            return False
-        seen.add(mark)
-        self.stream_time[part] = max(stream_time, txn.time_us)
-        self._changes[(TRANSACTIONS, part)].append(
-            (txn.card_id, txn.customer_id, txn.txn_id, txn.time_us, txn.amount, txn.country,
-             txn.terminal_id, txn.mcc, txn.lat, txn.lon))
-        self._recent[txn.customer_id].append(orjson.dumps({
-            "txn_id": txn.txn_id, "event_time": _iso(txn.time_us), "amount": txn.amount,
-            "currency": txn.currency, "mcc": txn.mcc, "country": txn.country,
-            "terminal_id": txn.terminal_id, "card_id": txn.card_id, "channel": txn.channel}))
-        self._forward.append((txn.time_us, txn.terminal_id, txn.txn_id))
-        self.stats.applied += 1
-        return True
 
     def _apply_batch(self, entity: Entity, pending: dict[tuple[int, str], list[Event]],
                      rows: dict[Entity, list[dict[str, Any]]],
@@ -543,15 +666,21 @@ class StreamProcessor:
         layout = columnar.Layout()
         fast: list[tuple[int, str, EventLog, list[Event]]] = []
         slow: list[tuple[int, str, EventLog, list[Event]]] = []
+        horizon = ws.horizon_us
         for (part, key), new in pending.items():
             state = caches[part][key]
-            times = [e[TIME] for e in new]
-            if (state.times and times[0] < state.times[-1]) or any(
-                    b < a for a, b in pairwise(times)):
+            first = new[0][TIME]
+            if len(new) > 1:
+                times = [e[TIME] for e in new]
+                ordered = times == sorted(times)
+            else:
+                ordered = True
+            if not ordered or (state.times and first < state.times[-1]):
                 slow.append((part, key, state, new))
                 continue
             fast.append((part, key, state, new))
-            history = state.events[bisect_right(state.times, times[0] - ws.horizon_us):]
+            history = state.events[bisect_right(state.times, first - horizon):] \
+                if state.times else []
             layout.add(history, new)
         result = None
         if fast:
@@ -576,25 +705,21 @@ class StreamProcessor:
                     fast = [f for g, f in enumerate(fast) if g not in alerting]
                     feats = {name: [col[i] for i in keep] for name, col in feats.items()}
                     ends = np.cumsum([len(new) for *_, new in fast])
-            names = list(feats)
             keys: list[str] = []
-            last_rows = zip(*(feats[n] for n in names), strict=True)
             previous = 0
             for (_, key, state, new), end in zip(fast, ends.tolist(), strict=True):
                 keys.extend([key] * (end - previous))
                 previous = end
                 state.events.extend(new)
-                state.times.extend(e[TIME] for e in new)
-                state.ids.update(e[0] for e in new)
+                state.times.extend([e[TIME] for e in new])
+                state.ids.update([e[0] for e in new])
                 self._evict(entity, state)
-            last_index = set((ends - 1).tolist())
-            k = 0
-            for i, values in enumerate(last_rows):
-                if i in last_index:
-                    _, key, state, new = fast[k]
-                    online[entity][key] = (dict(zip(names, values, strict=True)),
-                                           state.times[-1])
-                    k += 1
+            if fast:  # each entity's newest row, as columns (written by add_columns)
+                last = (ends - 1).tolist()
+                self._online_blocks[entity].append((
+                    [key for _, key, _, _ in fast],
+                    {name: [col[i] for i in last] for name, col in feats.items()},
+                    [new[-1][TIME] for *_, new in fast]))
             if keys:
                 feats[ENTITY_KEYS[entity]] = keys
                 feats["event_timestamp"] = [e[TIME] for *_, new in fast for e in new]
@@ -648,7 +773,7 @@ class StreamProcessor:
             self._apply(entity, key, state, event, rows, online)
         self._changes[(TRANSACTIONS, part)].append((txn.card_id, txn.customer_id, *event))
         self._recent[txn.customer_id].append(orjson.dumps({
-            "txn_id": txn.txn_id, "event_time": _iso(txn.time_us), "amount": txn.amount,
+            "txn_id": txn.txn_id, "event_time": records.iso(txn.time_us), "amount": txn.amount,
             "currency": txn.currency, "mcc": txn.mcc, "country": txn.country,
             "terminal_id": txn.terminal_id, "card_id": txn.card_id, "channel": txn.channel}))
         for rule in self.rules:
@@ -711,6 +836,10 @@ class StreamProcessor:
                       customers: set[str], next_offsets: dict[tuple[str, int], int]
                       ) -> RespTransaction:
         tx = RespTransaction()
+        for entity, blocks in self._online_blocks.items():
+            for keys, values, times in blocks:
+                self.online.write_columns(tx, stream_view_name(entity), keys, values, times)
+        self._online_blocks.clear()
         for entity, by_key in online.items():
             self.online.write(tx, stream_view_name(entity), [
                 (key, feats, t)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import orjson
 
@@ -97,6 +97,11 @@ def _micros(t: datetime) -> int:
 
 
 _EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
+
+
+def iso(time_us: int) -> str:
+    """µs since the epoch as the stream writes times: ISO 8601, UTC, ending in ``Z``."""
+    return (_EPOCH + timedelta(microseconds=time_us)).isoformat().replace("+00:00", "Z")
 
 
 def decode(raw: bytes | None) -> Txn:

@@ -38,8 +38,11 @@ class EventLog:
     def __init__(self, events: list[Event] | None = None, marks: dict[str, int] | None = None):
         self.events: list[Event] = events or []
         self.marks: dict[str, int] = marks or {}  # e.g. per alert rule: end of last evidence
-        self.times: list[int] = [e[TIME] for e in self.events]
-        self.ids: set[str] = {e[TXN] for e in self.events}
+        if events:
+            self.times: list[int] = [e[TIME] for e in events]
+            self.ids: set[str] = {e[TXN] for e in events}
+        else:  # most states start empty, in the hot path
+            self.times, self.ids = [], set()
 
     def __len__(self) -> int:
         return len(self.events)
