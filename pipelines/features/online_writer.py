@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 from itertools import chain, repeat
 from typing import Any
 
+import numpy as np
 from feast import FeatureStore, FeatureView, RepoConfig
 from feast.infra.online_stores.helpers import _mmh3, compute_versioned_name
 from feast.infra.online_stores.redis import RedisOnlineStoreConfig
@@ -399,7 +400,7 @@ class ViewWriter:
         """Queue one HSET per entity from columns (bulk loads): ``keys[i]`` gets
         ``columns[f][i]`` for every feature ``f`` and the event time ``times_us[i]`` (µs since
         the epoch, UTC). The bytes stored are those of :meth:`add`; encoding goes column by
-        column (lookup tables for small counts, one cached Timestamp per distinct time) and
+        column (lookup tables for small counts, timestamps with numpy: resp_timestamps) and
         the commands are joined in one pass, a few µs per row instead of a dict and a
         function call per value. Returns the number of commands queued."""
         unknown = [name for name in columns if name not in self._resp_fields]
@@ -410,14 +411,13 @@ class ViewWriter:
             raise ValueError(f"{self.view_name}: keys, times and every column must have the "
                              f"same length ({n})")
         prefix, project = self._key_prefix, self._project
-        encoded_keys = [_bulk(prefix + _U32(len(v)) + v + project)
-                        for v in (k.encode() for k in keys)]
-        stamps: dict[int, bytes] = {}
-        for t in set(times_us):
-            stamps[t] = _bulk(_timestamp_bytes(*timestamp_parts(t)))
+        fixed = len(prefix) + 4 + len(project)  # one format per key: "$len\r\n<key>\r\n"
+        encoded_keys = [b"$%d\r\n%b%b%b%b\r\n" % (fixed + len(v), prefix, _U32(len(v)), v,
+                                                   project)
+                        for v in [k.encode() for k in keys]]
         cols: list[Iterable[bytes]] = [
             repeat(b"*%d\r\n$4\r\nHSET\r\n" % (4 + 2 * len(columns)), n), encoded_keys,
-            repeat(self._resp_ts_field, n), [stamps[t] for t in times_us]]
+            repeat(self._resp_ts_field, n), resp_timestamps(times_us)]
         for name, values in columns.items():
             field, encode = self._resp_fields[name]
             cols.append(repeat(field, n))
@@ -464,6 +464,50 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+_SECONDS_5_BYTES = (1 << 28, 1 << 35)  # the seconds of 1978 … 3058: a 5-byte varint
+
+
+def resp_timestamps(times_us: Sequence[int]) -> list[bytes]:
+    """RESP bulk strings of ``_timestamp_bytes(*timestamp_parts(t))`` for µs times, built
+    with numpy (a few hundred ns per row instead of a few µs); times outside 1978 … 3058
+    take the per-value path."""
+    t = np.asarray(times_us, dtype=np.int64)
+    seconds, micros = np.divmod(t, 1_000_000)
+    if len(t) == 0 or seconds.min() < _SECONDS_5_BYTES[0] \
+            or seconds.max() >= _SECONDS_5_BYTES[1]:
+        return [_bulk(_timestamp_bytes(*timestamp_parts(int(v)))) for v in times_us]
+    nanos = micros * 1000  # < 2**30: a 2- to 5-byte varint (1,000 at least), or left out
+    n_len = np.where(nanos == 0, 0, 1 + np.select(
+        [nanos < 1 << 14, nanos < 1 << 21, nanos < 1 << 28], [2, 3, 4], 5))
+    body = 6 + n_len  # tag + 5 bytes of seconds, then tag + nanos
+    width = 20  # "$NN\r\n" + body (≤ 12) + "\r\n" (≤ 19 bytes), left-aligned
+    out = np.zeros((len(t), width), dtype=np.uint8)
+    head = np.where(body >= 10, 5, 4)  # "$6\r\n" … "$12\r\n"
+    rows = np.arange(len(t))
+    two = body >= 10
+    out[:, 0] = ord("$")
+    out[:, 1] = np.where(two, ord("1"), ord("0") + body)
+    out[two, 2] = ord("0") + body[two] - 10
+    out[rows, head - 2] = ord("\r")
+    out[rows, head - 1] = ord("\n")
+    out[rows, head] = 0x08
+    for k in range(5):
+        b = (seconds >> (7 * k)) & 0x7F
+        out[rows, head + 1 + k] = b | 0x80 if k < 4 else seconds >> 28
+    has = n_len > 0
+    out[rows[has], head[has] + 6] = 0x10
+    for k in range(5):
+        b = (nanos >> (7 * k)) & 0x7F
+        more = (n_len - 1) > k + 1  # another varint byte follows this one
+        write = has & ((n_len - 1) > k)
+        out[rows[write], head[write] + 7 + k] = (b | np.where(more, 0x80, 0))[write]
+    end = head + body
+    out[rows, end] = ord("\r")
+    out[rows, end + 1] = ord("\n")
+    raw = out.tobytes()
+    return [raw[i * width:i * width + e] for i, e in enumerate((end + 2).tolist())]
+
+
 def _timestamp_bytes(seconds: int, nanos: int) -> bytes:
     """``Timestamp(seconds=…, nanos=…).SerializeToString()`` (fields 1 and 2, varints,
     each left out when 0)."""
@@ -495,3 +539,9 @@ class OnlineWriter:
     def write(self, pipe: Pipeline | RespTransaction, view: str, rows: Iterable[Row]) -> None:
         """Queue ``rows`` of ``view`` on ``pipe`` (see ViewWriter.add)."""
         self.view(view).add(pipe, rows)
+
+    def write_columns(self, tx: RespTransaction, view: str, keys: Sequence[str],
+                      columns: Mapping[str, Sequence[FeatureValue]],
+                      times_us: Sequence[int]) -> None:
+        """Queue one row per key from columns (see ViewWriter.add_columns)."""
+        self.view(view).add_columns(tx, keys, columns, times_us)
