@@ -96,7 +96,7 @@ class Runtime:
         except Exception:
             redis_ok = False
         model = self.model.current
-        checks = {"redis": redis_ok, "broker": broker_answers(self.settings, 1.0),
+        checks = {"redis": redis_ok, "broker": broker_answers(self.settings, 2.0),
                   "model": model is not None}
         return {"ready": all(checks.values()), "checks": checks,
                 "model_version": model.version if model else None,

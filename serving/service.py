@@ -21,15 +21,16 @@ configure_logging(get_settings().log_level)
 http_app = create_app()
 
 
-# Per-request work BentoML would add is off for the /v1 routes, because on 2 cores it cost
-# about as much CPU as the decision itself: its access log line (the access audit of
-# serving/audit.py records every authenticated call), its generic traffic metrics (the
-# `kestrel_request_seconds` histogram of serving/metrics.py times every route and status),
-# and OpenTelemetry spans (no exporter is configured; a deployment that wants traces removes
-# "/v1" from excluded_urls).
+# Per-request work BentoML would add that costs as much CPU as a decision on 2 cores is off:
+# its access log line (the access audit of serving/audit.py records every authenticated
+# call) and OpenTelemetry spans (no exporter is configured here; a deployment that wants
+# traces empties excluded_urls). Its generic traffic metrics stay, beside the per-route
+# `kestrel_request_seconds` of serving/metrics.py, because turning them off also removes
+# /metrics.
 @bentoml.service(name="kestrel", traffic={"timeout": 60}, workers=get_settings().serve_workers,
-                 logging={"access": {"enabled": False, "skip_paths": ["/v1"]}},
-                 tracing={"excluded_urls": ["/v1"]})
+                 logging={"access": {"enabled": False}},
+                 tracing={"excluded_urls": ["/v1/", "/healthz", "/livez", "/readyz",
+                                            "/metrics"]})
 @bentoml.asgi_app(http_app, path="/")
 class Kestrel:
     """Ingestion, decisioning, insights, alerts and labels."""
