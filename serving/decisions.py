@@ -68,10 +68,6 @@ def _top_contributions(contribs: Any) -> Any:
     return np.argsort(-values, axis=1, kind="stable")[:, :TOP_REASONS]
 
 
-def _event_doc(ev: TransactionEvent) -> dict[str, Any]:
-    return ev.model_dump(mode="json")
-
-
 class Decider:
     def __init__(self, settings: Settings, features: OnlineFeatures, model: ModelHolder,
                  rules: RulesEngine, producer: EventProducer | None, audit: AuditLog):
@@ -203,17 +199,18 @@ class Decider:
     def _publish(self, events: Sequence[TransactionEvent], decisions: list[dict[str, Any]],
                  vectors: list[Vector], version: str | None, cause: str | None) -> None:
         now = datetime.now(UTC)
+        inputs = [e.to_json() for e in events]  # one encoding for the topic and the audit
         if self.producer is not None:
             try:
-                self.producer.produce_many(TRANSACTIONS, ((e.customer_id, e.to_json())
-                                                          for e in events))
+                self.producer.produce_many(TRANSACTIONS, (
+                    (e.customer_id, raw) for e, raw in zip(events, inputs, strict=True)))
                 self.producer.produce_many(DECISIONS, (
                     (d["txn_id"], orjson.dumps({**d, "decided_at": now}, option=orjson.OPT_UTC_Z))
                     for d in decisions))
             except Exception as exc:
                 log.warning("could not publish decisions: %s", exc)
-        for ev, d, v in zip(events, decisions, vectors, strict=True):
+        for ev, raw, d, v in zip(events, inputs, decisions, vectors, strict=True):
             self.audit.record("decisions", {
-                "at": now, "txn_id": ev.txn_id, "input": _event_doc(ev),
+                "at": now, "txn_id": ev.txn_id, "input": orjson.Fragment(raw),
                 "features": v,  # orjson writes NaN as null
                 "model_version": version, "degraded_cause": cause, "output": d})

@@ -240,6 +240,9 @@ def test_every_authenticated_call_is_audited(stack: Stack) -> None:
     first = next(d for d in decisions if d["txn_id"] == "score-000001")
     assert first["model_version"] == "1" and first["features"]["card_txn_count_1h"] == 6.0
     assert first["output"]["action"] == "decline"
+    # the input is the event as published to `transactions`: the card token, never a number
+    assert first["input"]["txn_id"] == "score-000001" and first["input"]["card_id"]
+    assert "card_number" not in first["input"] and first["input"]["event_time"].endswith("Z")
 
 
 # --- insights --------------------------------------------------------------------------------
