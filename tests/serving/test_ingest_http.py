@@ -190,3 +190,45 @@ def test_503_when_the_broker_is_gone(tmp_path: Path, redis_url: str) -> None:
     assert r.status_code == 503
     assert r.headers["retry-after"] == "1"
     assert "retry" in r.json()["message"]
+
+
+def test_direct_score_route_answers_as_the_router_does(tmp_path: Path, redis_url: str) -> None:
+    """POST /v1/score skips FastAPI's router (serving.app.DirectRoutes); its error answers
+    must be the router's, byte for byte, and the router must really be skipped."""
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+
+    settings = make_settings(tmp_path / "var", kafka_bootstrap=f"127.0.0.1:{free_port()}",
+                             redis_url=redis_url)
+    app = create_app(settings)
+    [route] = app.state.direct_routes.values()
+    routed: list[str] = []
+    handle = route.handle
+
+    async def counting(scope, receive, send):  # type: ignore[no-untyped-def]
+        routed.append(scope["path"])
+        await handle(scope, receive, send)
+
+    route.handle = counting
+    cases = [({}, orjson.dumps(make_event(1))),  # 401
+             (auth(settings, "bot"), orjson.dumps(make_event(1))),  # 403
+             (auth(settings), b"{not json"),  # 400
+             (auth(settings), orjson.dumps({"events": [make_event(1)]})),  # 400: one only
+             (auth(settings), orjson.dumps({**make_event(1), "amount": -3}))]  # 400
+    client = TestClient(app)
+
+    def answers() -> list[tuple[int, bytes, str | None, str | None]]:
+        out = []
+        for headers, body in cases:
+            r = client.post("/v1/score", content=body, headers=headers)
+            out.append((r.status_code, r.content, r.headers.get("content-type"),
+                        r.headers.get("www-authenticate")))
+        return out
+
+    direct = answers()
+    assert routed == []
+    assert [a[0] for a in direct] == [401, 403, 400, 400, 400]
+    app.state.direct_routes.clear()
+    assert answers() == direct
+    assert routed == ["/v1/score"] * len(cases)
