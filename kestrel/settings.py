@@ -175,6 +175,11 @@ class Settings(BaseSettings):
         50.0, gt=0, description="Latency budget of a decision; past it rules alone decide "
         "(degraded=true)."
     )
+    decision_publish_linger_ms: int = Field(
+        100, ge=0, le=10_000, description="linger.ms of the producer that publishes scored "
+        "transactions and decisions (nobody waits for their acknowledgement; at 400 req/s, "
+        "10 ms cost 0.9 ms of worker CPU per decision and a quarter core in the broker)."
+    )
     rules_path: Path | None = Field(
         None, description="Rules YAML of POST /v1/score (unset: serving/rules.yaml)."
     )

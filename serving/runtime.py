@@ -16,6 +16,7 @@ from redis import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from kestrel.errors import ServiceUnavailable
 from kestrel.kafka import broker_answers
 from kestrel.pan import CardTokenizer
 from kestrel.settings import Settings
@@ -52,7 +53,8 @@ class Runtime:
         self.insights = Insights(self.redis, self.alerts, settings.insight_schema_version,
                                  settings.insight_cache_ttl_seconds)
         self.limiter = RateLimiter(settings, self.redis)
-        self._producer: EventProducer | None = None
+        self._producer: EventProducer | None = None  # acknowledged sends: ingest, labels
+        self._publisher: EventProducer | None = None  # fire and forget: decisions
         self._ingestor: Ingestor | None = None
         self._lock = threading.Lock()
         self.features = OnlineFeatures(settings, self.scoring_redis)
@@ -71,9 +73,14 @@ class Runtime:
                 return
             self.started = True
         self.model.start()
-        producer = self.producer()
-        self.decider.producer = producer
-        self.batch_decider.producer = producer
+        self.producer()
+        # the scored transactions and decisions: no caller waits for their acknowledgement,
+        # so they batch for longer (KESTREL_DECISION_PUBLISH_LINGER_MS) and only failures
+        # are reported; shutdown flushes them (stop)
+        self._publisher = EventProducer(
+            self.settings, **{"linger.ms": self.settings.decision_publish_linger_ms})
+        self.decider.producer = self._publisher
+        self.batch_decider.producer = self._publisher
         if self.settings.alert_consumer:
             self.consumer = AlertConsumer(self.settings, self.alerts)
             self.consumer.start()
@@ -106,6 +113,10 @@ class Runtime:
         self.model.stop()
         if self.consumer is not None:
             self.consumer.stop()
-        if self._producer is not None:
-            self._producer.poll(0)
+        for producer in (self._publisher, self._producer):
+            if producer is not None:
+                try:
+                    producer.flush(10.0)
+                except ServiceUnavailable as exc:  # nothing left to retry with: say so
+                    log.error("records not published at shutdown: %s", exc)
         self.audit.close()

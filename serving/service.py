@@ -46,5 +46,11 @@ class Kestrel:
         gc.collect()
         gc.freeze()
 
+    @bentoml.on_shutdown
+    def stop(self) -> None:
+        """Publish what is still queued (decisions linger up to
+        KESTREL_DECISION_PUBLISH_LINGER_MS), stop the threads, close the audit files."""
+        self.runtime.stop()
+
     def __is_ready__(self) -> bool:
         return bool(self.runtime.readiness()["ready"])

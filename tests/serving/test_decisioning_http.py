@@ -408,6 +408,21 @@ def test_no_raw_card_number_in_any_store(stack: Stack) -> None:
             assert PAN.encode() not in path.read_bytes(), path
 
 
+def test_decisions_still_queued_are_published_at_shutdown(stack: Stack) -> None:
+    """Scored transactions linger in the producer (KESTREL_DECISION_PUBLISH_LINGER_MS); a
+    service told to stop must send them, not drop them with the process."""
+    settings = stack.settings.model_copy(update={"decision_publish_linger_ms": 10_000})
+    with running_service(settings, free_port(), stack.var / "serve-linger.log",
+                         timeout=180) as url:
+        r = httpx.post(url + "/v1/score", content=orjson.dumps(transaction(
+            50, txn_id="linger-0001")), headers=stack.headers(), timeout=30)
+        assert r.status_code == 200, r.text
+    txns = {orjson.loads(m.value())["txn_id"]
+            for m in read_topic(stack.settings, TRANSACTIONS, 1, timeout=10)}
+    decisions = {m.key() for m in read_topic(stack.settings, DECISIONS, 1, timeout=10)}
+    assert "linger-0001" in txns and b"linger-0001" in decisions
+
+
 def test_degraded_rules_only_when_redis_is_gone(stack: Stack) -> None:
     """Last test of the module: stops this module's private Redis."""
     stop(stack.settings, REDIS)
