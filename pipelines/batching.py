@@ -76,6 +76,7 @@ def consume_in_batches(
                     or (full is not None and full())):
                 flush(buffer)
                 last_record_at = time.monotonic()  # a long flush is not idleness
+                first_at = last_record_at  # records the flush held back start the next batch
             continue
         if idle_seconds is None:
             continue
@@ -86,4 +87,5 @@ def consume_in_batches(
             log.warning("no partitions assigned within %.0f s; stopping",
                         idle_seconds + UNASSIGNED_GRACE_S)
             break
-    flush(buffer)
+    while buffer:  # a flush may hold records back for the next batch
+        flush(buffer)

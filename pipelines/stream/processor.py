@@ -40,7 +40,7 @@ import logging
 import time
 import uuid
 import zlib
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -81,6 +81,16 @@ RECENT_KEEP = 20
 TERMINAL_REORDER_SLACK_US = 7 * 86_400 * 1_000_000
 MAX_PARTITION_SKEW_US = 3600 * 1_000_000
 PARTITION_SHARE_PER_BATCH = 1_000  # at least; more when the batch size allows
+
+
+def _event_time_key(value: bytes) -> bytes:
+    """A record's raw ``event_time`` string (b"" when it has none), without decoding it."""
+    i = value.find(b'"event_time"')
+    if i < 0:
+        return b""
+    j = value.find(b'"', value.find(b":", i + 12) + 1)
+    k = value.find(b'"', j + 1)
+    return value[j + 1:k] if j >= 0 and k > j else b""
 
 
 class OnlineSink(Protocol):
@@ -193,14 +203,13 @@ class StreamProcessor:
         self._topic_ids = topic_ids(self.settings, [TRANSACTIONS, TRANSACTIONS_BY_TERMINAL])
         stored = self._load_offsets()
         self.offline.recover(stored.get("batch"))
-        # small fetches interleave the partitions finely, so a batch's events stay close in
-        # event time across partitions (terminal state sees them in near event-time order).
-        # Measured here, they also cap consumption at ~13–19k records/s (256 KiB: > 100k/s),
-        # but larger prefetches let one partition fill most of a batch (pause() comes after
-        # the records are already queued), which the terminal reorder slack must then absorb.
+        # 64 KiB fetches capped consumption at ~13–19k records/s here (256 KiB: > 100k/s).
+        # Large prefetches let one partition deliver far more than its share before pause()
+        # takes effect; _select holds such records back for a later batch, so a batch still
+        # follows the records' timestamps across partitions.
         consumer = Consumer(consumer_config(self.settings, self.group_id,
-                                            **{"max.partition.fetch.bytes": 65_536,
-                                               "queued.min.messages": 2_000,
+                                            **{"max.partition.fetch.bytes": 262_144,
+                                               "queued.min.messages": 5_000,
                                                "enable.partition.eof": True}))
         self._partitions = {t: len(md.partitions) for t, md in consumer.list_topics(
             timeout=10).topics.items() if t in (TRANSACTIONS, TRANSACTIONS_BY_TERMINAL)}
@@ -231,8 +240,10 @@ class StreamProcessor:
 
         try:
             def commit(batch: list[Message]) -> None:
-                self._commit_batch(batch, consumer, producer)
-                self._pace(consumer)
+                take, hold = self._select(batch)
+                self._commit_batch(take, consumer, producer)
+                batch[:] = hold  # held back: the start of the next batch
+                self._pace(consumer, hold)
 
             consume_in_batches(
                 consumer, buffer, commit,
@@ -256,6 +267,66 @@ class StreamProcessor:
         return max(PARTITION_SHARE_PER_BATCH,
                    self.settings.stream_batch_records // max(1, len(self._owned)))
 
+    def _select(self, buffer: list[Message]) -> tuple[list[Message], list[Message]]:
+        """Split the buffered records into this batch and the ones held back for the next.
+
+        Kafka Streams' stream-time synchronization across partitions, on the records' event
+        time: a `transactions` record is taken only up to the newest event time every
+        partition with buffered records has reached (a partition at its end does not hold the
+        others back; nor does one with nothing buffered: waiting for it, Kafka Streams'
+        max.task.idle.ms, measured slower here as pause()/resume() make fetches restart),
+        and at most ``stream_batch_records`` of them, oldest first. A partition whose
+        prefetch delivered far more than its share (records keep coming after pause()) thus
+        cannot carry a batch ahead of the others in event time (terminal state is fed by all
+        of them); such records wait in the buffer for the next batch.
+
+        Event times are compared as the raw ``event_time`` strings (ISO 8601 UTC sorts as
+        time; a record without one sorts first): this only orders the intake, every check
+        still happens on the decoded event. Within a partition the records taken are always
+        a prefix, so offsets and per-partition order are those of the log. When stopping, and
+        on revoke, everything buffered is taken.
+        """
+        limit = self.settings.stream_batch_records
+        keys: list[bytes] = []
+        newest: dict[int, bytes] = {}
+        for m in buffer:
+            if m.topic() != TRANSACTIONS:
+                keys.append(b"")
+                continue
+            key = _event_time_key(m.value() or b"")
+            keys.append(key)
+            part = m.partition() or 0
+            if key > newest.get(part, b""):
+                newest[part] = key
+        if not newest or self._stop:
+            return buffer, []
+        bounds = [k for p, k in newest.items() if p not in self._at_end]
+        cutoff = min(bounds) if bounds else max(newest.values())
+        eligible = sorted(k for m, k in zip(buffer, keys, strict=True)
+                          if k <= cutoff and m.topic() == TRANSACTIONS)
+        quota = len(eligible)  # records at exactly the cutoff that may still be taken
+        if len(eligible) > limit:
+            cutoff = eligible[limit - 1]
+            quota = limit - bisect_left(eligible, cutoff)
+        take: list[Message] = []
+        hold: list[Message] = []
+        blocked: set[int] = set()  # partitions whose next record is held (prefix rule)
+        for m, key in zip(buffer, keys, strict=True):
+            if m.topic() != TRANSACTIONS:
+                take.append(m)
+                continue
+            part = m.partition() or 0
+            if part in blocked or key > cutoff or (key == cutoff and quota <= 0):
+                blocked.add(part)
+                hold.append(m)
+                continue
+            if key == cutoff:
+                quota -= 1
+            take.append(m)
+        if not take:  # never stall on records out of order within their partition
+            return buffer, []
+        return take, hold
+
     def _count(self, m: Message, consumer: Consumer) -> None:
         """Stop fetching a partition that filled its share of the current batch, so one
         partition cannot carry a batch far ahead in event time; _pace resumes it."""
@@ -263,7 +334,7 @@ class StreamProcessor:
         if part not in self._owned or m.topic() != TRANSACTIONS:
             return
         n = self._in_batch[part] = self._in_batch.get(part, 0) + 1
-        if n == self._share() and part not in self._paused:
+        if n >= self._share() and part not in self._paused:
             consumer.pause([TopicPartition(TRANSACTIONS, part)])
             self._paused.add(part)
 
@@ -271,16 +342,23 @@ class StreamProcessor:
         if m.topic() == TRANSACTIONS:
             self._at_end.add(m.partition() or 0)
 
-    def _pace(self, consumer: Consumer) -> None:
+    def _pace(self, consumer: Consumer, held: list[Message] = ()) -> None:  # type: ignore[assignment]
         """Keep the owned `transactions` partitions within MAX_PARTITION_SKEW_US of each
         other in event time (Kafka Streams does the same by picking the lowest timestamp).
 
         A catch-up or a replay would otherwise let one partition run days ahead of another;
         terminal state, fed by all of them through the repartition topic, would then see
         events too far out of order. A partition that has reached its end does not hold the
-        others back; one that has not delivered yet does (it soon delivers or ends).
+        others back; one that has not delivered yet does (it soon delivers or ends). Records
+        held back for the next batch count towards its share (a partition that already holds
+        its share stays paused).
         """
         self._in_batch.clear()
+        for m in held:
+            if m.topic() == TRANSACTIONS:
+                part = m.partition() or 0
+                self._in_batch[part] = self._in_batch.get(part, 0) + 1
+        full = {p for p, n in self._in_batch.items() if n >= self._share()}
         live = [p for p in self._owned if p not in self._at_end]
         if len(live) < 2:
             to_resume = set(self._paused)
@@ -295,6 +373,11 @@ class StreamProcessor:
             if to_pause:
                 consumer.pause([TopicPartition(TRANSACTIONS, p) for p in to_pause])
                 self._paused |= to_pause
+        to_resume = set(to_resume) - full
+        to_pause = (full & self._owned) - self._paused
+        if to_pause:
+            consumer.pause([TopicPartition(TRANSACTIONS, p) for p in to_pause])
+            self._paused |= to_pause
         if to_resume:
             consumer.resume([TopicPartition(TRANSACTIONS, p) for p in to_resume])
             self._paused -= set(to_resume)
