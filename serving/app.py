@@ -23,6 +23,7 @@ import threading
 import time
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import FastAPI, Query, Request, Response
@@ -137,26 +138,55 @@ class DirectRoutes:
     """The hottest routes called straight from the ASGI scope, past FastAPI's router, route
     wrappers and dependency solving (measured: about a sixth of a decision's CPU). Each is
     still a FastAPI route — the OpenAPI spec and any other caller go through it — and runs
-    inside the middlewares above it (``Observe``: latency metric, access audit). Only
-    endpoints whose sole parameter is the ``Request`` qualify; their exceptions get the app's
-    own exception handlers, so the responses are the same either way (tests call both)."""
+    inside the middlewares above it (``Observe``: latency metric, access audit). A route
+    qualifies when its parameters are the ``Request``, path parameters and a few query
+    parameters with defaults; a request whose query this class would have to interpret (an
+    unknown or repeated name, a flag other than ``true`` / ``false``) goes through FastAPI.
+    Exceptions get the app's own exception handlers, so the answers are the same either way
+    (a test compares both)."""
 
-    def __init__(self, app: Any, routes: dict[tuple[str, str], Any],
+    def __init__(self, app: Any, routes: list[tuple[str, APIRoute, dict[str, Any]]],
                  handlers: dict[Any, Any]):
         self.app = app
-        self.routes = routes  # (method, path) -> the APIRoute, filled once routes exist
+        self.routes = routes  # (method, route, {query parameter: default}); filled later
         self.handlers = handlers  # the app's exception handlers, by exception class
 
+    def _match(self, scope: Any) -> tuple[APIRoute, dict[str, Any]] | None:
+        if scope["type"] != "http" or scope.get("root_path"):
+            return None
+        for method, route, query in self.routes:
+            found = route.path_regex.match(scope["path"]) if scope["method"] == method else None
+            if found is None:
+                continue
+            args = {name: route.param_convertors[name].convert(value)
+                    for name, value in found.groupdict().items()}
+            args.update(query)
+            raw = scope.get("query_string")
+            if raw:
+                pairs = parse_qsl(raw.decode("latin-1"), keep_blank_values=True)
+                names = [name for name, _ in pairs]
+                if len(set(names)) < len(names) or not set(names) <= query.keys():
+                    return None
+                for name, value in pairs:
+                    if isinstance(query[name], bool):
+                        if value not in ("true", "false"):
+                            return None
+                        args[name] = value == "true"
+                    else:
+                        args[name] = value
+            return route, args
+        return None
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        route = self.routes.get((scope.get("method"), scope.get("path"))) \
-            if scope["type"] == "http" and not scope.get("root_path") else None
-        if route is None:
+        hit = self._match(scope)
+        if hit is None:
             await self.app(scope, receive, send)
             return
+        route, args = hit
         scope["route"] = route  # what Observe labels the metric with
         request = Request(scope, receive)
         try:
-            response = await route.endpoint(request)
+            response = await route.endpoint(request, **args)
         except Exception as exc:
             handler = next((self.handlers[c] for c in type(exc).__mro__
                             if c in self.handlers), None)
@@ -190,7 +220,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         rt().limiter.check(principal.tenant)
         return principal
 
-    direct: dict[tuple[str, str], Any] = {}  # filled below, once the routes exist
+    direct: list[tuple[str, APIRoute, dict[str, Any]]] = []  # filled once the routes exist
     app.state.direct_routes = direct
     app.add_middleware(DirectRoutes, routes=direct, handlers=app.exception_handlers)
     app.add_middleware(Observe, runtime=rt)  # added last: the outer one
@@ -412,8 +442,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _json({"accepted": True, "label": label.model_dump(mode="json"),
                       "alert_closed": closed}, 202)
 
-    direct.update({("POST", r.path): r for r in app.routes
-                   if isinstance(r, APIRoute) and r.path == "/v1/score"})
+    routes = {r.path: r for r in app.routes if isinstance(r, APIRoute)}
+    direct += [("POST", routes["/v1/score"], {}),
+               ("GET", routes["/v1/users/{customer_id}/insights"],
+                {"fresh": False, "fields": None})]
     return app
 
 

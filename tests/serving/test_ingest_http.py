@@ -192,9 +192,10 @@ def test_503_when_the_broker_is_gone(tmp_path: Path, redis_url: str) -> None:
     assert "retry" in r.json()["message"]
 
 
-def test_direct_score_route_answers_as_the_router_does(tmp_path: Path, redis_url: str) -> None:
-    """POST /v1/score skips FastAPI's router (serving.app.DirectRoutes); its error answers
-    must be the router's, byte for byte, and the router must really be skipped."""
+def test_direct_routes_answer_as_the_router_does(tmp_path: Path, redis_url: str) -> None:
+    """POST /v1/score and GET /v1/users/{id}/insights skip FastAPI's router
+    (serving.app.DirectRoutes); their answers must be the router's, byte for byte, the router
+    must really be skipped, and a query it would have to interpret goes to FastAPI."""
     from fastapi.testclient import TestClient
 
     from serving.app import create_app
@@ -202,33 +203,42 @@ def test_direct_score_route_answers_as_the_router_does(tmp_path: Path, redis_url
     settings = make_settings(tmp_path / "var", kafka_bootstrap=f"127.0.0.1:{free_port()}",
                              redis_url=redis_url)
     app = create_app(settings)
-    [route] = app.state.direct_routes.values()
     routed: list[str] = []
-    handle = route.handle
-
-    async def counting(scope, receive, send):  # type: ignore[no-untyped-def]
-        routed.append(scope["path"])
-        await handle(scope, receive, send)
-
-    route.handle = counting
-    cases = [({}, orjson.dumps(make_event(1))),  # 401
-             (auth(settings, "bot"), orjson.dumps(make_event(1))),  # 403
-             (auth(settings), b"{not json"),  # 400
-             (auth(settings), orjson.dumps({"events": [make_event(1)]})),  # 400: one only
-             (auth(settings), orjson.dumps({**make_event(1), "amount": -3}))]  # 400
+    for _, route, _ in app.state.direct_routes:
+        def spy(handle):  # type: ignore[no-untyped-def]
+            async def counting(scope, receive, send):  # type: ignore[no-untyped-def]
+                routed.append(scope["path"])
+                await handle(scope, receive, send)
+            return counting
+        route.handle = spy(route.handle)
+    event = orjson.dumps(make_event(1))
+    bot = auth(settings, "bot")
+    insights = "/v1/users/C-nobody/insights"
+    cases = [("POST", "/v1/score", {}, event),  # 401
+             ("POST", "/v1/score", bot, event),  # 403
+             ("POST", "/v1/score", auth(settings), b"{not json"),  # 400
+             ("POST", "/v1/score", auth(settings), orjson.dumps({"events": [make_event(1)]})),
+             ("POST", "/v1/score", auth(settings), orjson.dumps({**make_event(1), "amount": -3})),
+             ("GET", insights, {}, None),  # 401
+             ("GET", insights, auth(settings), None),  # 403
+             ("GET", insights, bot, None),  # 404
+             ("GET", insights + "?fresh=true&fields=risk_level", bot, None),  # 404
+             ("GET", insights + "?fields=nope", bot, None),  # 400
+             ("GET", insights + "?fresh=maybe", bot, None)]  # FastAPI's 400, either way
     client = TestClient(app)
 
     def answers() -> list[tuple[int, bytes, str | None, str | None]]:
         out = []
-        for headers, body in cases:
-            r = client.post("/v1/score", content=body, headers=headers)
+        for method, path, headers, body in cases:
+            r = client.request(method, path, content=body, headers=headers)
             out.append((r.status_code, r.content, r.headers.get("content-type"),
                         r.headers.get("www-authenticate")))
         return out
 
     direct = answers()
-    assert routed == []
-    assert [a[0] for a in direct] == [401, 403, 400, 400, 400]
+    assert routed == [insights]  # only ?fresh=maybe
+    assert [a[0] for a in direct] == [401, 403, 400, 400, 400, 401, 403, 404, 404, 400, 400]
     app.state.direct_routes.clear()
+    routed.clear()
     assert answers() == direct
-    assert routed == ["/v1/score"] * len(cases)
+    assert routed == [path.split("?")[0] for _, path, _, _ in cases]
