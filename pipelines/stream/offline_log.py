@@ -64,9 +64,11 @@ class OfflineLog:
                 continue
             table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
             # within a batch only the last version of a (key, time) row matters
-            keys = table.column(ENTITY_KEYS[entity]).to_numpy(zero_copy_only=False)
+            # any consistent code per key does (only equality is used): Arrow's dictionary
+            # encoding is C, np.unique sorted Python strings holding the GIL
+            codes = table.column(ENTITY_KEYS[entity]).combine_chunks().dictionary_encode(
+                ).indices.to_numpy()
             ts = table.column("event_timestamp").cast(pa.int64()).to_numpy()
-            codes = np.unique(keys, return_inverse=True)[1]
             n = len(ts)
             order = np.lexsort((np.arange(n), ts, codes))
             last = np.ones(n, dtype=bool)

@@ -190,6 +190,8 @@ class StreamProcessor:
         self._paused: set[int] = set()
         self._at_end: set[int] = set()
         self._in_batch: dict[int, int] = {}
+        # the records _select held back, with their event-time keys (not extracted twice)
+        self._held: tuple[list[Message], list[bytes]] = ([], [])
         self._topic_ids: dict[str, str] = {}
         self._stop = False
         self._assigned = False
@@ -287,29 +289,45 @@ class StreamProcessor:
         on revoke, everything buffered is taken.
         """
         limit = self.settings.stream_batch_records
-        keys: list[bytes] = []
+        held, held_keys = self._held
+        if held and len(buffer) >= len(held) and buffer[0] is held[0] \
+                and buffer[len(held) - 1] is held[-1]:
+            keys = list(held_keys)  # the records held back last time lead the buffer
+        else:
+            keys = []
         newest: dict[int, bytes] = {}
-        for m in buffer:
+        txns = 0
+        for m, key in zip(buffer, keys, strict=False):
+            if m.topic() == TRANSACTIONS:
+                txns += 1
+                part = m.partition() or 0
+                if key > newest.get(part, b""):
+                    newest[part] = key
+        for m in buffer[len(keys):]:
             if m.topic() != TRANSACTIONS:
                 keys.append(b"")
                 continue
+            txns += 1
             key = _event_time_key(m.value() or b"")
             keys.append(key)
             part = m.partition() or 0
             if key > newest.get(part, b""):
                 newest[part] = key
+        self._held = ([], [])
         if not newest or self._stop:
             return buffer, []
         bounds = [k for p, k in newest.items() if p not in self._at_end]
         cutoff = min(bounds) if bounds else max(newest.values())
-        eligible = sorted(k for m, k in zip(buffer, keys, strict=True)
-                          if k <= cutoff and m.topic() == TRANSACTIONS)
-        quota = len(eligible)  # records at exactly the cutoff that may still be taken
-        if len(eligible) > limit:
-            cutoff = eligible[limit - 1]
-            quota = limit - bisect_left(eligible, cutoff)
+        quota = txns  # records at exactly the cutoff that may still be taken
+        if txns > limit:
+            eligible = sorted(k for m, k in zip(buffer, keys, strict=True)
+                              if k <= cutoff and m.topic() == TRANSACTIONS)
+            if len(eligible) > limit:
+                cutoff = eligible[limit - 1]
+                quota = limit - bisect_left(eligible, cutoff)
         take: list[Message] = []
         hold: list[Message] = []
+        hold_keys: list[bytes] = []
         blocked: set[int] = set()  # partitions whose next record is held (prefix rule)
         for m, key in zip(buffer, keys, strict=True):
             if m.topic() != TRANSACTIONS:
@@ -319,12 +337,14 @@ class StreamProcessor:
             if part in blocked or key > cutoff or (key == cutoff and quota <= 0):
                 blocked.add(part)
                 hold.append(m)
+                hold_keys.append(key)
                 continue
             if key == cutoff:
                 quota -= 1
             take.append(m)
         if not take:  # never stall on records out of order within their partition
             return buffer, []
+        self._held = (hold, hold_keys)
         return take, hold
 
     def _count(self, m: Message, consumer: Consumer) -> None:

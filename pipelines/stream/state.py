@@ -116,11 +116,15 @@ class WindowSet:
         t_last = times[end - 1]
         out: dict[str, Any] = {}
         for micros, group in self._groups:
-            chunk = events[bisect_right(times, t_last - micros, 0, end):end]
+            lo = bisect_right(times, t_last - micros, 0, end)
+            chunk: list[Event] | None = None  # sliced only when a value is aggregated
             for name, kind, i in group:
                 if kind == "count":
-                    out[name] = len(chunk)
-                elif kind == "sum":  # only amounts are summed
+                    out[name] = end - lo
+                    continue
+                if chunk is None:
+                    chunk = events[lo:end]
+                if kind == "sum":  # only amounts are summed
                     out[name] = round(sum(e[AMOUNT] for e in chunk), 2)
                 else:
                     out[name] = len({e[i] for e in chunk})
