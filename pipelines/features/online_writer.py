@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 from itertools import chain, repeat
 from typing import Any
 
+import hiredis
 import numpy as np
 from feast import FeatureStore, FeatureView, RepoConfig
 from feast.infra.online_stores.helpers import _mmh3, compute_versioned_name
@@ -52,6 +53,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from redis import Redis
 from redis.client import Pipeline
 from redis.commands.core import Script
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from kestrel.errors import ConfigError
@@ -186,6 +188,37 @@ def _arg(value: bytes | str | int | float) -> bytes:
     return _bulk(repr(value).encode() if isinstance(value, float) else b"%d" % value)
 
 
+def _read_transaction_replies(conn: Any, commands: int) -> tuple[list[str], Any]:
+    """MULTI's +OK, one +QUEUED (or error) per command, then EXEC's reply, read straight
+    from the connection's socket into one hiredis reader: redis-py's ``read_response``
+    costs several µs per reply, and a batch queues tens of thousands of commands. Returns
+    (the queued errors, EXEC's reply — a list, None when a WATCHed key changed, or a
+    ResponseError such as EXECABORT). Nothing else is pending on the connection at that
+    point (every earlier reply was read), so its own parser's buffer stays empty."""
+    reader = hiredis.Reader(replyError=ResponseError)
+    sock = conn._sock
+    if sock is None:
+        raise RedisConnectionError("Redis connection closed before the transaction's replies")
+    buf = bytearray(1 << 16)
+    errors: list[str] = []
+    pending = commands + 1  # +OK for MULTI, then +QUEUED each
+    while True:
+        n = sock.recv_into(buf)
+        if not n:
+            raise RedisConnectionError("Redis closed the connection during a transaction")
+        reader.feed(buf, 0, n)
+        while True:
+            reply = reader.gets()
+            if reply is False:
+                break
+            if pending:
+                pending -= 1
+                if isinstance(reply, ResponseError):
+                    errors.append(str(reply))
+                continue
+            return errors, reply
+
+
 class RespTransaction:
     """Commands encoded as RESP by hand and sent as one MULTI … EXEC on one connection.
 
@@ -239,16 +272,9 @@ class RespTransaction:
                     return None
             conn.send_packed_command([b"".join([b"*1\r\n$5\r\nMULTI\r\n", *self._parts,
                                                 b"*1\r\n$4\r\nEXEC\r\n"])])
-            errors: list[str] = []
-            for _ in range(self.commands + 1):  # +OK for MULTI, then +QUEUED each
-                try:
-                    conn.read_response()
-                except ResponseError as exc:
-                    errors.append(str(exc))
-            try:
-                result = conn.read_response()
-            except ResponseError as exc:
-                raise ResponseError(f"{exc}; first queued error: {errors[:1]}") from None
+            errors, result = _read_transaction_replies(conn, self.commands)
+            if isinstance(result, ResponseError):
+                raise ResponseError(f"{result}; first queued error: {errors[:1]}")
             if result is None:
                 if guard:
                     return None  # a watched key changed: nothing was written
