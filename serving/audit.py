@@ -34,7 +34,8 @@ class AuditLog:
     def __init__(self, root: Path, fsync_ms: float = 100.0):
         self.root = root
         self.fsync_s = fsync_ms / 1000
-        self._queue: queue.SimpleQueue[tuple[str, dict[str, Any]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[str, list[dict[str, Any]]] | None] = \
+            queue.SimpleQueue()
         self._files: dict[tuple[str, str], int] = {}
         self._dirty: set[int] = set()
         self._queued = 0
@@ -44,9 +45,13 @@ class AuditLog:
         self._thread.start()
 
     def record(self, kind: str, doc: dict[str, Any]) -> None:
+        self.record_many(kind, [doc])
+
+    def record_many(self, kind: str, docs: list[dict[str, Any]]) -> None:
+        """Queue several records at once (a batch of decisions: one queue entry)."""
         with self._progress:
-            self._queued += 1
-        self._queue.put((kind, doc))
+            self._queued += len(docs)
+        self._queue.put((kind, docs))
 
     def _run(self) -> None:
         last_sync = time.monotonic()
@@ -54,7 +59,7 @@ class AuditLog:
         while not stop:
             timeout = (max(0.0, last_sync + self.fsync_s - time.monotonic())
                        if self._dirty else None)
-            batch: list[tuple[str, dict[str, Any]] | None] = []
+            batch: list[tuple[str, list[dict[str, Any]]] | None] = []
             try:
                 batch.append(self._queue.get(timeout=timeout))
                 if self.fsync_s:
@@ -68,31 +73,35 @@ class AuditLog:
                     break
             stop = _STOP in batch
             entries = [e for e in batch if e is not None]
-            self._write(entries)
+            written = self._write(entries)
             if stop or not self.fsync_s or time.monotonic() - last_sync >= self.fsync_s:
                 self._sync()
                 last_sync = time.monotonic()
             with self._progress:
-                self._written += len(entries)
+                self._written += written
                 self._progress.notify_all()
         for fd in self._files.values():
             os.close(fd)
 
-    def _write(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
+    def _write(self, entries: list[tuple[str, list[dict[str, Any]]]]) -> int:
+        """Append the entries' records to their kind's file of the day; returns how many."""
+        day = datetime.now(UTC).strftime("%Y-%m-%d")  # one writer pass: one day
         chunks: dict[int, list[bytes]] = {}
-        for kind, doc in entries:
-            day = datetime.now(UTC).strftime("%Y-%m-%d")
+        count = 0
+        for kind, docs in entries:
             fd = self._files.get((kind, day))
             if fd is None:
                 path = self.root / kind / f"{day}.jsonl"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
                 self._files[(kind, day)] = fd
-            chunks.setdefault(fd, []).append(orjson.dumps(doc, option=_OPTS, default=str)
-                                             + b"\n")
+            chunks.setdefault(fd, []).extend(
+                [orjson.dumps(doc, option=_OPTS, default=str) + b"\n" for doc in docs])
+            count += len(docs)
         for fd, lines in chunks.items():
             os.write(fd, b"".join(lines))
             self._dirty.add(fd)
+        return count
 
     def _sync(self) -> None:
         for fd in self._dirty:

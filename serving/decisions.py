@@ -209,8 +209,8 @@ class Decider:
                     for d in decisions))
             except Exception as exc:
                 log.warning("could not publish decisions: %s", exc)
-        for ev, raw, d, v in zip(events, inputs, decisions, vectors, strict=True):
-            self.audit.record("decisions", {
-                "at": now, "txn_id": ev.txn_id, "input": orjson.Fragment(raw),
-                "features": v,  # orjson writes NaN as null
-                "model_version": version, "degraded_cause": cause, "output": d})
+        self.audit.record_many("decisions", [{
+            "at": now, "txn_id": ev.txn_id, "input": orjson.Fragment(raw),
+            "features": v,  # orjson writes NaN as null
+            "model_version": version, "degraded_cause": cause, "output": d}
+            for ev, raw, d, v in zip(events, inputs, decisions, vectors, strict=True)])

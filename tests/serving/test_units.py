@@ -68,6 +68,20 @@ def test_decode_double_and_missing() -> None:
     assert decode_value(ValueProto(float_val=1.5).SerializeToString()) == 1.5
 
 
+def test_decode_cached_equals_decode_and_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving import features
+
+    monkeypatch.setattr(features, "_DECODED_MAX", 50)
+    monkeypatch.setattr(features, "_DECODED", {})
+    raws = [encode_int64(v) for v in range(120)] + [encode_double(v / 7) for v in range(120)]
+    raws += [b"", None, ValueProto(float_val=1.5).SerializeToString()]
+    for _ in range(2):  # the second pass reads the memo
+        for raw in raws:
+            want, got = decode_value(raw), features.decode_cached(raw)
+            assert got == want or (math.isnan(got) and math.isnan(want))
+            assert len(features._DECODED) <= 50
+
+
 def test_compose_partial_sources() -> None:
     assert compose("C1", None, [], []) is None
     recent = [{"txn_id": "r1", "event_time": "2018-06-02T10:00:00Z", "amount": 7.5,
