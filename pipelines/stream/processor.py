@@ -273,8 +273,9 @@ class StreamProcessor:
         """Split the buffered records into this batch and the ones held back for the next.
 
         Kafka Streams' stream-time synchronization across partitions, on the records' event
-        time: a `transactions` record is taken only up to the newest event time every
-        partition with buffered records has reached (a partition at its end does not hold the
+        time: past its share of the batch (_share), a partition's `transactions` records are
+        taken only up to the newest event time every partition with buffered records has
+        reached (a partition at its end does not hold the
         others back; nor does one with nothing buffered: waiting for it, Kafka Streams'
         max.task.idle.ms, measured slower here as pause()/resume() make fetches restart),
         and at most ``stream_batch_records`` of them, oldest first. A partition whose
@@ -329,18 +330,23 @@ class StreamProcessor:
         hold: list[Message] = []
         hold_keys: list[bytes] = []
         blocked: set[int] = set()  # partitions whose next record is held (prefix rule)
+        taken: dict[int, int] = {}
+        share = self._share()
         for m, key in zip(buffer, keys, strict=True):
             if m.topic() != TRANSACTIONS:
                 take.append(m)
                 continue
             part = m.partition() or 0
-            if part in blocked or key > cutoff or (key == cutoff and quota <= 0):
+            n = taken.get(part, 0)
+            if part in blocked or (n >= share and (key > cutoff
+                                                   or (key == cutoff and quota <= 0))):
                 blocked.add(part)
                 hold.append(m)
                 hold_keys.append(key)
                 continue
             if key == cutoff:
                 quota -= 1
+            taken[part] = n + 1
             take.append(m)
         if not take:  # never stall on records out of order within their partition
             return buffer, []
