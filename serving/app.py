@@ -136,7 +136,8 @@ class Observe:
 
 class DirectRoutes:
     """The hottest routes called straight from the ASGI scope, past FastAPI's router, route
-    wrappers and dependency solving (measured: about a sixth of a decision's CPU). Each is
+    wrappers and dependency solving (measured at 400 req/s: 3.41 -> 3.22 ms of worker CPU per
+    decision). Each is
     still a FastAPI route — the OpenAPI spec and any other caller go through it — and runs
     inside the middlewares above it (``Observe``: latency metric, access audit). A route
     qualifies when its parameters are the ``Request``, path parameters and a few query
