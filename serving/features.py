@@ -24,10 +24,11 @@ from typing import Any
 from feast.infra.online_stores.helpers import _mmh3
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from redis import Redis
+from redis.exceptions import ResponseError
 
 from kestrel.events import TransactionEvent
 from kestrel.settings import Settings
-from pipelines.features.online_writer import ViewWriter
+from pipelines.features.online_writer import ViewWriter, read_replies
 from pipelines.features.store import load_repo, repo_config
 
 FEATURE_SERVICE = "fraud_scoring_v1"
@@ -102,7 +103,11 @@ def _read_replies(redis: Redis, payload: bytes, count: int) -> list[Any]:
     conn = pool.get_connection()
     try:
         conn.send_packed_command([payload])
-        return [conn.read_response() for _ in range(count)]
+        replies = read_replies(conn, count)
+        failed = next((r for r in replies if isinstance(r, ResponseError)), None)
+        if failed is not None:
+            raise failed
+        return replies
     except BaseException:
         conn.disconnect()
         raise

@@ -188,35 +188,27 @@ def _arg(value: bytes | str | int | float) -> bytes:
     return _bulk(repr(value).encode() if isinstance(value, float) else b"%d" % value)
 
 
-def _read_transaction_replies(conn: Any, commands: int) -> tuple[list[str], Any]:
-    """MULTI's +OK, one +QUEUED (or error) per command, then EXEC's reply, read straight
-    from the connection's socket into one hiredis reader: redis-py's ``read_response``
-    costs several µs per reply, and a batch queues tens of thousands of commands. Returns
-    (the queued errors, EXEC's reply — a list, None when a WATCHed key changed, or a
-    ResponseError such as EXECABORT). Nothing else is pending on the connection at that
-    point (every earlier reply was read), so its own parser's buffer stays empty."""
+def read_replies(conn: Any, count: int) -> list[Any]:
+    """``count`` replies read straight from a redis-py connection's socket into one hiredis
+    reader (redis-py's ``read_response`` costs several µs per reply; a stream commit queues
+    tens of thousands of commands). Error replies come back as ``ResponseError`` values, not
+    raised. The caller sent the commands and nothing else is pending on the connection (every
+    earlier reply was read), so redis-py's own parser buffer stays empty; on any exception
+    the caller must drop the connection."""
     reader = hiredis.Reader(replyError=ResponseError)
     sock = conn._sock
     if sock is None:
-        raise RedisConnectionError("Redis connection closed before the transaction's replies")
+        raise RedisConnectionError("Redis connection closed before its replies were read")
     buf = bytearray(1 << 16)
-    errors: list[str] = []
-    pending = commands + 1  # +OK for MULTI, then +QUEUED each
-    while True:
+    replies: list[Any] = []
+    while len(replies) < count:
         n = sock.recv_into(buf)
         if not n:
-            raise RedisConnectionError("Redis closed the connection during a transaction")
+            raise RedisConnectionError("Redis closed the connection before all replies came")
         reader.feed(buf, 0, n)
-        while True:
-            reply = reader.gets()
-            if reply is False:
-                break
-            if pending:
-                pending -= 1
-                if isinstance(reply, ResponseError):
-                    errors.append(str(reply))
-                continue
-            return errors, reply
+        while (reply := reader.gets()) is not False:
+            replies.append(reply)
+    return replies
 
 
 class RespTransaction:
@@ -272,7 +264,10 @@ class RespTransaction:
                     return None
             conn.send_packed_command([b"".join([b"*1\r\n$5\r\nMULTI\r\n", *self._parts,
                                                 b"*1\r\n$4\r\nEXEC\r\n"])])
-            errors, result = _read_transaction_replies(conn, self.commands)
+            # +OK for MULTI, +QUEUED (or an error) per command, then EXEC's reply: a list,
+            # None when a WATCHed key changed, or an error such as EXECABORT
+            *queued, result = read_replies(conn, self.commands + 2)
+            errors = [str(r) for r in queued if isinstance(r, ResponseError)]
             if isinstance(result, ResponseError):
                 raise ResponseError(f"{result}; first queued error: {errors[:1]}")
             if result is None:

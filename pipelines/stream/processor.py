@@ -42,6 +42,7 @@ import uuid
 import zlib
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -368,7 +369,7 @@ class StreamProcessor:
         if m.topic() == TRANSACTIONS:
             self._at_end.add(m.partition() or 0)
 
-    def _pace(self, consumer: Consumer, held: list[Message] = ()) -> None:  # type: ignore[assignment]
+    def _pace(self, consumer: Consumer, held: Sequence[Message] = ()) -> None:
         """Keep the owned `transactions` partitions within MAX_PARTITION_SKEW_US of each
         other in event time (Kafka Streams does the same by picking the lowest timestamp).
 
@@ -386,6 +387,7 @@ class StreamProcessor:
                 self._in_batch[part] = self._in_batch.get(part, 0) + 1
         full = {p for p, n in self._in_batch.items() if n >= self._share()}
         live = [p for p in self._owned if p not in self._at_end]
+        ahead: set[int] = set()
         if len(live) < 2:
             to_resume = set(self._paused)
         else:
@@ -394,13 +396,9 @@ class StreamProcessor:
             ahead = {p for p in live if times[p] > slowest + MAX_PARTITION_SKEW_US}
             behind_enough = {p for p in self._paused
                              if times[p] <= slowest + MAX_PARTITION_SKEW_US // 2}
-            to_pause = ahead - self._paused
             to_resume = behind_enough - ahead
-            if to_pause:
-                consumer.pause([TopicPartition(TRANSACTIONS, p) for p in to_pause])
-                self._paused |= to_pause
-        to_resume = set(to_resume) - full
-        to_pause = (full & self._owned) - self._paused
+        to_resume -= full
+        to_pause = ((ahead | full) & self._owned) - self._paused
         if to_pause:
             consumer.pause([TopicPartition(TRANSACTIONS, p) for p in to_pause])
             self._paused |= to_pause
