@@ -320,6 +320,7 @@ class StreamProcessor:
             return buffer, []
         bounds = [k for p, k in newest.items() if p not in self._at_end]
         cutoff = min(bounds) if bounds else max(newest.values())
+        ceiling = self._skew_ceiling(newest)
         quota = txns  # records at exactly the cutoff that may still be taken
         if txns > limit:
             eligible = sorted(k for m, k in zip(buffer, keys, strict=True)
@@ -332,6 +333,7 @@ class StreamProcessor:
         hold_keys: list[bytes] = []
         blocked: set[int] = set()  # partitions whose next record is held (prefix rule)
         taken: dict[int, int] = {}
+        skewed = False  # a record waits for a partition behind it (not for its own order)
         share = self._share()
         for m, key in zip(buffer, keys, strict=True):
             if m.topic() != TRANSACTIONS:
@@ -339,20 +341,52 @@ class StreamProcessor:
                 continue
             part = m.partition() or 0
             n = taken.get(part, 0)
-            if part in blocked or (n >= share and (key > cutoff
-                                                   or (key == cutoff and quota <= 0))):
+            too_far = ceiling is not None and key > ceiling
+            if part in blocked or too_far or (n >= share and (
+                    key > cutoff or (key == cutoff and quota <= 0))):
                 blocked.add(part)
                 hold.append(m)
                 hold_keys.append(key)
+                skewed = skewed or too_far
                 continue
             if key == cutoff:
                 quota -= 1
             taken[part] = n + 1
             take.append(m)
-        if not take:  # never stall on records out of order within their partition
+        if not take and not skewed:  # never stall on records out of order in a partition
             return buffer, []
         self._held = (hold, hold_keys)
         return take, hold
+
+    def _skew_ceiling(self, newest: dict[int, bytes]) -> bytes | None:
+        """The event-time key no record may pass in this batch, whatever its share: what
+        the slowest live owned partition has reached (its newest buffered record, or its
+        stream time when nothing of it is buffered and it is being fetched) plus
+        MAX_PARTITION_SKEW_US. A partition _pace paused with nothing buffered does not
+        count: it is ahead, and the others must move for it to be resumed.
+
+        Without it a partition with many buffered records and no competitor in the buffer
+        (the others paused, or refetching after a resume) went through in one batch: at
+        start-up on a backlog, partitions ran ~190 h apart, and terminal updates from the
+        ones behind came later than TERMINAL_REORDER_SLACK_US and were dropped. None when
+        a time cannot be read (the intake then orders by shares and cutoffs only)."""
+        reached: list[int] = []
+        for part in self._owned - self._at_end:
+            key = newest.get(part)
+            if key is None:
+                if part not in self._paused:
+                    reached.append(self.stream_time.get(part, 0))
+                continue
+            try:
+                at = datetime.fromisoformat(key.decode())
+            except (ValueError, UnicodeDecodeError):
+                return None
+            if at.tzinfo is None:
+                return None
+            reached.append(records.micros(at))
+        if not reached:
+            return None
+        return records.iso(min(reached) + MAX_PARTITION_SKEW_US).encode()
 
     def _count(self, m: Message, consumer: Consumer) -> None:
         """Stop fetching a partition that filled its share of the current batch, so one

@@ -85,13 +85,13 @@ def _quick(obj: dict[str, object]) -> Txn | None:
         return None
     if t.tzinfo is None:
         return None
-    return Txn(obj["txn_id"], _micros(t), obj["customer_id"],  # type: ignore[arg-type]
+    return Txn(obj["txn_id"], micros(t), obj["customer_id"],  # type: ignore[arg-type]
                obj["card_id"],  # type: ignore[arg-type]
                obj["terminal_id"], mcc, amount, country, lat, lon,  # type: ignore[arg-type]
                currency, obj["channel"])
 
 
-def _micros(t: datetime) -> int:
+def micros(t: datetime) -> int:
     delta = t - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
@@ -115,5 +115,5 @@ def decode(raw: bytes | None) -> Txn:
         if fast is not None:
             return fast
     ev = decode_transaction(raw or b"")  # raises with every field error
-    return Txn(ev.txn_id, _micros(ev.event_time), ev.customer_id, ev.card_id, ev.terminal_id,
+    return Txn(ev.txn_id, micros(ev.event_time), ev.customer_id, ev.card_id, ev.terminal_id,
                ev.mcc, ev.amount, ev.country, ev.lat, ev.lon, ev.currency, ev.channel)
