@@ -77,8 +77,8 @@ class Runtime:
         # the scored transactions and decisions: no caller waits for their acknowledgement,
         # so they batch for longer (KESTREL_DECISION_PUBLISH_LINGER_MS) and only failures
         # are reported; shutdown flushes them (stop)
-        self._publisher = EventProducer(
-            self.settings, **{"linger.ms": self.settings.decision_publish_linger_ms})
+        linger: dict[str, Any] = {"linger.ms": self.settings.decision_publish_linger_ms}
+        self._publisher = EventProducer(self.settings, **linger)
         self.decider.producer = self._publisher
         self.batch_decider.producer = self._publisher
         if self.settings.alert_consumer:

@@ -205,7 +205,7 @@ def read_replies(conn: Any, count: int) -> list[Any]:
         n = sock.recv_into(buf)
         if not n:
             raise RedisConnectionError("Redis closed the connection before all replies came")
-        reader.feed(buf, 0, n)
+        reader.feed(buf, 0, n)  # type: ignore[arg-type]  # hiredis reads any buffer
         while (reply := reader.gets()) is not False:
             replies.append(reply)
     return replies
