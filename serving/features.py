@@ -95,7 +95,7 @@ class _EntityRead:
         return b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in self.fields)
 
 
-def _read_replies(redis: Redis, payload: bytes, count: int) -> list[Any]:
+def roundtrip(redis: Redis, payload: bytes, count: int) -> list[Any]:
     """Send RESP-encoded commands in one write and read ``count`` replies on one pooled
     connection (redis-py's pipeline spends more Python per command than Redis spends
     answering it). Any error drops the connection, so no unread reply reaches its next user."""
@@ -150,7 +150,7 @@ class OnlineFeatures:
             for join_key, key_of, head, tail in self._resp:
                 key = key_of(getattr(ev, join_key))
                 parts += (head, b"$%d\r\n" % len(key), key, b"\r\n", tail)
-        replies = _read_replies(self.redis, b"".join(parts), len(events) * len(self._resp))
+        replies = roundtrip(self.redis, b"".join(parts), len(events) * len(self._resp))
         out: list[Vector] = []
         i = 0
         for _ in events:

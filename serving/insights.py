@@ -27,6 +27,7 @@ from redis import Redis
 
 from kestrel.mcc import category_of as mcc_category
 from serving.alerts import AlertStore
+from serving.features import roundtrip
 
 FIELDS = ("as_of", "today", "spend_today", "spend_7d", "spend_30d", "trend", "top_categories",
           "recent_transactions", "open_alerts", "risk_level", "sources")
@@ -117,7 +118,11 @@ class Insights:
         self.ttl = ttl_seconds
 
     def cached(self, customer_id: str) -> bytes | None:
-        value: Any = self.redis.get(cache_key(customer_id, self.schema))
+        """The cached body, by a GET on a pooled connection without redis-py's command
+        layer (serving.features.roundtrip): the whole of a cache hit's Redis cost."""
+        key = cache_key(customer_id, self.schema).encode()
+        value: Any = roundtrip(self.redis, b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key),
+                               1)[0]
         return cast(bytes | None, value)
 
     def build(self, customer_id: str) -> bytes | None:
