@@ -193,6 +193,9 @@ class StreamProcessor:
         self._in_batch: dict[int, int] = {}
         # the records _select held back, with their event-time keys (not extracted twice)
         self._held: tuple[list[Message], list[bytes]] = ([], [])
+        # _select took nothing (every record waits for a partition behind) and nothing that
+        # could change that has happened since: a record, an end of partition, a pause
+        self._waiting = False
         self._topic_ids: dict[str, str] = {}
         self._stop = False
         self._assigned = False
@@ -292,6 +295,10 @@ class StreamProcessor:
         """
         limit = self.settings.stream_batch_records
         held, held_keys = self._held
+        if self._waiting and not self._stop and len(buffer) == len(held) and held \
+                and buffer[0] is held[0] and buffer[-1] is held[-1]:
+            return [], buffer  # the same answer as last time, without scanning again
+        self._waiting = False
         if held and len(buffer) >= len(held) and buffer[0] is held[0] \
                 and buffer[len(held) - 1] is held[-1]:
             keys = list(held_keys)  # the records held back last time lead the buffer
@@ -356,6 +363,7 @@ class StreamProcessor:
         if not take and not skewed:  # never stall on records out of order in a partition
             return buffer, []
         self._held = (hold, hold_keys)
+        self._waiting = not take
         return take, hold
 
     def _skew_ceiling(self, newest: dict[int, bytes]) -> bytes | None:
@@ -391,6 +399,7 @@ class StreamProcessor:
     def _count(self, m: Message, consumer: Consumer) -> None:
         """Stop fetching a partition that filled its share of the current batch, so one
         partition cannot carry a batch far ahead in event time; _pace resumes it."""
+        self._waiting = False
         part = m.partition() or 0
         if part not in self._owned or m.topic() != TRANSACTIONS:
             return
@@ -400,6 +409,7 @@ class StreamProcessor:
             self._paused.add(part)
 
     def _on_eof(self, m: Message) -> None:
+        self._waiting = False
         if m.topic() == TRANSACTIONS:
             self._at_end.add(m.partition() or 0)
 
@@ -436,6 +446,7 @@ class StreamProcessor:
         if to_pause:
             consumer.pause([TopicPartition(TRANSACTIONS, p) for p in to_pause])
             self._paused |= to_pause
+            self._waiting = False  # a paused partition no longer caps the others
         if to_resume:
             consumer.resume([TopicPartition(TRANSACTIONS, p) for p in to_resume])
             self._paused -= set(to_resume)
@@ -459,6 +470,7 @@ class StreamProcessor:
         return doc
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._waiting = False
         self._load_offsets()  # another instance may have moved them while we were away
         for tp in partitions:
             tp.offset = self.next_offsets.get((tp.topic, tp.partition), OFFSET_BEGINNING)

@@ -61,3 +61,18 @@ def test_a_paused_partition_with_nothing_buffered_does_not_hold_the_others(
     buffer = [_record(1, i, T0 + i * HOUR_US) for i in range(300)]
     take, hold = proc._select(buffer)
     assert len(take) == 300 and hold == []
+
+
+def test_waiting_records_are_rescanned_only_when_something_changed(settings: Settings) -> None:
+    """While every buffered record waits for a partition behind, the consumer loop flushes at
+    each poll (the buffer is over the batch size): the answer is reused until a record, an
+    end of partition or a pause could change it."""
+    proc = _processor(settings)
+    buffer = [_record(1, i, T0 + (2 + i) * HOUR_US) for i in range(300)]
+    take, hold = proc._select(buffer)
+    assert take == [] and len(hold) == 300
+    proc.stream_time[0] = T0 + 400 * HOUR_US  # not a signal: still the same answer
+    assert proc._select(hold) == ([], hold)
+    proc._on_eof(Message(topic=TRANSACTIONS, partition=0, offset=0))  # partition 0 ended
+    take, hold = proc._select(hold)
+    assert len(take) == 300 and hold == []
