@@ -369,9 +369,9 @@ class StreamProcessor:
     def _skew_ceiling(self, newest: dict[int, bytes]) -> bytes | None:
         """The event-time key no record may pass in this batch, whatever its share: what
         the slowest live owned partition has reached (its newest buffered record, or its
-        stream time when nothing of it is buffered and it is being fetched) plus
-        MAX_PARTITION_SKEW_US. A partition _pace paused with nothing buffered does not
-        count: it is ahead, and the others must move for it to be resumed.
+        stream time when nothing of it is buffered) plus MAX_PARTITION_SKEW_US. A partition
+        _pace paused with nothing buffered counts only while _pace would resume it (it then
+        delivers); one further ahead does not, as the others must move for it to resume.
 
         Without it a partition with many buffered records and no competitor in the buffer
         (the others paused, or refetching after a resume) went through in one batch: at
@@ -379,11 +379,14 @@ class StreamProcessor:
         ones behind came later than TERMINAL_REORDER_SLACK_US and were dropped. None when
         a time cannot be read (the intake then orders by shares and cutoffs only)."""
         reached: list[int] = []
-        for part in self._owned - self._at_end:
+        live = self._owned - self._at_end
+        slowest = min((self.stream_time.get(p, 0) for p in live), default=0)
+        for part in live:
             key = newest.get(part)
             if key is None:
-                if part not in self._paused:
-                    reached.append(self.stream_time.get(part, 0))
+                t = self.stream_time.get(part, 0)
+                if part not in self._paused or t <= slowest + MAX_PARTITION_SKEW_US // 2:
+                    reached.append(t)
                 continue
             try:
                 at = datetime.fromisoformat(key.decode())

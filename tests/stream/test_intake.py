@@ -54,11 +54,17 @@ def test_a_partition_alone_in_the_buffer_cannot_run_ahead_of_one_being_fetched(
 
 def test_a_paused_partition_with_nothing_buffered_does_not_hold_the_others(
         settings: Settings) -> None:
-    """A partition _pace paused (ahead) delivers nothing until the others catch up, so it
-    must not cap them, or neither would ever move."""
+    """A partition _pace paused as ahead delivers nothing until the others catch up, so it
+    must not cap them, or neither would ever move; paused but behind (_pace resumes it), it
+    still caps them."""
     proc = _processor(settings)
     proc._paused = {0}
     buffer = [_record(1, i, T0 + i * HOUR_US) for i in range(300)]
+    take, hold = proc._select(buffer)
+    assert len(take) == 2 and len(hold) == 298  # partition 0 is at T0 too: it will deliver
+    proc = _processor(settings)
+    proc._paused = {0}
+    proc.stream_time[0] = T0 + 10 * HOUR_US  # ahead of partition 1
     take, hold = proc._select(buffer)
     assert len(take) == 300 and hold == []
 
