@@ -106,24 +106,16 @@ async def _run(spec: dict[str, Any]) -> dict[str, Any]:
 
     pairs = [await connect() for _ in range(concurrency)]
     workers = [asyncio.create_task(connection(r, w)) for r, w in pairs]
-    loop = asyncio.get_running_loop()
-
-    def schedule() -> None:
-        """Requests handed to the connections at their due times, from a thread: the
-        event loop's own timers fire up to 1 ms late (epoll waits in whole milliseconds),
-        which added up to 1 ms to every latency; time.sleep wakes within ~0.1 ms, and
-        call_soon_threadsafe wakes the loop at once."""
-        t0 = time.perf_counter() + 0.05
-        for i in range(total):
-            due = t0 + i / rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            loop.call_soon_threadsafe(queue.put_nowait, (i, due))
-        for _ in workers:
-            loop.call_soon_threadsafe(queue.put_nowait, None)
-
-    await asyncio.gather(asyncio.to_thread(schedule), *workers)
+    t0 = time.perf_counter() + 0.05
+    for i in range(total):
+        due = t0 + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        queue.put_nowait((i, due))
+    for _ in workers:
+        queue.put_nowait(None)
+    await asyncio.gather(*workers)
     lags.sort()
     return {"latencies_ms": latencies, "errors": errors,
             "send_lag_p99_ms": lags[int(0.99 * (len(lags) - 1))] if lags else 0.0,
