@@ -224,6 +224,7 @@ class StreamProcessor:
         buffer: list[Message] = []
 
         def on_revoke(c: Consumer, parts: list[TopicPartition]) -> None:
+            self._waiting = False  # the partitions that cap the others change
             self._commit_batch(buffer, c, producer)
             for tp in parts:
                 self._since_snapshot.pop((tp.topic, tp.partition), None)
