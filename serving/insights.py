@@ -26,6 +26,7 @@ import orjson
 from redis import Redis
 
 from kestrel.mcc import category_of as mcc_category
+from pipelines.features.online_writer import resp_command
 from serving.alerts import AlertStore
 from serving.features import roundtrip
 
@@ -120,9 +121,8 @@ class Insights:
     def cached(self, customer_id: str) -> bytes | None:
         """The cached body, by a GET on a pooled connection without redis-py's command
         layer (serving.features.roundtrip): the whole of a cache hit's Redis cost."""
-        key = cache_key(customer_id, self.schema).encode()
-        value: Any = roundtrip(self.redis, b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key),
-                               1)[0]
+        value: Any = roundtrip(self.redis, resp_command(b"GET", cache_key(customer_id,
+                                                                         self.schema)), 1)[0]
         return cast(bytes | None, value)
 
     def build(self, customer_id: str) -> bytes | None:

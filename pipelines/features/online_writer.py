@@ -188,6 +188,12 @@ def _arg(value: bytes | str | int | float) -> bytes:
     return _bulk(repr(value).encode() if isinstance(value, float) else b"%d" % value)
 
 
+def resp_command(*args: bytes | str | int | float) -> bytes:
+    """One command encoded as RESP (an array of bulk strings)."""
+    return b"*%d\r\n" % len(args) + b"".join([
+        b"$%d\r\n%s\r\n" % (len(a), a) if type(a) is bytes else _arg(a) for a in args])
+
+
 def read_replies(conn: Any, count: int) -> list[Any]:
     """``count`` replies read straight from a redis-py connection's socket into one hiredis
     reader (redis-py's ``read_response`` costs several µs per reply; a stream commit queues
@@ -229,8 +235,7 @@ class RespTransaction:
         return self.commands
 
     def command(self, *args: bytes | str | int | float) -> None:
-        self._parts.append(b"*%d\r\n" % len(args) + b"".join([
-            b"$%d\r\n%s\r\n" % (len(a), a) if type(a) is bytes else _arg(a) for a in args]))
+        self._parts.append(resp_command(*args))
         self.commands += 1
 
     def raw(self, payload: bytes, commands: int) -> None:

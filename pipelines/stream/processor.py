@@ -280,13 +280,16 @@ class StreamProcessor:
         Kafka Streams' stream-time synchronization across partitions, on the records' event
         time: past its share of the batch (_share), a partition's `transactions` records are
         taken only up to the newest event time every partition with buffered records has
-        reached (a partition at its end does not hold the
-        others back; nor does one with nothing buffered: waiting for it, Kafka Streams'
+        reached (a partition at its end does not hold the others back; nor, for this
+        cutoff, does one with nothing buffered: waiting for it, Kafka Streams'
         max.task.idle.ms, measured slower here as pause()/resume() make fetches restart),
-        and at most ``stream_batch_records`` of them, oldest first. A partition whose
-        prefetch delivered far more than its share (records keep coming after pause()) thus
-        cannot carry a batch ahead of the others in event time (terminal state is fed by all
-        of them); such records wait in the buffer for the next batch.
+        and at most ``stream_batch_records`` of them, oldest first. Whatever the share, no
+        record passes the skew ceiling (_skew_ceiling: the slowest partition's reach, its
+        stream time included when nothing of it is buffered, plus MAX_PARTITION_SKEW_US);
+        when every record waits on it, nothing is taken until that partition delivers. A
+        partition whose prefetch delivered far more than its share (records keep coming
+        after pause()) thus cannot carry a batch ahead of the others in event time (terminal
+        state is fed by all of them); such records wait in the buffer for the next batch.
 
         Event times are compared as the raw ``event_time`` strings (ISO 8601 UTC sorts as
         time; a record without one sorts first): this only orders the intake, every check
@@ -380,13 +383,12 @@ class StreamProcessor:
         ones behind came later than TERMINAL_REORDER_SLACK_US and were dropped. None when
         a time cannot be read (the intake then orders by shares and cutoffs only)."""
         reached: list[int] = []
-        live = self._owned - self._at_end
-        slowest = min((self.stream_time.get(p, 0) for p in live), default=0)
-        for part in live:
+        resume_below = self._resume_below()
+        for part in self._owned - self._at_end:
             key = newest.get(part)
             if key is None:
                 t = self.stream_time.get(part, 0)
-                if part not in self._paused or t <= slowest + MAX_PARTITION_SKEW_US // 2:
+                if part not in self._paused or t <= resume_below:
                     reached.append(t)
                 continue
             try:
@@ -399,6 +401,13 @@ class StreamProcessor:
         if not reached:
             return None
         return records.iso(min(reached) + MAX_PARTITION_SKEW_US).encode()
+
+    def _resume_below(self) -> int:
+        """_pace resumes a paused partition whose stream time is at most this: the slowest
+        live owned partition's stream time plus half of MAX_PARTITION_SKEW_US."""
+        live = self._owned - self._at_end
+        slowest = min((self.stream_time.get(p, 0) for p in live), default=0)
+        return slowest + MAX_PARTITION_SKEW_US // 2
 
     def _count(self, m: Message, consumer: Consumer) -> None:
         """Stop fetching a partition that filled its share of the current batch, so one
@@ -442,9 +451,8 @@ class StreamProcessor:
             times = {p: self.stream_time.get(p, 0) for p in self._owned}
             slowest = min(times[p] for p in live)
             ahead = {p for p in live if times[p] > slowest + MAX_PARTITION_SKEW_US}
-            behind_enough = {p for p in self._paused
-                             if times[p] <= slowest + MAX_PARTITION_SKEW_US // 2}
-            to_resume = behind_enough - ahead
+            resume_below = self._resume_below()
+            to_resume = {p for p in self._paused if times[p] <= resume_below} - ahead
         to_resume -= full
         to_pause = ((ahead | full) & self._owned) - self._paused
         if to_pause:
