@@ -7,6 +7,8 @@ started as `kestrel serve` in its own process and the load coming from another p
 
 - ``score_p50_ms@<rps>`` / ``score_p99_ms@<rps>``: POST /v1/score at 200, 500, 1,000 req/s;
 - ``batch_score_txn_per_s``: POST /v1/score/batch with 10,000 transactions, end to end;
+  every transaction has its own card (the service reads each distinct entity once, so a
+  batch that repeats cards would be cheaper), over the 2,000 customers and 30 terminals;
 - ``insights_hit_p99_ms`` / ``insights_miss_p99_ms``: GET /v1/users/{id}/insights at
   200 req/s, from the cache, and with ``fresh=true`` (composed from the sources each time);
 - ``feast_serve_p99_ms@<rps>``: `feast serve`'s POST /get-online-features for the same stored
@@ -37,6 +39,7 @@ from serving.fixtures import register_tiny_model, transaction, write_features
 from serving.process import running_service, settings_env
 
 CUSTOMERS = 2000
+BATCH_CARDS = 10_000  # the batch's cards: one per transaction
 CHAMPION_TREES = 300  # the shape `kestrel train` chose on the default set (depth 3, 300 trees)
 ENTITIES: tuple[Entity, ...] = ("card", "customer", "terminal")
 BATCH_ENTITIES: tuple[Entity, ...] = ("customer", "terminal")
@@ -69,7 +72,7 @@ def _seed(settings: Settings) -> None:
                                "card_amount_sum_1h": 10.0 * (i % 7),
                                "card_last_event_time_us": 1527854000000000,
                                "card_last_lat": 48.8, "card_last_lon": 2.3}
-             for i in range(CUSTOMERS)}
+             for i in range(BATCH_CARDS)}
     customers = {f"C{i:04d}": {"customer_txn_count_24h": i % 9} for i in range(CUSTOMERS)}
     write_features(settings, settings.redis_url, cards, customers)
     client = Redis.from_url(settings.redis_url)
@@ -160,8 +163,9 @@ def run(settings: Settings, quick: bool, console: Console) -> BenchResult:
                     _pct(lat, 0.99), "ms", 20.0 if rate == 500 else None, "lower", extra)
 
             console.print(f"/v1/score/batch with {batch_size} transactions …")
-            batch = orjson.dumps({"events": [transaction(i, txn_id=f"b-{i}")
-                                             for i in range(batch_size)]})
+            batch = orjson.dumps({"events": [transaction(
+                i, txn_id=f"b-{i}", customer_id=f"C{i % CUSTOMERS:04d}", card_id=f"card-{i:04d}")
+                for i in range(batch_size)]})
             httpx.post(url + "/v1/score/batch", content=batch, headers=headers, timeout=120)
             runs = []
             for _ in range(1 if quick else 3):
@@ -173,7 +177,9 @@ def run(settings: Settings, quick: bool, console: Console) -> BenchResult:
             best = min(runs)
             result.metrics["batch_score_txn_per_s"] = Metric(
                 batch_size / best, "txn/s", 20_000, "higher",
-                {"batch": batch_size, "seconds": [round(x, 3) for x in runs]})
+                {"batch": batch_size, "distinct_cards": batch_size,
+                 "distinct_customers": min(batch_size, CUSTOMERS),
+                 "seconds": [round(x, 3) for x in runs]})
 
             bot = {"authorization": f"Bearer {mint_token(own, 'bot', 'bench')}"}
             ids = [f"C{i:04d}" for i in range(200 if quick else CUSTOMERS)]

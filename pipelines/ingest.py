@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -112,14 +112,13 @@ class EventProducer:
 
 _BATCH = TypeAdapter(list[TransactionIn])
 _ONE = TypeAdapter(TransactionIn)
+_EVENTS = TypeAdapter(list[TransactionEvent])
+_EVENT = TypeAdapter(TransactionEvent)
 
 
-def parse_transactions(body: bytes, max_batch: int) -> tuple[list[TransactionIn], str]:
-    """Validate a request body: one event object, or ``{"events": [...]}``.
-
-    Returns the events and the path prefix used in errors. Every field error of every event
-    is reported at once (``events[3].amount``); nothing is published unless all are valid.
-    """
+def _documents(body: bytes, max_batch: int) -> tuple[list[Any], str]:
+    """The body's events as parsed JSON, and the path prefix used in errors: ``"events"``
+    for ``{"events": [...]}``, ``""`` for one event object."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -135,19 +134,75 @@ def parse_transactions(body: bytes, max_batch: int) -> tuple[list[TransactionIn]
             raise EventValidationError([FieldError("events", "must hold at least one event")])
         if len(items) > max_batch:
             raise BatchTooLarge(len(items), max_batch)
-        try:
-            events = _BATCH.validate_python(items)
-        except ValidationError as exc:
-            raise EventValidationError(field_errors(exc, "events")) from None
-        _reject_duplicate_ids(events)
-        return events, "events"
+        return items, "events"
+    return [doc], ""
+
+
+def _validate(one: TypeAdapter[Any], many: TypeAdapter[list[Any]], items: list[Any],
+              prefix: str) -> list[Any]:
+    """Raises pydantic's ValidationError; paths are relative to ``prefix``."""
+    return many.validate_python(items) if prefix else [one.validate_python(items[0])]
+
+
+def parse_transactions(body: bytes, max_batch: int) -> tuple[list[TransactionIn], str]:
+    """Validate a request body: one event object, or ``{"events": [...]}``.
+
+    Returns the events and the path prefix used in errors. Every field error of every event
+    is reported at once (``events[3].amount``); nothing is published unless all are valid.
+    """
+    items, prefix = _documents(body, max_batch)
+    return _client_contract(items, prefix), prefix
+
+
+def _client_contract(items: list[Any], prefix: str) -> list[TransactionIn]:
     try:
-        return [_ONE.validate_python(doc)], ""
+        events: list[TransactionIn] = _validate(_ONE, _BATCH, items, prefix)
     except ValidationError as exc:
-        raise EventValidationError(field_errors(exc)) from None
+        raise EventValidationError(field_errors(exc, prefix)) from None
+    _reject_duplicate_ids(events)
+    return events
 
 
-def _reject_duplicate_ids(events: Sequence[TransactionIn]) -> None:
+def parse_events(body: bytes, max_batch: int,
+                 tokenize: Callable[[str], str]) -> tuple[list[TransactionEvent], str]:
+    """Like :func:`parse_transactions`, but returns the events as they go on `transactions`:
+    each ``card_number`` swapped for its token (errors name the event and never echo it).
+
+    Clients that send card tokens take a fast path: the documents are validated as
+    :class:`TransactionEvent` directly, which accepts exactly the token-carrying documents
+    the client contract accepts, and skips building every event twice (a third of a
+    10,000-event batch's scoring time went there). Anything else, invalid documents
+    included, goes through the client contract, so errors are the same either way.
+    """
+    items, prefix = _documents(body, max_batch)
+    if not any(isinstance(d, dict) and "card_number" in d for d in items):
+        try:
+            events: list[TransactionEvent] = _validate(_EVENT, _EVENTS, items, prefix)
+        except ValidationError:
+            pass  # the client contract below says what is wrong, in its own words
+        else:
+            _reject_duplicate_ids(events)
+            return events, prefix
+    incoming = _client_contract(items, prefix)
+    out: list[TransactionEvent] = []
+    errors: list[FieldError] = []
+    for i, item in enumerate(incoming):
+        fields = item.__dict__.copy()
+        number = fields.pop("card_number")
+        if number is not None:
+            try:
+                fields["card_id"] = tokenize(number.get_secret_value())
+            except ValueError as exc:  # the message never contains the number
+                at = f"{prefix}[{i}]." if prefix else ""
+                errors.append(FieldError(at + "card_number", str(exc)))
+                continue
+        out.append(TransactionEvent.model_construct(**fields))
+    if errors:
+        raise EventValidationError(errors)
+    return out, prefix
+
+
+def _reject_duplicate_ids(events: Sequence[TransactionIn | TransactionEvent]) -> None:
     seen: dict[str, int] = {}
     errors = []
     for i, ev in enumerate(events):

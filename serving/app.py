@@ -41,10 +41,10 @@ from kestrel.errors import (
     KestrelError,
     ServiceUnavailable,
 )
-from kestrel.events import LabelEvent, TransactionEvent, TransactionIn, field_errors
+from kestrel.events import LabelEvent, TransactionIn, field_errors
 from kestrel.settings import Settings, get_settings
 from kestrel.topics import LABELS
-from pipelines.ingest import parse_transactions
+from pipelines.ingest import parse_events
 from serving import metrics
 from serving.auth import Authenticator, AuthError, Forbidden, Principal
 from serving.decisions import Explain
@@ -301,25 +301,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # --- decisioning -------------------------------------------------------------------------
 
-    def to_events(items: list[TransactionIn], prefix: str) -> list[TransactionEvent]:
-        token = rt().tokenizer.token
-        out: list[TransactionEvent] = []
-        errors: list[FieldError] = []
-        for i, item in enumerate(items):
-            fields = dict(item)
-            number = fields.pop("card_number")
-            if number is not None:
-                try:
-                    fields["card_id"] = token(number.get_secret_value())
-                except ValueError as exc:
-                    at = f"{prefix}[{i}]." if prefix else ""
-                    errors.append(FieldError(at + "card_number", str(exc)))
-                    continue
-            out.append(TransactionEvent.model_construct(**fields))
-        if errors:
-            raise EventValidationError(errors)
-        return out
-
     score_responses: dict[int | str, dict[str, Any]] = {
         400: {"description": "invalid transaction, with every field error"},
         401: {"description": "missing or invalid bearer token"},
@@ -334,11 +315,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         t0 = time.perf_counter()
         guard(request, "score")
         body = await request.body()
-        items, prefix = parse_transactions(body, 1)
+        events, prefix = parse_events(body, 1, rt().tokenizer.token)
         if prefix:
             raise EventValidationError([FieldError("$", "send one transaction object; use "
                                                    "/v1/score/batch for several")])
-        events = to_events(items, "")
         # in the event loop, not a thread: a decision is ~1 ms of CPU under the GIL, and the
         # hop to a worker thread and back cost about as much again; Redis waits at most
         # the score budget (the scoring client's socket timeout).
@@ -356,11 +336,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         t0 = time.perf_counter()
         guard(request, "score")
         body = await request.body()
-        items, prefix = await run_in_threadpool(parse_transactions, body,
-                                                settings.max_batch_events)
+        events, prefix = await run_in_threadpool(parse_events, body, settings.max_batch_events,
+                                                 rt().tokenizer.token)
         if not prefix:
             raise EventValidationError([FieldError("events", "send {\"events\": [...]}")])
-        events = to_events(items, prefix)
         decisions = await run_in_threadpool(rt().batch_decider.score, events, t0, reasons)
         return _json({"decisions": decisions, "count": len(decisions)})
 

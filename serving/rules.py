@@ -127,7 +127,7 @@ class RulesEngine:
     def decide(self, ev: TransactionEvent, score: float | None,
                tags: dict[str, float | None]) -> Outcome:
         hits = self.rule_hits(ev, degraded=score is None)
-        action = max((h.action for h in hits), key=SEVERITY.__getitem__, default="allow")
+        action = max((h.action for h in hits), key=SEVERITY.__getitem__) if hits else "allow"
         if score is None:
             return Outcome(action, tuple(hits))
         challenge, decline = self.thresholds(tags)

@@ -33,6 +33,16 @@ def test_round_trip_normalizes_time_and_codes() -> None:
     assert decode_transaction(raw) == ev
 
 
+@pytest.mark.parametrize("over", [
+    {}, {"device_id": "dev-9"}, {"amount": 0.1 + 0.2, "lat": -0.0, "lon": -179.999999},
+    {"amount": 999_999.99999, "event_time": "2018-12-31T23:59:59.999999-11:00"},
+    {"amount": 1e-05, "event_time": "2018-04-01T00:00:00Z"}])
+def test_to_json_writes_what_pydantic_writes(over: dict[str, object]) -> None:
+    """to_json encodes with orjson for speed; the bytes must stay pydantic's."""
+    ev = TransactionEvent.model_validate({**VALID, **over})
+    assert ev.to_json() == ev.model_dump_json().encode()
+
+
 @pytest.mark.parametrize(
     ("field", "value", "reason"),
     [

@@ -172,6 +172,14 @@ def test_native_scoring_equals_xgboost_predict() -> None:
     which = [3, 17, 250]
     assert np.array_equal(model.contributions(rows, which),
                           reference.predict(xgboost.DMatrix(x[which]), pred_contribs=True))
+    # every row: the multi-threaded scorer a batch uses gives the same values
+    assert np.array_equal(model.contributions(rows, list(range(len(x)))),
+                          reference.predict(xgboost.DMatrix(x), pred_contribs=True))
+    partial = [dict(v) for v in vectors[:3]]
+    del partial[1]["f2"]  # a vector without a feature: that cell is missing, the rest as is
+    got = model.matrix(partial).x
+    assert np.isnan(got[1, 2]) and np.array_equal(got[0], x[0], equal_nan=True)
+    assert np.array_equal(np.delete(got[1], 2), np.delete(x[1], 2), equal_nan=True)
     one = model.matrix(vectors[5:6])
     assert np.array_equal(model.probabilities(one), expected[5:6])
     assert model.contributions(one, [0]).shape == (1, len(features) + 1)
