@@ -156,3 +156,39 @@ def test_event_is_immutable() -> None:
     ev = TransactionEvent.model_validate(VALID)
     with pytest.raises(ValueError):
         ev.amount = 1.0  # type: ignore[misc]
+
+
+# --- request bodies: the client contract and the scoring fast path -------------------------
+
+def test_parse_events_fast_path_gives_what_the_client_contract_gives() -> None:
+    from pipelines.ingest import parse_events, parse_transactions
+
+    tokenizer = CardTokenizer(b"k" * 32)
+    docs = [{**VALID, "txn_id": f"tx-{i}", "amount": 10.0 + i} for i in range(3)]
+    body = orjson.dumps({"events": docs})
+    events, prefix = parse_events(body, 10, tokenizer.token)  # card tokens: the fast path
+    incoming, _ = parse_transactions(body, 10)
+    assert prefix == "events"
+    assert [e.to_json() for e in events] == [i.to_wire(tokenizer.token) for i in incoming]
+    one, prefix = parse_events(orjson.dumps(VALID), 1, tokenizer.token)
+    assert prefix == "" and one == [TransactionEvent.model_validate(VALID)]
+
+
+def test_parse_events_tokenizes_and_reports_in_the_client_contract_words() -> None:
+    from pipelines.ingest import parse_events
+
+    tokenizer = CardTokenizer(b"k" * 32)
+    with_pan = {k: v for k, v in VALID.items() if k != "card_id"} | {"card_number": PAN}
+    [ev], _ = parse_events(orjson.dumps(with_pan), 1, tokenizer.token)
+    assert ev.card_id == tokenizer.token(PAN) and "4111" not in ev.to_json().decode()
+    neither = {k: v for k, v in VALID.items() if k != "card_id"}
+    bad_luhn = {**with_pan, "txn_id": "tx-2", "card_number": "4111 1111 1111 1112"}
+    for docs, path, reason in (
+            ([VALID, neither], "events[1]", "exactly one"),  # fast path fails: same words
+            ([{**VALID, "amount": -1}], "events[0].amount", "greater than 0"),
+            ([VALID, bad_luhn], "events[1].card_number", "Luhn")):
+        with pytest.raises(EventValidationError) as info:
+            parse_events(orjson.dumps({"events": docs}), 10, tokenizer.token)
+        [err] = info.value.errors
+        assert err.path == path and reason in err.reason
+        assert "4111" not in err.reason
