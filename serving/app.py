@@ -322,8 +322,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # in the event loop, not a thread: a decision is ~1 ms of CPU under the GIL, and the
         # hop to a worker thread and back cost about as much again; Redis waits at most
         # the score budget (the scoring client's socket timeout).
-        [decision] = rt().decider.score(events, t0)
-        return _json(decision)
+        [decision] = rt().decider.score(events, t0).encoded
+        return Response(decision, media_type="application/json")
 
     @app.post("/v1/score/batch", tags=["decisioning"],
               summary="Decide up to 10,000 transactions in one call",
@@ -340,8 +340,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                                  rt().tokenizer.token)
         if not prefix:
             raise EventValidationError([FieldError("events", "send {\"events\": [...]}")])
-        decisions = await run_in_threadpool(rt().batch_decider.score, events, t0, reasons)
-        return _json({"decisions": decisions, "count": len(decisions)})
+        decided = await run_in_threadpool(rt().batch_decider.score, events, t0, reasons)
+        return Response(decided.batch_body(), media_type="application/json")
 
     # --- insights --------------------------------------------------------------------------
 

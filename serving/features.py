@@ -75,6 +75,15 @@ def decode_cached(raw: bytes | None) -> float:
     return value
 
 
+def decode_many(raws: list[bytes | None]) -> list[float]:
+    """``decode_cached`` of every value of one reply, with the memo's hits looked up by
+    ``map`` (no Python call per value: a batch decodes hundreds of thousands)."""
+    hits = list(map(_DECODED.get, raws))
+    if None not in hits:
+        return hits  # type: ignore[return-value]  # no None: every value was in the memo
+    return [decode_cached(r) if v is None else v for r, v in zip(raws, hits, strict=True)]
+
+
 @dataclass(frozen=True)
 class _EntityRead:
     """The HMGET for one entity: its key builder, the (view feature, field) pairs, and the
@@ -160,7 +169,7 @@ class OnlineFeatures:
                 key = key_of(entity)
                 parts += (head, b"$%d\r\n" % len(key), key, b"\r\n", tail)
         replies = iter(roundtrip(self.redis, b"".join(parts), sum(map(len, distinct))))
-        tables = [{entity: dict(zip(read.names, map(decode_cached, next(replies)), strict=True))
+        tables = [{entity: dict(zip(read.names, decode_many(next(replies)), strict=True))
                    for entity in entities}
                   for read, entities in zip(self._reads, distinct, strict=True)]
         out: list[Vector] = []

@@ -161,7 +161,9 @@ def test_scored_transactions_and_decisions_are_published(stack: Stack) -> None:
     assert mine and mine[0]["card_id"] == token
     decisions = {m.key(): orjson.loads(m.value())
                  for m in read_topic(stack.settings, DECISIONS, 1)}
-    assert decisions[b"pub-0001"]["action"] == d["action"]
+    record = decisions[b"pub-0001"]
+    assert record.pop("decided_at").endswith("Z")  # the response, plus when it was decided
+    assert record == d
 
 
 # --- auth, roles, limits -----------------------------------------------------------------------

@@ -68,7 +68,7 @@ def test_decode_double_and_missing() -> None:
     assert decode_value(ValueProto(float_val=1.5).SerializeToString()) == 1.5
 
 
-def test_decode_cached_equals_decode_and_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_decode_cached_and_many_equal_decode_and_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     from serving import features
 
     monkeypatch.setattr(features, "_DECODED_MAX", 50)
@@ -80,6 +80,9 @@ def test_decode_cached_equals_decode_and_stays_bounded(monkeypatch: pytest.Monke
             want, got = decode_value(raw), features.decode_cached(raw)
             assert got == want or (math.isnan(got) and math.isnan(want))
             assert len(features._DECODED) <= 50
+        many = features.decode_many(raws)  # the batch path: memo hits by map, misses decoded
+        assert [str(v) for v in many] == [str(decode_value(r)) for r in raws]
+        assert len(features._DECODED) <= 50
 
 
 def test_compose_partial_sources() -> None:
