@@ -11,17 +11,15 @@ and runs the alert-store consumer thread (KESTREL_ALERT_CONSUMER).
 
 from __future__ import annotations
 
-import gc
-
 import bentoml
 
+from kestrel import heap
 from kestrel.logs import configure_logging
 from kestrel.settings import get_settings
 from serving.app import create_app
 
 configure_logging(get_settings().log_level)
 http_app = create_app()
-GC_YOUNG_OBJECTS = 10_000
 
 
 # Per-request work BentoML would add that costs as much CPU as a decision on 2 cores is off:
@@ -41,17 +39,7 @@ class Kestrel:
     def __init__(self) -> None:
         self.runtime = http_app.state.runtime()
         self.runtime.start()
-        # The worker holds ~470k objects after start-up (Feast, MLflow, XGBoost, pandas); a
-        # full collection walks them all and stopped every request for ~300 ms, which was
-        # the whole insights p99 (303 -> 47.6 ms). Frozen objects are never scanned.
-        gc.collect()
-        gc.freeze()
-        # A young generation of 10,000 objects instead of 700: a 10,000-transaction batch
-        # allocates ~1M objects that live until its response is sent, and with the default
-        # thresholds it paid ~160 ms of collections (1,860 young + 169 middle), ~80 ms with
-        # these (measured with gc.callbacks). A young collection then takes ~0.5 ms instead
-        # of ~0.1 ms, once per 10,000 net allocations instead of 700.
-        gc.set_threshold(GC_YOUNG_OBJECTS, 20, 10)
+        heap.settle(heap.SERVING_YOUNG_OBJECTS)  # see kestrel/heap.py for what it saved
 
     @bentoml.on_shutdown
     def stop(self) -> None:

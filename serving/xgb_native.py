@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -64,7 +65,7 @@ class NativeScorer:
                                      ctypes.byref(shape), ctypes.byref(dims),
                                      ctypes.byref(out)))
         size = tuple(int(shape[i]) for i in range(dims.value))
-        count = int(np.prod(size))
+        count = math.prod(size)
         # the buffer is the booster's and is reused by its next call: copy it out
         return np.ctypeslib.as_array(out, shape=(count,)).reshape(size).copy()
 

@@ -53,6 +53,7 @@ import orjson
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
+from kestrel import heap
 from kestrel.errors import EventValidationError
 from kestrel.kafka import consumer_config, topic_ids
 from kestrel.settings import Settings
@@ -221,6 +222,7 @@ class StreamProcessor:
             timeout=10).topics.items() if t in (TRANSACTIONS, TRANSACTIONS_BY_TERMINAL)}
         producer = EventProducer(self.settings)
         stop_on_signals(self.request_stop)
+        heap.settle(heap.STREAM_YOUNG_OBJECTS)  # see kestrel/heap.py for what it saved
         buffer: list[Message] = []
 
         def on_revoke(c: Consumer, parts: list[TopicPartition]) -> None:

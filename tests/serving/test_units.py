@@ -68,7 +68,8 @@ def test_decode_double_and_missing() -> None:
     assert decode_value(ValueProto(float_val=1.5).SerializeToString()) == 1.5
 
 
-def test_decode_cached_and_many_equal_decode_and_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_decode_cached_and_many_equal_decode_and_stay_bounded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from serving import features
 
     monkeypatch.setattr(features, "_DECODED_MAX", 50)
