@@ -110,7 +110,9 @@ class Decider:
         try:
             stored = self.features.fetch(events)
             request = self.features.request_features(events, stored)
-            vectors = [{**s, **r} for s, r in zip(stored, request, strict=True)]
+            for vector, extra in zip(stored, request, strict=True):
+                vector.update(extra)  # fetch built each vector for its event alone
+            vectors = stored
         except Exception as exc:
             cause = "features"
             log.warning("online features unavailable, rules decide: %s", exc)
