@@ -170,8 +170,8 @@ def parse_events(body: bytes, max_batch: int,
 
     Clients that send card tokens take a fast path: the documents are validated as
     :class:`TransactionEvent` directly, which accepts exactly the token-carrying documents
-    the client contract accepts, and skips building every event twice (a third of a
-    10,000-event batch's scoring time went there). Anything else, invalid documents
+    the client contract accepts, and skips building every event twice (~30 µs per event,
+    about 15 % of a 10,000-event batch's time in the service). Anything else, invalid documents
     included, goes through the client contract, so errors are the same either way.
     """
     items, prefix = _documents(body, max_batch)

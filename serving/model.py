@@ -82,8 +82,8 @@ class LoadedModel:
 
     def _scorer(self, rows: int) -> Any:
         """One thread for a few rows (see :func:`serving_booster`); every core for a batch's
-        worth, where OpenMP's start and spin are small next to the work (2,000 rows of exact
-        TreeSHAP take ~0.2 s on one core here)."""
+        worth, where OpenMP's start and spin are small next to the work (exact TreeSHAP of
+        2,000 rows, 300 depth-3 trees: 0.39 s on one core, 0.30 s on two, here)."""
         return self._wide if rows >= WIDE_ROWS else self.native
 
 
