@@ -129,21 +129,37 @@ class TransactionIn(_TransactionFields):
             raise ValueError("give exactly one of card_id (a token) or card_number")
         return self
 
+    def _token(self, tokenize: Callable[[str], str]) -> str | None:
+        """The card number's token; None when the event carries a ``card_id``."""
+        if self.card_number is None:
+            return None
+        try:
+            return tokenize(self.card_number.get_secret_value())
+        except ValueError as exc:  # the message never contains the number
+            raise EventValidationError([FieldError("card_number", str(exc))]) from None
+
     def to_wire(self, tokenize: Callable[[str], str]) -> bytes:
         """The `transactions` record for this event: the card number swapped for its token.
 
         Serialized straight from the validated fields (no second validation pass), so it
         decodes to the same :class:`TransactionEvent` the consumers read.
         """
-        if self.card_number is None:
+        token = self._token(tokenize)
+        if token is None:
             return self.model_dump_json(exclude={"card_number"}).encode()
-        try:
-            token = tokenize(self.card_number.get_secret_value())
-        except ValueError as exc:  # the message never contains the number
-            raise EventValidationError([FieldError("card_number", str(exc))]) from None
         data = self.model_dump(mode="json", exclude={"card_number"})
         data["card_id"] = token
         return orjson.dumps(data)
+
+    def to_event(self, tokenize: Callable[[str], str]) -> TransactionEvent:
+        """This event as it goes on `transactions`, built from the validated fields (no
+        second validation pass)."""
+        fields = self.__dict__.copy()
+        del fields["card_number"]
+        token = self._token(tokenize)
+        if token is not None:
+            fields["card_id"] = token
+        return TransactionEvent.model_construct(**fields)
 
 
 class LabelEvent(BaseModel):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from confluent_kafka import KafkaError, Message, Producer
@@ -110,6 +110,7 @@ class EventProducer:
 
 # --- the HTTP ingest contract ---------------------------------------------------------------
 
+T = TypeVar("T")
 _BATCH = TypeAdapter(list[TransactionIn])
 _ONE = TypeAdapter(TransactionIn)
 _EVENTS = TypeAdapter(list[TransactionEvent])
@@ -184,22 +185,24 @@ def parse_events(body: bytes, max_batch: int,
             _reject_duplicate_ids(events)
             return events, prefix
     incoming = _client_contract(items, prefix)
-    out: list[TransactionEvent] = []
+    return _converted(incoming, prefix, lambda item: item.to_event(tokenize)), prefix
+
+
+def _converted(incoming: list[TransactionIn], prefix: str,
+               convert: Callable[[TransactionIn], T]) -> list[T]:
+    """``convert`` of every event; the errors of every event are raised at once, each with
+    its event's path (``events[3].card_number``)."""
+    out: list[T] = []
     errors: list[FieldError] = []
     for i, item in enumerate(incoming):
-        fields = item.__dict__.copy()
-        number = fields.pop("card_number")
-        if number is not None:
-            try:
-                fields["card_id"] = tokenize(number.get_secret_value())
-            except ValueError as exc:  # the message never contains the number
-                at = f"{prefix}[{i}]." if prefix else ""
-                errors.append(FieldError(at + "card_number", str(exc)))
-                continue
-        out.append(TransactionEvent.model_construct(**fields))
+        try:
+            out.append(convert(item))
+        except EventValidationError as exc:
+            at = f"{prefix}[{i}]." if prefix else ""
+            errors += [FieldError(at + e.path, e.reason) for e in exc.errors]
     if errors:
         raise EventValidationError(errors)
-    return out, prefix
+    return out
 
 
 def _reject_duplicate_ids(events: Sequence[TransactionIn | TransactionEvent]) -> None:
@@ -226,16 +229,9 @@ class Ingestor:
     def ingest(self, body: bytes, timeout: float = 10.0) -> list[str]:
         """Publish every event of the body; returns the accepted txn_ids in order."""
         incoming, prefix = parse_transactions(body, self.max_batch)
-        errors: list[FieldError] = []
-        records: list[tuple[str, bytes]] = []
-        for i, item in enumerate(incoming):
-            try:
-                records.append((item.customer_id, item.to_wire(self.tokenizer.token)))
-            except EventValidationError as exc:
-                at = f"{prefix}[{i}]." if prefix else ""
-                errors += [FieldError(at + e.path, e.reason) for e in exc.errors]
-        if errors:
-            raise EventValidationError(errors)
+        token = self.tokenizer.token
+        records = _converted(incoming, prefix,
+                             lambda item: (item.customer_id, item.to_wire(token)))
         pending = _Acks(len(records))
         for key, value in records:
             self.producer.produce(TRANSACTIONS, key, value, pending.callback)

@@ -75,11 +75,10 @@ def _top_contributions(contribs: Any) -> Any:
 
 @dataclass(frozen=True)
 class Decisions:
-    """Decisions in request order, each also encoded once as JSON: the response, the
+    """Decisions in request order, each encoded once as JSON: the response, the
     `decisions` record and the audit record carry those bytes (a batch of 10,000 encoded
     them three times)."""
 
-    docs: list[dict[str, Any]]
     encoded: list[bytes]
 
     def batch_body(self) -> bytes:
@@ -173,7 +172,7 @@ class Decider:
             counts[d["action"]] = counts.get(d["action"], 0) + 1
         for action, count in counts.items():
             metrics.DECISIONS.labels(action, str(degraded).lower()).inc(count)
-        decided = Decisions(out, [orjson.dumps(d) for d in out])
+        decided = Decisions([orjson.dumps(d) for d in out])
         self._publish(events, decided, vectors, version, cause)
         return decided
 
