@@ -19,11 +19,17 @@ which start-up state does not). A larger young generation means fewer, longer pa
 from __future__ import annotations
 
 import gc
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 SERVING_YOUNG_OBJECTS = 10_000  # a request's latency feels each young collection
 STREAM_YOUNG_OBJECTS = 50_000  # a batch takes tens of milliseconds: throughput matters
 
 _frozen = False
+_pause_lock = threading.Lock()
+_pausing = 0  # blocks inside paused() right now
+_resume = False  # whether automatic collection was on when the first of them began
 
 
 def settle(young_objects: int) -> None:
@@ -35,3 +41,31 @@ def settle(young_objects: int) -> None:
         gc.freeze()
         _frozen = True
     gc.set_threshold(young_objects, 20, 10)
+
+
+@contextmanager
+def paused() -> Iterator[None]:
+    """No automatic collection while the block runs: for bulk work whose objects all die
+    when it ends (a scored batch of 10,000 transactions allocates about a million
+    containers and spent ~27 ms of its ~420 in young collections that freed nothing).
+
+    The process-wide switch is shared by overlapping blocks (threads): collection resumes,
+    as it was before the first, when the last one ends. A block that ends while others still
+    run collects the young generation itself, so back-to-back overlapping blocks cannot keep
+    cyclic garbage alive indefinitely."""
+    global _pausing, _resume
+    with _pause_lock:
+        if _pausing == 0:
+            _resume = gc.isenabled()
+            gc.disable()
+        _pausing += 1
+    try:
+        yield
+    finally:
+        with _pause_lock:
+            _pausing -= 1
+            last = _pausing == 0
+            if last and _resume:
+                gc.enable()
+        if not last:
+            gc.collect(0)

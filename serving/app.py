@@ -34,6 +34,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 
+from kestrel import heap
 from kestrel.errors import (
     BatchTooLarge,
     EventValidationError,
@@ -336,12 +337,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         t0 = time.perf_counter()
         guard(request, "score")
         body = await request.body()
-        events, prefix = await run_in_threadpool(parse_events, body, settings.max_batch_events,
-                                                 rt().tokenizer.token)
-        if not prefix:
-            raise EventValidationError([FieldError("events", "send {\"events\": [...]}")])
-        decided = await run_in_threadpool(rt().batch_decider.score, events, t0, reasons)
-        return Response(decided.batch_body(), media_type="application/json")
+        with heap.paused():  # its objects die with the request: no collection in between
+            events, prefix = await run_in_threadpool(parse_events, body,
+                                                     settings.max_batch_events,
+                                                     rt().tokenizer.token)
+            if not prefix:
+                raise EventValidationError([FieldError("events", "send {\"events\": [...]}")])
+            decided = await run_in_threadpool(rt().batch_decider.score, events, t0, reasons)
+            return Response(decided.batch_body(), media_type="application/json")
 
     # --- insights --------------------------------------------------------------------------
 
