@@ -273,6 +273,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unhandled Kestrel error")
         return _error(500, "internal", str(exc))
 
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:  # no auth, like BentoML's health routes
+        return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
+
     @app.get("/v1/ready", tags=["operations"], summary="Readiness detail (no auth)")
     async def ready() -> Response:
         doc = await run_in_threadpool(rt().readiness)

@@ -1,14 +1,21 @@
-"""Prometheus metrics of the HTTP service, exported at BentoML's ``/metrics``.
+"""Prometheus metrics of the HTTP service, exported at ``/metrics`` (serving/app.py).
 
-``bentoml.metrics`` is prometheus_client wired to BentoML's multiprocess registry, so the
-numbers of every worker are summed on scrape. Cache hit ratio:
+``bentoml.metrics`` is prometheus_client on its default registry, in multiprocess mode in
+BentoML's workers (BentoML sets PROMETHEUS_MULTIPROC_DIR), so :func:`exposition` sums the
+numbers of every worker. BentoML's own ``/metrics`` and generic traffic metrics are off
+(serving/service.py says why); ``kestrel_request_seconds`` covers every route. Cache hit
+ratio:
 ``sum(rate(kestrel_insight_cache_total{result="hit"}[5m])) /
 sum(rate(kestrel_insight_cache_total[5m]))``.
 """
 
 from __future__ import annotations
 
+import os
+
 import bentoml
+import prometheus_client
+from prometheus_client import multiprocess
 
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
@@ -32,3 +39,16 @@ INSIGHT_CACHE = bentoml.metrics.Counter(
 RATE_LIMITED = bentoml.metrics.Counter(
     name="kestrel_rate_limited_total", documentation="Requests refused with 429, by tenant",
     labelnames=["tenant"])
+
+
+def exposition() -> bytes:
+    """The Prometheus text format of every worker's metrics (this process's alone when it
+    is not a BentoML worker, as in-process tests)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = prometheus_client.CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return prometheus_client.generate_latest(registry)
+    return prometheus_client.generate_latest()
+
+
+CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST

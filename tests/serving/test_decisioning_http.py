@@ -361,7 +361,10 @@ def test_openapi_lists_every_route_and_metrics_export(stack: Stack) -> None:
                  "/v1/insights/top-spenders", "/v1/alerts", "/v1/labels",
                  "/v1/events/transactions"):
         assert path in spec["paths"], path
-    text = httpx.get(stack.url + "/metrics").text
+    assert "/metrics" not in spec["paths"]  # operational, like /healthz
+    scraped = httpx.get(stack.url + "/metrics")  # no token: Prometheus scrapes it
+    assert scraped.headers["content-type"].startswith("text/plain")
+    text = scraped.text
     for name in ("kestrel_request_seconds_bucket", "kestrel_score_stage_seconds_bucket",
                  "kestrel_insight_cache_total", "kestrel_decisions_total"):
         assert name in text, name
