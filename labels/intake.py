@@ -1,8 +1,9 @@
 """`kestrel labels intake`: the `labels` topic → the label store, exactly once.
 
-The archiver's pieces, reused: the micro-batch loop (pipelines.batching), the dead-letter
-record (pipelines.dlq) and the commit protocol (pipelines.archive.commit_log.CommitLog), which
-stores each batch's next offsets in the same manifest as the files they produced. A ``kill -9``
+The archiver's pieces, reused: the micro-batch loop (pipelines.batching), a batch's steps
+(pipelines.archive.lake_batch: rows per day, dead letters, one lock per lake) and the commit
+protocol (pipelines.archive.commit_log.CommitLog), which stores each batch's next offsets in
+the same manifest as the files they produced. A ``kill -9``
 and a restart therefore neither lose nor duplicate a label; Kafka's committed offsets are
 only advisory. Labels land in the partition of the day they became known
 (``labelled_date=YYYY-MM-DD/intake-<batch>.parquet``). A record that breaks the LabelEvent
@@ -12,29 +13,23 @@ and never stops the intake. One intake owns a lake at a time (a lock file).
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message
 
-from kestrel.errors import EventValidationError, ServiceError
 from kestrel.events import decode_label
 from kestrel.kafka import consumer_config, topic_ids
-from kestrel.lake import LABEL_SCHEMA, partition_dir, write_parquet_durable
+from kestrel.lake import LABEL_SCHEMA
 from kestrel.settings import Settings
 from kestrel.topics import LABELS, TRANSACTIONS_DLQ
-from pipelines.archive.commit_log import CommitLog, StagedFile
+from pipelines.archive.commit_log import CommitLog
+from pipelines.archive.lake_batch import commit_advisory, commit_days, exclusive, sort_by_day
 from pipelines.batching import consume_in_batches, stop_on_signals
-from pipelines.dlq import dead_letter
 from pipelines.ingest import EventProducer
 
 log = logging.getLogger("kestrel.labels")
@@ -93,7 +88,7 @@ class LabelIntake:
             progress: Callable[[IntakeStats], None] | None = None) -> IntakeStats:
         """Consume until stopped (SIGINT/SIGTERM) or ``idle_seconds`` without a record."""
         self.lake_dir.mkdir(parents=True, exist_ok=True)
-        with _exclusive(self.lake_dir / "_labels-intake.lock"):
+        with exclusive(self.lake_dir / "_labels-intake.lock", "label intake"):
             checkpoint = self.log.recover()
             self._topic_id = topic_ids(self.settings, [LABELS])[LABELS]
             if checkpoint.topic_id not in (None, self._topic_id):
@@ -133,41 +128,18 @@ class LabelIntake:
         if not buffer:
             return
         batch, buffer[:] = list(buffer), []
-        next_offsets: dict[int, int] = {}
-        rows_by_day: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        invalid = 0
-        for m in batch:
-            part, off = m.partition() or 0, m.offset() or 0
-            next_offsets[part] = max(next_offsets.get(part, 0), off + 1)
-            raw = m.value()
-            try:
-                row = label_row(raw or b"")
-            except EventValidationError as exc:
-                invalid += 1
-                key, value = dead_letter(LABELS, part, off, raw, exc, self.group_id)
-                dlq.produce(DLQ_TOPIC, key, value)
-                log.warning("invalid label sent to %s", DLQ_TOPIC,
-                            extra={"partition": part, "offset": off, "reason": str(exc)})
-                continue
-            rows_by_day[row["labelled_at"].date().isoformat()].append(row)
-        if invalid:
-            dlq.flush()  # durable in the DLQ before the offsets move past it
-        batch_id, staging = self.log.new_batch_dir()
-        files = []
-        for day, rows in sorted(rows_by_day.items()):
-            staged = staging / f"labelled_date={day}.parquet"
-            write_parquet_durable(pa.Table.from_pylist(rows, schema=LABEL_SCHEMA), staged)
-            final = partition_dir(self.lake_dir, "labels", day) / f"intake-{batch_id}.parquet"
-            files.append(StagedFile(staged, final))
-        written = sum(len(r) for r in rows_by_day.values())
-        self.log.commit(batch_id, self._topic_id, files, next_offsets,
-                        {"records": len(batch), "written": written, "invalid": invalid})
-        self._resume.update(next_offsets)
-        try:  # advisory, for `kestrel status`; the lake's checkpoint is what counts
-            consumer.commit(offsets=[TopicPartition(LABELS, p, o)
-                                     for p, o in next_offsets.items()], asynchronous=True)
-        except Exception as exc:
-            log.warning("could not commit offsets to Kafka: %s", exc)
+
+        def row_of(raw: bytes) -> tuple[str, dict[str, Any]]:
+            row = label_row(raw)
+            return row["labelled_at"].date().isoformat(), row
+
+        days = sort_by_day(batch, LABELS, self.group_id, dlq, row_of)
+        written, invalid = days.written, days.invalid
+        batch_id, files = commit_days(
+            self.log, self._topic_id, days, LABEL_SCHEMA, self.lake_dir, "labels",
+            "intake", {"records": len(batch), "written": written, "invalid": invalid})
+        self._resume.update(days.next_offsets)
+        commit_advisory(consumer, LABELS, days.next_offsets)
         s = self.stats
         s.consumed += len(batch)
         s.written += written
@@ -176,21 +148,3 @@ class LabelIntake:
         s.batches += 1
         log.info("labels committed", extra={"batch_id": batch_id, "records": len(batch),
                                             "written": written, "invalid": invalid})
-
-
-@contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """One intake per lake: two would race on the checkpoint."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            raise ServiceError(f"another label intake (pid {other}) is writing the lake at "
-                               f"{path.parent}; stop it first") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        yield
-    finally:
-        os.close(fd)

@@ -10,28 +10,23 @@ time (a lock file enforces it).
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message
 
-from kestrel.errors import EventValidationError, ServiceError
 from kestrel.events import decode_transaction
 from kestrel.kafka import consumer_config, topic_ids
-from kestrel.lake import TRANSACTION_SCHEMA, partition_dir, write_parquet_durable
+from kestrel.lake import TRANSACTION_SCHEMA
 from kestrel.settings import Settings
-from kestrel.topics import TRANSACTIONS, TRANSACTIONS_DLQ
-from pipelines.archive.commit_log import CommitLog, StagedFile
+from kestrel.topics import TRANSACTIONS
+from pipelines.archive.commit_log import CommitLog
 from pipelines.archive.dedup import TxnIdIndex
+from pipelines.archive.lake_batch import commit_advisory, commit_days, exclusive, sort_by_day
 from pipelines.batching import consume_in_batches, stop_on_signals
-from pipelines.dlq import dead_letter
 from pipelines.ingest import EventProducer
 
 log = logging.getLogger("kestrel.archive")
@@ -76,7 +71,7 @@ class Archiver:
         """Archive until stopped (SIGINT/SIGTERM), or until ``idle_seconds`` pass with no
         new record once partitions are assigned."""
         self.lake_dir.mkdir(parents=True, exist_ok=True)
-        with _exclusive(self.lake_dir / "_archiver.lock"):
+        with exclusive(self.lake_dir / "_archiver.lock", "archiver"):
             return self._run(idle_seconds, progress)
 
     def _run(self, idle_seconds: float | None, progress: Any) -> ArchiveStats:
@@ -125,48 +120,26 @@ class Archiver:
         if not buffer:
             return
         batch, buffer[:] = list(buffer), []
-        next_offsets: dict[int, int] = {}
-        rows_by_day: dict[str, list[dict[str, Any]]] = defaultdict(list)
         seen_in_batch: set[str] = set()
-        invalid = duplicates = 0
-        for m in batch:
-            part, off = m.partition() or 0, m.offset() or 0
-            next_offsets[part] = max(next_offsets.get(part, 0), off + 1)
-            raw = m.value()
-            try:
-                event = decode_transaction(raw or b"")
-            except EventValidationError as exc:
-                invalid += 1
-                key, value = dead_letter(TRANSACTIONS, part, off, raw, exc, self.group_id)
-                dlq.produce(TRANSACTIONS_DLQ, key, value)
-                log.warning("invalid record sent to %s", TRANSACTIONS_DLQ,
-                            extra={"partition": part, "offset": off, "reason": str(exc)})
-                continue
+
+        def row_of(raw: bytes) -> tuple[str, dict[str, Any]] | None:
+            event = decode_transaction(raw)
             day = event.event_time.date().isoformat()
             if event.txn_id in seen_in_batch or event.txn_id in self.index.ids(day):
-                duplicates += 1
-                continue
+                return None  # a duplicate
             seen_in_batch.add(event.txn_id)
-            row = event.model_dump()
-            rows_by_day[day].append(row)
-        if invalid:
-            dlq.flush()  # the DLQ copy must be durable before the offsets move past it
-        batch_id, staging = self.log.new_batch_dir()
-        files = []
-        for day, rows in sorted(rows_by_day.items()):
-            table = pa.Table.from_pylist(rows, schema=TRANSACTION_SCHEMA)
-            staged = staging / f"event_date={day}.parquet"
-            write_parquet_durable(table, staged)
-            final = partition_dir(self.lake_dir, "transactions", day) / f"part-{batch_id}.parquet"
-            files.append(StagedFile(staged, final))
-        written = sum(len(r) for r in rows_by_day.values())
-        self.log.commit(batch_id, self._topic_id, files, next_offsets,
-                        {"records": len(batch), "written": written, "invalid": invalid,
-                         "duplicates": duplicates})
-        for day, rows in rows_by_day.items():
+            return day, event.model_dump()
+
+        days = sort_by_day(batch, TRANSACTIONS, self.group_id, dlq, row_of)
+        written, invalid, duplicates = days.written, days.invalid, days.left_out
+        batch_id, files = commit_days(
+            self.log, self._topic_id, days, TRANSACTION_SCHEMA, self.lake_dir, "transactions",
+            "part", {"records": len(batch), "written": written, "invalid": invalid,
+                     "duplicates": duplicates})
+        for day, rows in days.rows_by_day.items():
             self.index.ids(day).update(r["txn_id"] for r in rows)
-        self._resume.update(next_offsets)
-        _commit_advisory(consumer, next_offsets)
+        self._resume.update(days.next_offsets)
+        commit_advisory(consumer, TRANSACTIONS, days.next_offsets)
         s = self.stats
         s.consumed += len(batch)
         s.written += written
@@ -174,49 +147,12 @@ class Archiver:
         s.duplicates += duplicates
         s.files += len(files)
         s.batches += 1
-        for day, rows in rows_by_day.items():
+        for day, rows in days.rows_by_day.items():
             s.partitions[day] += len(rows)
         log.info("batch committed", extra={"batch_id": batch_id, "records": len(batch),
                                            "written": written, "invalid": invalid,
                                            "duplicates": duplicates, "files": len(files)})
 
 
-def _commit_advisory(consumer: Consumer, next_offsets: dict[int, int]) -> None:
-    """Tell Kafka too (for `kestrel status` and lag); the lake's checkpoint is what counts."""
-    from confluent_kafka import TopicPartition
-
-    try:
-        consumer.commit(offsets=[TopicPartition(TRANSACTIONS, p, o)
-                                 for p, o in next_offsets.items()], asynchronous=True)
-    except Exception as exc:  # advisory only: never fail a durable batch over it
-        log.warning("could not commit offsets to Kafka: %s", exc)
-
-
 def _topic_id(settings: Settings) -> str | None:
     return topic_ids(settings, [TRANSACTIONS])[TRANSACTIONS]
-
-
-class _exclusive:
-    """An exclusive lock file: one archiver per lake."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.fd = -1
-
-    def __enter__(self) -> None:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.read(self.fd, 32).decode(errors="replace").strip() or "?"
-            os.close(self.fd)
-            raise ServiceError(
-                f"another archiver (pid {other}) is writing the lake at {self.path.parent}; "
-                "stop it first"
-            ) from None
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, str(os.getpid()).encode())
-
-    def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
