@@ -83,6 +83,13 @@ RECENT_KEEP = 20
 TERMINAL_REORDER_SLACK_US = 7 * 86_400 * 1_000_000
 MAX_PARTITION_SKEW_US = 3600 * 1_000_000
 PARTITION_SHARE_PER_BATCH = 1_000  # at least; more when the batch size allows
+# A partition is paused once the buffer holds this many of its records (in batches' worth:
+# times stream_batch_records). Pausing makes librdkafka drop what it prefetched for the
+# partition and refetch it on resume; pausing each partition as soon as it delivered its
+# share of a batch left the loop waiting on the last one's refetch: on a 300,000-event
+# backlog, ~100 of its polls came back empty with 6 or 7 of 8 partitions paused (~5 s of
+# ~30). _select already keeps a batch to its shares and to event time, holding the rest.
+PARTITION_HOLD_BATCHES = 1
 
 
 def _event_time_key(value: bytes) -> bytes:
@@ -267,14 +274,18 @@ class StreamProcessor:
         return self.stats
 
     def _batch_full(self) -> bool:
-        """Every owned `transactions` partition has filled its share (or has nothing more):
-        waiting for the batch's time limit would only add latency."""
+        """Every owned `transactions` partition is paused (ahead, or holding its limit) or
+        has nothing more: waiting for the batch's time limit would only add latency."""
         return bool(self._owned) and all(p in self._paused or p in self._at_end
                                          for p in self._owned)
 
     def _share(self) -> int:
         return max(PARTITION_SHARE_PER_BATCH,
                    self.settings.stream_batch_records // max(1, len(self._owned)))
+
+    def _hold_limit(self) -> int:
+        """Buffered records of one partition past which it is paused (memory bound)."""
+        return max(self._share(), PARTITION_HOLD_BATCHES * self.settings.stream_batch_records)
 
     def _select(self, buffer: list[Message]) -> tuple[list[Message], list[Message]]:
         """Split the buffered records into this batch and the ones held back for the next.
@@ -412,14 +423,15 @@ class StreamProcessor:
         return slowest + MAX_PARTITION_SKEW_US // 2
 
     def _count(self, m: Message, consumer: Consumer) -> None:
-        """Stop fetching a partition that filled its share of the current batch, so one
-        partition cannot carry a batch far ahead in event time; _pace resumes it."""
+        """Stop fetching a partition once the buffer holds _hold_limit of its records (what
+        goes into a batch is _select's business, in shares and event time); _pace resumes
+        it."""
         self._waiting = False
         part = m.partition() or 0
         if part not in self._owned or m.topic() != TRANSACTIONS:
             return
         n = self._in_batch[part] = self._in_batch.get(part, 0) + 1
-        if n >= self._share() and part not in self._paused:
+        if n >= self._hold_limit() and part not in self._paused:
             consumer.pause([TopicPartition(TRANSACTIONS, part)])
             self._paused.add(part)
 
@@ -436,15 +448,15 @@ class StreamProcessor:
         terminal state, fed by all of them through the repartition topic, would then see
         events too far out of order. A partition that has reached its end does not hold the
         others back; one that has not delivered yet does (it soon delivers or ends). Records
-        held back for the next batch count towards its share (a partition that already holds
-        its share stays paused).
+        held back for the next batch count towards its hold limit (a partition that already
+        holds that many stays paused).
         """
         self._in_batch.clear()
         for m in held:
             if m.topic() == TRANSACTIONS:
                 part = m.partition() or 0
                 self._in_batch[part] = self._in_batch.get(part, 0) + 1
-        full = {p for p, n in self._in_batch.items() if n >= self._share()}
+        full = {p for p, n in self._in_batch.items() if n >= self._hold_limit()}
         live = [p for p in self._owned if p not in self._at_end]
         ahead: set[int] = set()
         if len(live) < 2:
