@@ -47,7 +47,7 @@ def settle(young_objects: int) -> None:
 def paused() -> Iterator[None]:
     """No automatic collection while the block runs: for bulk work whose objects all die
     when it ends (a scored batch of 10,000 transactions allocates about a million
-    containers and spent ~27 ms of its ~420 in young collections that freed nothing).
+    containers and spent ~28 ms of its ~420 in young collections that freed nothing).
 
     The process-wide switch is shared by overlapping blocks (threads): collection resumes,
     as it was before the first, when the last one ends. A block that ends while others still

@@ -3,12 +3,12 @@
 The archiver's pieces, reused: the micro-batch loop (pipelines.batching), a batch's steps
 (pipelines.archive.lake_batch: rows per day, dead letters, one lock per lake) and the commit
 protocol (pipelines.archive.commit_log.CommitLog), which stores each batch's next offsets in
-the same manifest as the files they produced. A ``kill -9``
-and a restart therefore neither lose nor duplicate a label; Kafka's committed offsets are
-only advisory. Labels land in the partition of the day they became known
-(``labelled_date=YYYY-MM-DD/intake-<batch>.parquet``). A record that breaks the LabelEvent
-contract (or carries an unknown schema_version) goes to the dead-letter topic with the reason
-and never stops the intake. One intake owns a lake at a time (a lock file).
+the same manifest as the files they produced. A ``kill -9`` and a restart therefore neither
+lose nor duplicate a label; Kafka's committed offsets are only advisory. Labels land in the
+partition of the day they became known (``labelled_date=YYYY-MM-DD/intake-<batch>.parquet``).
+A record that breaks the LabelEvent contract (or carries an unknown schema_version) goes to
+the dead-letter topic with the reason and never stops the intake. One intake owns a lake at a
+time (a lock file).
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ def test_overlapping_blocks_resume_when_the_last_ends() -> None:
 
 def test_a_block_ending_inside_another_collects_the_young_generation() -> None:
     class Node:
-        pass
+        peer: Node | None = None
 
     gc.collect()
     done = threading.Event()
