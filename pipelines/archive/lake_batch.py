@@ -29,7 +29,7 @@ from pipelines.archive.commit_log import CommitLog, StagedFile
 from pipelines.dlq import dead_letter
 from pipelines.ingest import EventProducer
 
-log = logging.getLogger("kestrel.archive")
+log = logging.getLogger("kestrel.lake")  # the archiver's and the label intake's
 
 # A record's value → (day, row); None to leave it out (a duplicate). Raises
 # EventValidationError for an invalid record.

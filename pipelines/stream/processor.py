@@ -198,7 +198,7 @@ class StreamProcessor:
         self._terminal_part: dict[str, int] = {}  # terminal_id → by-terminal partition
         self._paused: set[int] = set()
         self._at_end: set[int] = set()
-        self._in_batch: dict[int, int] = {}
+        self._buffered: dict[int, int] = {}  # per partition: its records in the buffer
         # the records _select held back, with their event-time keys (not extracted twice)
         self._held: tuple[list[Message], list[bytes]] = ([], [])
         # _select took nothing (every record waits for a partition behind) and nothing that
@@ -430,7 +430,7 @@ class StreamProcessor:
         part = m.partition() or 0
         if part not in self._owned or m.topic() != TRANSACTIONS:
             return
-        n = self._in_batch[part] = self._in_batch.get(part, 0) + 1
+        n = self._buffered[part] = self._buffered.get(part, 0) + 1
         if n >= self._hold_limit() and part not in self._paused:
             consumer.pause([TopicPartition(TRANSACTIONS, part)])
             self._paused.add(part)
@@ -451,12 +451,12 @@ class StreamProcessor:
         held back for the next batch count towards its hold limit (a partition that already
         holds that many stays paused).
         """
-        self._in_batch.clear()
+        self._buffered.clear()
         for m in held:
             if m.topic() == TRANSACTIONS:
                 part = m.partition() or 0
-                self._in_batch[part] = self._in_batch.get(part, 0) + 1
-        full = {p for p, n in self._in_batch.items() if n >= self._hold_limit()}
+                self._buffered[part] = self._buffered.get(part, 0) + 1
+        full = {p for p, n in self._buffered.items() if n >= self._hold_limit()}
         live = [p for p in self._owned if p not in self._at_end]
         ahead: set[int] = set()
         if len(live) < 2:
