@@ -7,6 +7,8 @@ degraded) and the thresholds, so identical inputs give identical actions.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,11 @@ class RulesEngine:
         self._countries = {c.upper() for c in config.blocked.countries}
         self._mccs = set(config.blocked.mccs)
         self._terminals = set(config.blocked.terminals)
+        lim = config.amount_limits
+        limits = [v for v in (lim.decline_above, lim.challenge_above,
+                              *lim.challenge_above_by_channel.values()) if v is not None]
+        # an amount at or below every limit hits no amount rule (degraded adds its own cap)
+        self._amount_floor = min(limits, default=math.inf)
 
     @classmethod
     def from_file(cls, path: Path | None) -> RulesEngine:
@@ -126,13 +133,37 @@ class RulesEngine:
 
     def decide(self, ev: TransactionEvent, score: float | None,
                tags: dict[str, float | None]) -> Outcome:
-        hits = self.rule_hits(ev, degraded=score is None)
-        action = max((h.action for h in hits), key=SEVERITY.__getitem__) if hits else "allow"
-        if score is None:
-            return Outcome(action, tuple(hits))
+        [outcome] = self.decide_many([ev], [score], tags)
+        return outcome
+
+    def decide_many(self, events: Sequence[TransactionEvent], scores: Sequence[float | None],
+                    tags: dict[str, float | None]) -> list[Outcome]:
+        """``decide`` of each event with its score. Most of a batch hits no rule: those
+        events are told apart by a few set lookups and one comparison, and share one
+        immutable outcome per action."""
         challenge, decline = self.thresholds(tags)
-        by_score = "decline" if score >= decline else "challenge" if score >= challenge \
-            else "allow"
-        if SEVERITY[by_score] > SEVERITY[action]:
-            action = by_score
-        return Outcome(action, tuple(hits), (challenge, decline))
+        thresholds = (challenge, decline)
+        plain = {a: Outcome(a, (), thresholds) for a in SEVERITY}
+        plain_degraded = Outcome("allow")
+        cap = self.config.degraded.challenge_above
+        degraded_floor = min(self._amount_floor, math.inf if cap is None else cap)
+        countries, mccs, terminals = self._countries, self._mccs, self._terminals
+        out: list[Outcome] = []
+        for ev, score in zip(events, scores, strict=True):
+            floor = self._amount_floor if score is not None else degraded_floor
+            if (ev.amount > floor or ev.country in countries or ev.mcc in mccs
+                    or ev.terminal_id in terminals):
+                hits = self.rule_hits(ev, degraded=score is None)
+            else:
+                hits = []
+            action = max((h.action for h in hits), key=SEVERITY.__getitem__) if hits \
+                else "allow"
+            if score is None:
+                out.append(Outcome(action, tuple(hits)) if hits else plain_degraded)
+                continue
+            by_score = "decline" if score >= decline else "challenge" if score >= challenge \
+                else "allow"
+            if SEVERITY[by_score] > SEVERITY[action]:
+                action = by_score
+            out.append(Outcome(action, tuple(hits), thresholds) if hits else plain[action])
+        return out
