@@ -46,6 +46,34 @@ def test_rules_thresholds_and_severity() -> None:
     assert rules.decide(_event(amount=600.0), None, tags).action == "challenge"
 
 
+def test_batch_decisions_equal_the_rules_applied_one_by_one() -> None:
+    """decide_many skips rule evaluation for events its prefilter clears: on a mix of
+    events at, below and above every limit, blocked and not, scored and degraded, each
+    outcome is what every rule evaluated on that event alone gives."""
+    from serving.rules import SEVERITY
+
+    rules = RulesEngine.from_file(DEFAULT_RULES)
+    lim = rules.config.amount_limits
+    edges = [v for v in (lim.decline_above, lim.challenge_above,
+                         *lim.challenge_above_by_channel.values(),
+                         rules.config.degraded.challenge_above) if v is not None]
+    amounts = sorted({1.0, *edges, *(e + 0.01 for e in edges), *(e - 0.01 for e in edges)})
+    events = [_event(amount=a, channel=ch, country=c)
+              for a in amounts for ch in ("pos", "ecom", "atm") for c in ("FR", "KP")]
+    tags = {"challenge": 0.4, "decline": 0.7}
+    challenge, decline = rules.thresholds(tags)
+    for score in (None, 0.1, 0.5, 0.9):
+        got = rules.decide_many(events, [score] * len(events), tags)
+        for ev, outcome in zip(events, got, strict=True):
+            hits = rules.rule_hits(ev, degraded=score is None)
+            actions = [h.action for h in hits]
+            if score is not None:
+                actions.append("decline" if score >= decline else
+                               "challenge" if score >= challenge else "allow")
+            expected = max(actions, key=SEVERITY.__getitem__, default="allow")
+            assert (outcome.action, outcome.hits) == (expected, tuple(hits)), (ev, score)
+
+
 def test_bad_rules_file_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "rules.yaml"
     bad.write_text("blocked: {planets: [mars]}\n")
