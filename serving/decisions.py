@@ -14,7 +14,6 @@ score up the most, each with its value and a sentence.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from kestrel.topics import DECISIONS, TRANSACTIONS
 from pipelines.ingest import EventProducer
 from serving import metrics
 from serving.audit import AuditLog
-from serving.features import OnlineFeatures, Vector
+from serving.features import FeatureFrame, OnlineFeatures
 from serving.model import ModelHolder
 from serving.rules import Outcome, RulesEngine
 
@@ -105,13 +104,9 @@ class Decider:
         t0 = started if started is not None else time.perf_counter()
         n = len(events)
         cause: str | None = None
-        vectors: list[Vector] = [{} for _ in events]
+        frame: FeatureFrame | None = None
         try:
-            stored = self.features.fetch(events)
-            request = self.features.request_features(events, stored)
-            for vector, extra in zip(stored, request, strict=True):
-                vector.update(extra)  # fetch built each vector for its event alone
-            vectors = stored
+            frame = self.features.read(events)
         except Exception as exc:
             cause = "features"
             log.warning("online features unavailable, rules decide: %s", exc)
@@ -124,9 +119,9 @@ class Decider:
             cause = "model"
         if cause is None and t1 - t0 > self.budget_s:
             cause = "budget"
-        if cause is None and model is not None:
+        if cause is None and model is not None and frame is not None:
             try:
-                rows = model.matrix(vectors)
+                rows = model.matrix(frame)
                 probs = model.probabilities(rows)
             except Exception as exc:
                 cause = "model"
@@ -139,9 +134,8 @@ class Decider:
             metrics.DEGRADED.labels(cause).inc(n)
         tags = ({"challenge": model.threshold("challenge"), "decline": model.threshold("decline")}
                 if model is not None else {})
-        scores = [None] * n if degraded else [round(float(p), 6) for p in probs]
-        outcomes = [self.rules.decide(ev, sc, tags) for ev, sc in zip(events, scores,
-                                                                        strict=True)]
+        scores = [None] * n if degraded else [round(p, 6) for p in probs.tolist()]
+        outcomes = self.rules.decide_many(events, scores, tags)
         t_rules = time.perf_counter()
         reasons: list[list[dict[str, Any]]] = [[] for _ in events]
         if not degraded and model is not None:
@@ -150,7 +144,7 @@ class Decider:
                 contribs = model.contributions(rows, which)
                 for i, contrib, order in zip(which, contribs, _top_contributions(contribs),
                                              strict=True):
-                    reasons[i] = self._reasons(model.features, vectors[i], contrib, order)
+                    reasons[i] = self._reasons(model.features, rows.x[i], contrib, order)
         t3 = time.perf_counter()
         metrics.STAGE_SECONDS.labels("model").observe((t2 - t1) + (t3 - t_rules))
         version = None if degraded or model is None else model.version
@@ -173,17 +167,18 @@ class Decider:
         for action, count in counts.items():
             metrics.DECISIONS.labels(action, str(degraded).lower()).inc(count)
         decided = Decisions([orjson.dumps(d) for d in out])
-        self._publish(events, decided, vectors, version, cause)
+        self._publish(events, decided, frame, version, cause)
         return decided
 
     @staticmethod
-    def _reasons(features: tuple[str, ...], vector: Vector, contrib: Any,
+    def _reasons(features: tuple[str, ...], row: Any, contrib: Any,
                  order: Any) -> list[dict[str, Any]]:
+        """The row's top contributions; ``row`` is its values in ``features`` order."""
         values = contrib
         chosen = [int(j) for j in order if values[j] > 0] or [int(order[0])]
         out = []
         for j in chosen:
-            value = vector.get(features[j], math.nan)
+            value = float(row[j])
             out.append({"feature": features[j],
                         "value": None if value != value else value,
                         "contribution": round(float(values[j]), 6),
@@ -220,7 +215,7 @@ class Decider:
                 f"because {drivers}.")
 
     def _publish(self, events: Sequence[TransactionEvent], decided: Decisions,
-                 vectors: list[Vector], version: str | None, cause: str | None) -> None:
+                 frame: FeatureFrame | None, version: str | None, cause: str | None) -> None:
         now = datetime.now(UTC)
         inputs = [e.to_json() for e in events]  # one encoding for the topic and the audit
         if self.producer is not None:
@@ -234,8 +229,12 @@ class Decider:
                     for e, raw in zip(events, decided.encoded, strict=True)))
             except Exception as exc:
                 log.warning("could not publish decisions: %s", exc)
+        # the feature vector as values in the order of ``feature_names`` (one list of names,
+        # encoded once): built as {name: value} it cost a batch more than its scores did
+        names = orjson.Fragment(orjson.dumps(frame.names if frame is not None else ()))
+        rows = frame.rows_json() if frame is not None else [b"[]"] * len(events)
         self.audit.record_many("decisions", [{
             "at": now, "txn_id": ev.txn_id, "input": orjson.Fragment(raw),
-            "features": v,  # orjson writes NaN as null
+            "feature_names": names, "features": orjson.Fragment(row),
             "model_version": version, "degraded_cause": cause, "output": orjson.Fragment(out)}
-            for ev, raw, out, v in zip(events, inputs, decided.encoded, vectors, strict=True)])
+            for ev, raw, out, row in zip(events, inputs, decided.encoded, rows, strict=True)])

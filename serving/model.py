@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import logging
 import math
-import operator
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kestrel.settings import Settings
+
+if TYPE_CHECKING:
+    from serving.features import FeatureFrame
 
 log = logging.getLogger("kestrel.serving.model")
 WIDE_ROWS = 256  # from this many rows on, predictions use every core
@@ -33,7 +35,8 @@ class LoadedModel:
     booster: Any  # xgboost.Booster
     tags: dict[str, str] = field(default_factory=dict)
     native: Any = field(init=False, repr=False, compare=False)  # serving.xgb_native.NativeScorer
-    _columns: Any = field(init=False, repr=False, compare=False)  # a vector's row, in order
+    _picks: dict[tuple[str, ...], np.ndarray] = field(  # a frame's columns, in order
+        init=False, repr=False, compare=False, default_factory=dict)
     _wide: Any = field(init=False, repr=False, compare=False)  # NativeScorer, every core
 
     def threshold(self, name: str) -> float | None:
@@ -51,20 +54,23 @@ class LoadedModel:
         wide = self.booster.copy()
         wide.set_param({"nthread": os.cpu_count() or 1})
         object.__setattr__(self, "_wide", NativeScorer(wide))
-        object.__setattr__(self, "_columns", operator.itemgetter(*self.features))
 
-    def matrix(self, vectors: list[dict[str, float]]) -> Rows:
-        """The rows to score, in ``features`` order (checked against the booster once at
-        load, see :func:`serving_booster`). Building XGBoost's matrix is most of a one-row
-        prediction, so it is built once and shared by the prediction and the contributions."""
+    def matrix(self, frame: FeatureFrame) -> Rows:
+        """The frame's rows in ``features`` order (checked against the booster once at load,
+        see :func:`serving_booster`); a feature the frame lacks is missing (NaN). Building
+        XGBoost's matrix is most of a one-row prediction, so it is built once and shared by
+        the prediction and the contributions."""
         from serving.xgb_native import NativeMatrix
 
-        try:  # every vector holds every feature unless a view lost some: the C-speed path
-            x = np.array(list(map(self._columns, vectors)), dtype=np.float64)
-        except KeyError:
-            x = np.array([[v.get(f, math.nan) for f in self.features] for v in vectors],
-                         dtype=np.float64)
-        x = x.reshape(len(vectors), len(self.features))
+        picks = self._picks.get(frame.names)
+        if picks is None:
+            where = {name: j for j, name in enumerate(frame.names)}
+            picks = np.array([where.get(f, len(frame.names)) for f in self.features],
+                             dtype=np.intp)  # one past the last column: the NaN column
+            self._picks[frame.names] = picks
+        rows = len(frame.x)
+        padded = np.hstack([frame.x, np.full((rows, 1), np.nan)])
+        x = np.ascontiguousarray(padded[:, picks], dtype=np.float64)
         return Rows(x, NativeMatrix(x))
 
     def probabilities(self, rows: Rows) -> np.ndarray:

@@ -240,7 +240,8 @@ def test_every_authenticated_call_is_audited(stack: Stack) -> None:
                  for f in (stack.var / "audit" / "decisions").glob("*.jsonl")
                  for line in f.read_bytes().splitlines()]
     first = next(d for d in decisions if d["txn_id"] == "score-000001")
-    assert first["model_version"] == "1" and first["features"]["card_txn_count_1h"] == 6.0
+    vector = dict(zip(first["feature_names"], first["features"], strict=True))
+    assert first["model_version"] == "1" and vector["card_txn_count_1h"] == 6.0
     assert first["output"]["action"] == "decline"
     # the input is the event as published to `transactions`: the card token, never a number
     assert first["input"]["txn_id"] == "score-000001" and first["input"]["card_id"]

@@ -187,6 +187,7 @@ def test_native_scoring_equals_xgboost_predict() -> None:
     import numpy as np
     import xgboost
 
+    from serving.features import FeatureFrame
     from serving.model import LoadedModel, serving_booster
 
     rng = np.random.default_rng(7)
@@ -196,8 +197,7 @@ def test_native_scoring_equals_xgboost_predict() -> None:
     fitted = xgboost.XGBClassifier(n_estimators=30, max_depth=3, n_jobs=1).fit(x, y)
     features = tuple(f"f{i}" for i in range(6))
     model = LoadedModel("1", features, serving_booster(fitted.get_booster(), features))
-    vectors = [{f: float(v) for f, v in zip(features, row, strict=True)} for row in x]
-    rows = model.matrix(vectors)
+    rows = model.matrix(FeatureFrame(features, x.copy()))
     reference = fitted.get_booster()
     expected = reference.predict(xgboost.DMatrix(x))
     assert np.array_equal(model.probabilities(rows), expected)
@@ -207,11 +207,15 @@ def test_native_scoring_equals_xgboost_predict() -> None:
     # every row: the multi-threaded scorer a batch uses gives the same values
     assert np.array_equal(model.contributions(rows, list(range(len(x)))),
                           reference.predict(xgboost.DMatrix(x), pred_contribs=True))
-    partial = [dict(v) for v in vectors[:3]]
-    del partial[1]["f2"]  # a vector without a feature: that cell is missing, the rest as is
-    got = model.matrix(partial).x
-    assert np.isnan(got[1, 2]) and np.array_equal(got[0], x[0], equal_nan=True)
-    assert np.array_equal(np.delete(got[1], 2), np.delete(x[1], 2), equal_nan=True)
-    one = model.matrix(vectors[5:6])
+    # a frame in another column order, without f2 and with a column the model does not
+    # know: the model's order, f2 missing, the extra column ignored
+    order = [4, 0, 5, 3, 1]
+    shuffled = FeatureFrame((*(features[j] for j in order), "other"),
+                            np.hstack([x[:3, order], np.ones((3, 1))]))
+    got = model.matrix(shuffled).x
+    assert np.isnan(got[:, 2]).all()
+    assert np.array_equal(np.delete(got, 2, axis=1), np.delete(x[:3], 2, axis=1),
+                          equal_nan=True)
+    one = model.matrix(FeatureFrame(features, x[5:6].copy()))
     assert np.array_equal(model.probabilities(one), expected[5:6])
     assert model.contributions(one, [0]).shape == (1, len(features) + 1)
