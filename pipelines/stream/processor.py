@@ -43,7 +43,7 @@ import zlib
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
@@ -195,6 +195,11 @@ class StreamProcessor:
         self._recent: dict[str, list[bytes]] = defaultdict(list)
         self._refused: set[str] = set()  # terminal updates too late to place, this batch
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offline-log")
+        # a batch's commit (offline staging wait, the fenced Redis transaction, publishing
+        # the offline files, metrics) lands here while the next batch is read and applied;
+        # at most one is in flight (_await_commit), with the offsets to report once it landed
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
+        self._in_flight: tuple[Future[None], dict[tuple[str, int], int]] | None = None
         # fencing: on assignment this instance writes its token as the partition's owner;
         # a commit only goes through while every partition of the batch still names it
         self.token = uuid.uuid4().hex.encode()
@@ -243,6 +248,7 @@ class StreamProcessor:
         def on_revoke(c: Consumer, parts: list[TopicPartition]) -> None:
             self._waiting = False  # the partitions that cap the others change
             self._commit_batch(buffer, c, producer)
+            self._await_commit(c)  # landed before the partitions go to another instance
             for tp in parts:
                 self._since_snapshot.pop((tp.topic, tp.partition), None)
                 if tp.topic == TRANSACTIONS:
@@ -277,7 +283,11 @@ class StreamProcessor:
                 assigned_at=lambda: self._assigned_at if self._assigned else None,
                 on_first_record=first_record, on_eof=self._on_eof, full=self._batch_full,
                 on_record=lambda m: self._count(m, consumer))
+            self._await_commit(consumer)
         finally:
+            if self._in_flight is not None:  # the loop failed: the commit in flight still
+                with contextlib.suppress(Exception):  # lands (or not) before closing
+                    self._await_commit(consumer)
             consumer.close()
         return self.stats
 
@@ -613,7 +623,26 @@ class StreamProcessor:
             len(keys) for blocks in self._online_blocks.values() for keys, _, _ in blocks)
         tx = self._build_commit(batch_id, online, customers, next_offsets)
         t1 = time.perf_counter()
-        producer.flush()
+        producer.flush()  # side effects are out before the commit point
+        t2 = time.perf_counter()
+        after = self._counts()
+        outcomes = {k: after[k] - before[k] for k in after}
+        alerts, self._alerts_by_rule = dict(self._alerts_by_rule), defaultdict(int)
+        timing["apply"] += (t0 - started) * 1000
+        timing["commit_encode"] += (t1 - t0) * 1000
+        timing["kafka_flush"] += (t2 - t1) * 1000
+        self._await_commit(consumer)  # the batch before lands first: commits stay in order
+        landing = self._committer.submit(self._land, batch_id, staging, tx, fenced,
+                                         produced_at, outcomes, alerts, written, newest)
+        self._in_flight = (landing, next_offsets)
+
+    def _land(self, batch_id: str, staging: Future[None], tx: RespTransaction,
+              fenced: set[tuple[str, int]], produced_at: list[int], outcomes: dict[str, int],
+              alerts: dict[str, int], written: int, newest: dict[str, int]) -> None:
+        """Make a batch durable and visible (the commit thread, while the next batch is
+        applied): its offline rows staged, then the fenced Redis transaction that holds its
+        feature rows, state changes and offsets, then its offline files published."""
+        timing = self.stats.stage_ms
         t2 = time.perf_counter()
         staging.result()  # durable before the commit point
         t3 = time.perf_counter()
@@ -627,9 +656,6 @@ class StreamProcessor:
         t4 = time.perf_counter()
         self.offline.publish(batch_id)
         t5 = time.perf_counter()
-        timing["apply"] += (t0 - started) * 1000
-        timing["commit_encode"] += (t1 - t0) * 1000
-        timing["kafka_flush"] += (t2 - t1) * 1000
         timing["offline_stage_wait"] += (t3 - t2) * 1000
         timing["redis_commit"] += (t4 - t3) * 1000
         timing["offline_publish"] += (t5 - t4) * 1000
@@ -639,8 +665,21 @@ class StreamProcessor:
         if self.keep_freshness:
             self.stats.freshness_ms.extend(freshness_ms)
         self.stats.batches += 1
-        self._observe(before, freshness_ms, written, newest)
-        with contextlib.suppress(Exception):  # advisory, for `kestrel status`
+        self.metrics.observe_batch(outcomes, alerts, written,
+                                   [f / 1000 for f in freshness_ms], newest)
+        with contextlib.suppress(redis.RedisError):  # a summary for `kestrel status`
+            self.metrics.publish(self.redis)
+
+    def _await_commit(self, consumer: Consumer) -> None:
+        """Wait for the batch in flight to land, raising what its commit raised, then tell
+        the group its offsets (advisory, for `kestrel status`: the offsets that count are
+        in Redis with the state)."""
+        if self._in_flight is None:
+            return
+        landing, next_offsets = self._in_flight
+        self._in_flight = None
+        landing.result()
+        with contextlib.suppress(Exception):
             consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o
                                      in next_offsets.items()], asynchronous=True)
 
@@ -828,15 +867,6 @@ class StreamProcessor:
         s = self.stats
         return {"applied": s.applied, "duplicate": s.duplicates, "late": s.late,
                 "invalid": s.invalid}
-
-    def _observe(self, before: dict[str, int], freshness_ms: list[float], rows: int,
-                 newest: dict[str, int]) -> None:
-        after = self._counts()
-        alerts, self._alerts_by_rule = dict(self._alerts_by_rule), defaultdict(int)
-        self.metrics.observe_batch({k: after[k] - before[k] for k in after}, alerts, rows,
-                                   [f / 1000 for f in freshness_ms], newest)
-        with contextlib.suppress(redis.RedisError):  # a summary for `kestrel status`
-            self.metrics.publish(self.redis)
 
     def _apply_batch(self, entity: Entity, pending: dict[tuple[int, str], list[Event]],
                      rows: dict[Entity, list[dict[str, Any]]],
