@@ -151,6 +151,7 @@ def bench_steady(settings: Settings, table: pa.Table, rate: float,
     load = ctx.Process(target=_produce_at_rate, args=(settings, table, rate, theirs),
                        daemon=True)
     load.start()
+    theirs.close()  # if the load process dies, recv() below raises instead of waiting
     settle_until = time.monotonic() + 8  # both group joins settle before the clock starts
     if not ours.poll(120) or ours.recv() != "ready":
         raise RuntimeError("the load process did not start")
