@@ -68,9 +68,10 @@ class LoadedModel:
             picks = np.array([where.get(f, len(frame.names)) for f in self.features],
                              dtype=np.intp)  # one past the last column: the NaN column
             self._picks[frame.names] = picks
-        rows = len(frame.x)
-        padded = np.hstack([frame.x, np.full((rows, 1), np.nan)])
-        x = np.ascontiguousarray(padded[:, picks], dtype=np.float64)
+        source = frame.x
+        if len(picks) and picks.max() == source.shape[1]:  # the frame lacks a feature
+            source = np.hstack([source, np.full((len(source), 1), np.nan)])
+        x = np.ascontiguousarray(source[:, picks], dtype=np.float64)
         return Rows(x, NativeMatrix(x))
 
     def probabilities(self, rows: Rows) -> np.ndarray:
