@@ -40,12 +40,13 @@ import logging
 import time
 import uuid
 import zlib
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import compress
 from typing import Any, Protocol, cast
 
 import numpy as np
@@ -71,6 +72,7 @@ from pipelines.dlq import dead_letter
 from pipelines.features.online_writer import RespTransaction
 from pipelines.ingest import EventProducer
 from pipelines.stream import batch_decode, changelog, columnar, records
+from pipelines.stream.event_time import UNREADABLE, event_time_key, event_times_us
 from pipelines.stream.metrics import StreamMetrics
 from pipelines.stream.offline_log import OfflineLog
 from pipelines.stream.rules import evaluate, rules
@@ -99,14 +101,22 @@ PARTITION_HOLD_BATCHES = 1
 FETCH_QUEUE_BACKOFF_MS = 10
 
 
-def _event_time_key(value: bytes) -> bytes:
-    """A record's raw ``event_time`` string (b"" when it has none), without decoding it."""
-    i = value.find(b'"event_time"')
-    if i < 0:
-        return b""
-    j = value.find(b'"', value.find(b":", i + 12) + 1)
-    k = value.find(b'"', j + 1)
-    return value[j + 1:k] if j >= 0 and k > j else b""
+_NO_INTS = np.zeros(0, np.int64)
+
+
+def _intake_columns(buffer: Sequence[Message]) -> tuple[np.ndarray, np.ndarray]:
+    """Per record: its `transactions` partition (-1 for other topics) and its event time
+    in µs (pipelines/stream/event_time.py; 0 for other topics)."""
+    parts: list[int] = []
+    keys: list[bytes] = []
+    for m in buffer:
+        if m.topic() == TRANSACTIONS:
+            parts.append(m.partition() or 0)
+            keys.append(event_time_key(m.value() or b""))
+        else:
+            parts.append(-1)
+            keys.append(b"")
+    return np.array(parts, np.int64), event_times_us(keys)
 
 
 class OnlineSink(Protocol):
@@ -211,8 +221,8 @@ class StreamProcessor:
         self._paused: set[int] = set()
         self._at_end: set[int] = set()
         self._buffered: dict[int, int] = {}  # per partition: its records in the buffer
-        # the records _select held back, with their event-time keys (not extracted twice)
-        self._held: tuple[list[Message], list[bytes]] = ([], [])
+        # the records _select held back, with their partitions and event times (read once)
+        self._held: tuple[list[Message], np.ndarray, np.ndarray] = ([], _NO_INTS, _NO_INTS)
         # _select took nothing (every record waits for a partition behind) and nothing that
         # could change that has happened since: a record, an end of partition, a pause
         self._waiting = False
@@ -322,87 +332,77 @@ class StreamProcessor:
         after pause()) thus cannot carry a batch ahead of the others in event time (terminal
         state is fed by all of them); such records wait in the buffer for the next batch.
 
-        Event times are compared as the raw ``event_time`` strings (ISO 8601 UTC sorts as
-        time; a record without one sorts first): this only orders the intake, every check
-        still happens on the decoded event. Within a partition the records taken are always
-        a prefix, so offsets and per-partition order are those of the log. When stopping, and
-        on revoke, everything buffered is taken.
+        Event times are read from the raw records (pipelines/stream/event_time.py: one that
+        cannot be read counts as 0 and is never held); this only orders the intake, every
+        check still happens on the decoded event. Within a partition the records taken are
+        always a prefix, so offsets and per-partition order are those of the log. When
+        stopping, and on revoke, everything buffered is taken. The buffer often holds several
+        batches (a partition is paused only past _hold_limit), so the decision is made on
+        arrays, and the records held back keep their columns for the next call.
         """
         limit = self.settings.stream_batch_records
-        held, held_keys = self._held
+        held, held_parts, held_times = self._held
         if self._waiting and not self._stop and len(buffer) == len(held) and held \
                 and buffer[0] is held[0] and buffer[-1] is held[-1]:
             return [], buffer  # the same answer as last time, without scanning again
         self._waiting = False
-        if held and len(buffer) >= len(held) and buffer[0] is held[0] \
-                and buffer[len(held) - 1] is held[-1]:
-            keys = list(held_keys)  # the records held back last time lead the buffer
-        else:
-            keys = []
-        newest: dict[int, bytes] = {}
-        txns = 0
-        for m, key in zip(buffer, keys, strict=False):
-            if m.topic() == TRANSACTIONS:
-                txns += 1
-                part = m.partition() or 0
-                if key > newest.get(part, b""):
-                    newest[part] = key
-        for m in buffer[len(keys):]:
-            if m.topic() != TRANSACTIONS:
-                keys.append(b"")
-                continue
-            txns += 1
-            key = _event_time_key(m.value() or b"")
-            keys.append(key)
-            part = m.partition() or 0
-            if key > newest.get(part, b""):
-                newest[part] = key
-        self._held = ([], [])
-        if not newest or self._stop:
+        self._held = ([], _NO_INTS, _NO_INTS)
+        reuse = len(held) if held and len(buffer) >= len(held) and buffer[0] is held[0] \
+            and buffer[len(held) - 1] is held[-1] else 0  # held last time: they lead
+        parts, times = _intake_columns(buffer[reuse:])
+        if reuse:
+            parts, times = np.concatenate((held_parts, parts)), np.concatenate((held_times, times))
+        txn = parts >= 0
+        if self._stop or not txn.any():
             return buffer, []
-        bounds = [k for p, k in newest.items() if p not in self._at_end]
+        members = {p: np.flatnonzero(parts == p)
+                   for p in np.flatnonzero(np.bincount(parts[txn])).tolist()}
+        newest = {p: int(times[idx].max()) for p, idx in members.items()}
+        bounds = [t for p, t in newest.items() if p not in self._at_end]
         cutoff = min(bounds) if bounds else max(newest.values())
         ceiling = self._skew_ceiling(newest)
+        txns = int(txn.sum())
         quota = txns  # records at exactly the cutoff that may still be taken
         if txns > limit:
-            eligible = sorted(k for m, k in zip(buffer, keys, strict=True)
-                              if k <= cutoff and m.topic() == TRANSACTIONS)
+            eligible = np.sort(times[txn & (times <= cutoff)])
             if len(eligible) > limit:
-                cutoff = eligible[limit - 1]
-                quota = limit - bisect_left(eligible, cutoff)
-        take: list[Message] = []
-        hold: list[Message] = []
-        hold_keys: list[bytes] = []
-        blocked: set[int] = set()  # partitions whose next record is held (prefix rule)
-        taken: dict[int, int] = {}
-        skewed = False  # a record waits for a partition behind it (not for its own order)
+                cutoff = int(eligible[limit - 1])
+                quota = limit - int(np.searchsorted(eligible, cutoff, side="left"))
         share = self._share()
-        for m, key in zip(buffer, keys, strict=True):
-            if m.topic() != TRANSACTIONS:
-                take.append(m)
+        rank = np.zeros(len(parts), np.int64)  # position among its partition's records
+        for idx in members.values():
+            rank[idx] = np.arange(len(idx))
+        too_far = txn & (times > ceiling) if ceiling is not None else np.zeros_like(txn)
+        fails = too_far | (txn & (rank >= share) & (times > cutoff))
+        first_held: dict[int, int] = {}  # per partition: its first record held (the prefix rule)
+        for p, idx in members.items():
+            failing = idx[fails[idx]]
+            first_held[p] = int(failing[0]) if len(failing) else len(parts)
+        # a record at exactly the cutoff past its partition's share is taken while the quota
+        # lasts, in buffer order; any record taken at the cutoff uses up the quota
+        for i in np.flatnonzero(txn & (times == cutoff)).tolist():
+            p = int(parts[i])
+            if first_held[p] <= i:
                 continue
-            part = m.partition() or 0
-            n = taken.get(part, 0)
-            too_far = ceiling is not None and key > ceiling
-            if part in blocked or too_far or (n >= share and (
-                    key > cutoff or (key == cutoff and quota <= 0))):
-                blocked.add(part)
-                hold.append(m)
-                hold_keys.append(key)
-                skewed = skewed or too_far
+            if rank[i] >= share and quota <= 0:
+                first_held[p] = i
                 continue
-            if key == cutoff:
-                quota -= 1
-            taken[part] = n + 1
-            take.append(m)
-        if not take and not skewed:  # never stall on records out of order in a partition
+            quota -= 1
+        holding = np.zeros(len(parts), dtype=bool)
+        for p, idx in members.items():
+            holding[idx[idx >= first_held[p]]] = True
+        if not holding.any():
             return buffer, []
-        self._held = (hold, hold_keys)
+        take = list(compress(buffer, (~holding).tolist()))
+        hold = list(compress(buffer, holding.tolist()))
+        if not take and not too_far.any():  # never stall on records out of order in a
+            return buffer, []  # partition
+        self._held = (hold, parts[holding], times[holding])
         self._waiting = not take
         return take, hold
 
-    def _skew_ceiling(self, newest: dict[int, bytes]) -> bytes | None:
-        """The event-time key no record may pass in this batch, whatever its share: what
+    def _skew_ceiling(self, newest: dict[int, int]) -> int | None:
+        """The event time (µs) no record may pass in this batch, whatever its share: what
         the slowest live owned partition has reached (its newest buffered record, or its
         stream time when nothing of it is buffered) plus MAX_PARTITION_SKEW_US. A partition
         _pace paused with nothing buffered counts only while _pace would resume it (it then
@@ -412,26 +412,20 @@ class StreamProcessor:
         (the others paused, or refetching after a resume) went through in one batch: at
         start-up on a backlog, partitions ran ~190 h apart, and terminal updates from the
         ones behind came later than TERMINAL_REORDER_SLACK_US and were dropped. None when
-        a time cannot be read (the intake then orders by shares and cutoffs only)."""
+        no live partition has a reach."""
         reached: list[int] = []
         resume_below = self._resume_below()
         for part in self._owned - self._at_end:
-            key = newest.get(part)
-            if key is None:
+            at = newest.get(part, UNREADABLE)
+            if at == UNREADABLE:  # nothing (readable) of it buffered
                 t = self.stream_time.get(part, 0)
                 if part not in self._paused or t <= resume_below:
                     reached.append(t)
                 continue
-            try:
-                at = datetime.fromisoformat(key.decode())
-            except (ValueError, UnicodeDecodeError):
-                return None
-            if at.tzinfo is None:
-                return None
-            reached.append(records.micros(at))
+            reached.append(at)
         if not reached:
             return None
-        return records.iso(min(reached) + MAX_PARTITION_SKEW_US).encode()
+        return min(reached) + MAX_PARTITION_SKEW_US
 
     def _resume_below(self) -> int:
         """_pace resumes a paused partition whose stream time is at most this: the slowest
