@@ -44,16 +44,18 @@ def consume_in_batches(
     idle_seconds: float | None = None,
     on_first_record: Callable[[float], None] | None = None,
     on_eof: Callable[[Message], None] | None = None,
-    on_record: Callable[[Message], None] | None = None,
+    on_records: Callable[[list[Message]], None] | None = None,
     full: Callable[[], bool] | None = None,
 ) -> None:
     """``full`` (optional): the caller says the buffer is complete before ``max_records``
-    (e.g. every partition delivered its share), so it is flushed without waiting."""
+    (e.g. every partition delivered its share), so it is flushed without waiting.
+    ``on_records`` (optional): told, once per poll, the records that poll added."""
     first_at = 0.0
     started = last_record_at = time.monotonic()
     while not stopped():
         msgs = consumer.consume(num_messages=min(10_000, max_records), timeout=poll_s)
         now = time.monotonic()
+        added = len(buffer)
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -68,8 +70,8 @@ def consume_in_batches(
                 if on_first_record is not None:
                     on_first_record(now)
             buffer.append(m)
-            if on_record is not None:
-                on_record(m)
+        if on_records is not None and len(buffer) > added:
+            on_records(buffer[added:])
         if buffer:
             last_record_at = now
             if (len(buffer) >= max_records or now - first_at >= max_wait_s

@@ -194,6 +194,15 @@ def resp_command(*args: bytes | str | int | float) -> bytes:
         b"$%d\r\n%s\r\n" % (len(a), a) if type(a) is bytes else _arg(a) for a in args])
 
 
+def resp_push_and_trim(key: bytes, values: list[bytes], keep: int) -> bytes:
+    """``LPUSH key *values`` then ``LTRIM key 0 keep-1`` (a list of the newest ``keep``,
+    the last value first), encoded as RESP: two commands."""
+    return b"".join([b"*%d\r\n$5\r\nLPUSH\r\n$%d\r\n%s\r\n" % (len(values) + 2, len(key), key),
+                     *[b"$%d\r\n%s\r\n" % (len(v), v) for v in values],
+                     b"*4\r\n$5\r\nLTRIM\r\n$%d\r\n%s\r\n$1\r\n0\r\n" % (len(key), key),
+                     _bulk(b"%d" % (keep - 1))])
+
+
 def read_replies(conn: Any, count: int) -> list[Any]:
     """``count`` replies read straight from a redis-py connection's socket into one hiredis
     reader (redis-py's ``read_response`` costs several µs per reply; a stream commit queues

@@ -69,7 +69,7 @@ from kestrel.topics import (
 from kestrel.windows import ENTITIES, ENTITY_KEYS, Entity, stream_view_name
 from pipelines.batching import consume_in_batches, stop_on_signals
 from pipelines.dlq import dead_letter
-from pipelines.features.online_writer import RespTransaction
+from pipelines.features.online_writer import RespTransaction, resp_push_and_trim
 from pipelines.ingest import EventProducer
 from pipelines.stream import batch_decode, changelog, columnar, records
 from pipelines.stream.event_time import UNREADABLE, event_time_key, event_times_us
@@ -292,7 +292,7 @@ class StreamProcessor:
                 stopped=lambda: self._stop, idle_seconds=idle_seconds,
                 assigned_at=lambda: self._assigned_at if self._assigned else None,
                 on_first_record=first_record, on_eof=self._on_eof, full=self._batch_full,
-                on_record=lambda m: self._count(m, consumer))
+                on_records=lambda msgs: self._count(msgs, consumer))
             self._await_commit(consumer)
         finally:
             if self._in_flight is not None:  # the loop failed: the commit in flight still
@@ -434,18 +434,21 @@ class StreamProcessor:
         slowest = min((self.stream_time.get(p, 0) for p in live), default=0)
         return slowest + MAX_PARTITION_SKEW_US // 2
 
-    def _count(self, m: Message, consumer: Consumer) -> None:
+    def _count(self, msgs: list[Message], consumer: Consumer) -> None:
         """Stop fetching a partition once the buffer holds _hold_limit of its records (what
         goes into a batch is _select's business, in shares and event time); _pace resumes
-        it."""
+        it. ``msgs``: the records one poll added to the buffer."""
         self._waiting = False
-        part = m.partition() or 0
-        if part not in self._owned or m.topic() != TRANSACTIONS:
-            return
-        n = self._buffered[part] = self._buffered.get(part, 0) + 1
-        if n >= self._hold_limit() and part not in self._paused:
-            consumer.pause([TopicPartition(TRANSACTIONS, part)])
-            self._paused.add(part)
+        owned, paused, buffered = self._owned, self._paused, self._buffered
+        hold_limit = self._hold_limit()
+        for m in msgs:
+            part = m.partition() or 0
+            if part not in owned or m.topic() != TRANSACTIONS:
+                continue
+            n = buffered[part] = buffered.get(part, 0) + 1
+            if n >= hold_limit and part not in paused:
+                consumer.pause([TopicPartition(TRANSACTIONS, part)])
+                paused.add(part)
 
     def _on_eof(self, m: Message) -> None:
         self._waiting = False
@@ -570,9 +573,14 @@ class StreamProcessor:
             return None
         return state.add(event)
 
-    def _evict(self, entity: Entity, state: EventLog) -> None:
+    def _kept_us(self, entity: Entity) -> int:
+        """How far behind an entity's latest event its state keeps events: the longest
+        window plus the lateness (or, for terminals, the reorder slack) allowed."""
         slack = self.terminal_slack_us if entity == "terminal" else self.lateness_us
-        state.evict_before(state.times[-1] - self.windows[entity].horizon_us - slack)
+        return self.windows[entity].horizon_us + slack
+
+    def _evict(self, entity: Entity, state: EventLog) -> None:
+        state.evict_before(state.times[-1] - self._kept_us(entity))
 
     def partition_state(self, topic: str, part: int) -> dict[str, dict[str, Any]]:
         """A partition's state as a document (what a snapshot holds)."""
@@ -698,7 +706,7 @@ class StreamProcessor:
             if self._apply_txn(txn, part, m, producer, rows, online, now):
                 customers.add(txn.customer_id)
                 produced_at.append(m.timestamp()[1])
-        for time_us, terminal_id, txn_id, local in self._route_terminal(producer):
+        for local, txn_id, time_us, terminal_id in self._route_terminal(producer):
             self._apply_terminal([txn_id, time_us, terminal_id], local, rows, online)
         return customers, produced_at
 
@@ -729,16 +737,17 @@ class StreamProcessor:
             TRANSACTIONS, -1) and len(self._owned_terminal) == self._partitions.get(
             TRANSACTIONS_BY_TERMINAL, -1)
 
-    def _route_terminal(self, producer: EventProducer) -> list[tuple[int, str, str, int]]:
+    def _route_terminal(self, producer: EventProducer) -> list[tuple[int, str, int, str]]:
         """The batch's terminal updates, in event-time order (the batch mixes partitions
         that may be apart in event time; terminal state tolerates reordering only within
         TERMINAL_REORDER_SLACK_US): forwarded to `transactions.by-terminal`, or returned
-        with their partition to be applied in this batch when _local_terminals."""
+        as (partition, txn_id, time µs, terminal_id) to be applied in this batch when
+        _local_terminals."""
         forward, self._forward = sorted(self._forward), []
         if self._local_terminals():
-            part = self.terminal_partition
-            return [(t, terminal_id, txn_id, part(terminal_id))
-                    for t, terminal_id, txn_id in forward]
+            known, part = self._terminal_part, self.terminal_partition
+            return [(known[terminal_id] if terminal_id in known else part(terminal_id),
+                     txn_id, t, terminal_id) for t, terminal_id, txn_id in forward]
         for time_us, terminal_id, txn_id in forward:
             producer.produce(TRANSACTIONS_BY_TERMINAL, terminal_id,
                              orjson.dumps([txn_id, time_us, terminal_id]),
@@ -785,36 +794,33 @@ class StreamProcessor:
             produced_at.append(m.timestamp()[1])
         self._forward = [(times[i], terminals[i], ids[i]) for i in accepted]
         self.stats.applied += len(accepted)
-        terminal_cache = self.cache["terminal"]
-        pend_terminal = pending["terminal"]
-        for m in batch:  # terminal updates forwarded through the topic
-            if m.topic() == TRANSACTIONS:
-                continue
-            txn_id, time_us, terminal_id = orjson.loads(m.value() or b"[]")
-            self._pend_terminal(m.partition() or 0, txn_id, time_us, terminal_id, seen,
-                                pend_terminal, terminal_cache)
-        for time_us, terminal_id, txn_id, part in self._route_terminal(producer):
-            self._pend_terminal(part, txn_id, time_us, terminal_id, seen, pend_terminal,
-                                terminal_cache)
+        forwarded = [(m.partition() or 0, *orjson.loads(m.value() or b"[]"))
+                     for m in batch if m.topic() != TRANSACTIONS]  # through the topic
+        for updates in (forwarded, self._route_terminal(producer)):
+            self._pend_terminals(updates, seen, pending["terminal"], self.cache["terminal"])
         for entity in ENTITIES:
             self._apply_batch(entity, pending[entity], rows, columns, online, card_customer,
                               producer, now)
         return {custs[i] for i in accepted}, produced_at
 
     @staticmethod
-    def _pend_terminal(part: int, txn_id: str, time_us: int, terminal_id: str,
-                       seen: set[tuple[int, str, str]],
-                       pending: dict[tuple[int, str], list[Event]],
-                       cache: dict[int, dict[str, EventLog]]) -> None:
-        mark = (part, terminal_id, txn_id)
-        if mark in seen:
-            return
-        state = cache[part].get(terminal_id)
-        if state is not None and txn_id in state.ids:
-            return  # forwarded twice (a replay after a crash)
-        seen.add(mark)
-        pending[(part, terminal_id)].append((txn_id, time_us, 0.0, "", terminal_id, "", 0.0,
-                                             0.0))
+    def _pend_terminals(updates: list[tuple[int, str, int, str]],
+                        seen: set[tuple[int, str, str]],
+                        pending: dict[tuple[int, str], list[Event]],
+                        cache: dict[int, dict[str, EventLog]]) -> None:
+        """Queue terminal updates (partition, txn_id, time µs, terminal_id) for _apply_batch,
+        each once: one the terminal's state already holds (forwarded again in a replay
+        after a crash), or one already queued in this batch (``seen``), is skipped."""
+        for part, txn_id, time_us, terminal_id in updates:
+            mark = (part, terminal_id, txn_id)
+            if mark in seen:
+                continue
+            state = cache[part].get(terminal_id)
+            if state is not None and txn_id in state.ids:
+                continue
+            seen.add(mark)
+            pending[(part, terminal_id)].append((txn_id, time_us, 0.0, "", terminal_id, "",
+                                                 0.0, 0.0))
 
     def _accept(self, txns: list[Message], cols: batch_decode.TxnColumns,
                 producer: EventProducer) -> list[int]:
@@ -918,13 +924,15 @@ class StreamProcessor:
                     ends = np.cumsum([len(new) for *_, new in fast])
             keys: list[str] = []
             previous = 0
+            kept_us = self._kept_us(entity)
             for (_, key, state, new), end in zip(fast, ends.tolist(), strict=True):
                 keys.extend([key] * (end - previous))
                 previous = end
                 state.events.extend(new)
-                state.times.extend([e[TIME] for e in new])
+                times = state.times
+                times.extend([e[TIME] for e in new])
                 state.ids.update([e[0] for e in new])
-                self._evict(entity, state)
+                state.evict_before(times[-1] - kept_us)  # _evict, without its lookups
             if fast:  # each entity's newest row, as columns (written by add_columns)
                 last = (ends - 1).tolist()
                 self._online_blocks[entity].append((
@@ -1067,10 +1075,11 @@ class StreamProcessor:
                            changelog.encode_entries(entries))
             self._since_snapshot[(topic, part)] = since
         self._changes.clear()
-        for customer_id, docs in self._recent.items():
-            key = recent_key(customer_id)
-            tx.command("LPUSH", key, *docs[-RECENT_KEEP:])  # the last pushed ends up first
-            tx.command("LTRIM", key, 0, RECENT_KEEP - 1)
+        if self._recent:  # each customer's list: the last pushed ends up first
+            tx.raw(b"".join([resp_push_and_trim(recent_key(customer_id).encode(),
+                                                docs[-RECENT_KEEP:], RECENT_KEEP)
+                             for customer_id, docs in self._recent.items()]),
+                   2 * len(self._recent))
         self._recent.clear()
         mapping: dict[str, str | int] = {"batch": batch_id}
         for topic, topic_id in self._topic_ids.items():

@@ -62,6 +62,8 @@ class EventLog:
 
     def evict_before(self, time_us: int) -> None:
         """Forget events at or before ``time_us`` (they left every window)."""
+        if not self.times or self.times[0] > time_us:
+            return  # the usual case: nothing left every window since the last event
         i = bisect_right(self.times, time_us)
         if i:
             self.marks["_floor"] = max(self.marks.get("_floor", 0), self.times[i - 1])
