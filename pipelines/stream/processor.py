@@ -280,8 +280,9 @@ class StreamProcessor:
 
         try:
             def commit(batch: list[Message]) -> None:
-                take, hold = self._select(batch)
-                self._commit_batch(take, consumer, producer)
+                with heap.paused():  # what a batch allocates mostly dies with it
+                    take, hold = self._select(batch)
+                    self._commit_batch(take, consumer, producer)
                 batch[:] = hold  # held back: the start of the next batch
                 self._pace(consumer, hold)
 
