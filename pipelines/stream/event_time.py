@@ -8,8 +8,9 @@ strings per batch in Python (or as numpy byte strings) cost more than the rest o
 Times in the form the stream itself emits (``2018-04-01T00:00:09.118047Z``, or without the
 fraction) are read vectorised; any other form goes through ``datetime.fromisoformat``, as
 :mod:`pipelines.stream.records` reads it. A time that cannot be read (absent, garbage, no
-offset) is 0: such a record sorts first and never waits for other partitions — it reaches
-the decoder (and the dead-letter topic) in the next batch. This only orders the intake;
+offset), or that lies beyond what the processor accepts (dated in the future), is 0: such a
+record sorts first and never waits for other partitions — it reaches the decoder (and the
+dead-letter topic) in the next batch. This only orders the intake;
 every check happens on the decoded event.
 """
 
@@ -56,8 +57,10 @@ def _days_from_civil(y: np.ndarray, m: np.ndarray, d: np.ndarray) -> np.ndarray:
     return era * 146_097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719_468
 
 
-def event_times_us(keys: list[bytes]) -> np.ndarray:
-    """µs since the epoch of each raw ``event_time`` (:data:`UNREADABLE` when it is none)."""
+def event_times_us(keys: list[bytes], newest_allowed: int | None = None) -> np.ndarray:
+    """µs since the epoch of each raw ``event_time`` (:data:`UNREADABLE` when it is none,
+    or when it is later than ``newest_allowed``: the processor dead-letters such events,
+    so they must not hold their partition back, nor cap the others)."""
     n = len(keys)
     out = np.full(n, UNREADABLE, np.int64)
     if not n:
@@ -81,6 +84,8 @@ def event_times_us(keys: list[bytes]) -> np.ndarray:
     out[ok] = (seconds * _US_PER_S + fraction)[ok]
     for i in np.flatnonzero(~ok).tolist():
         out[i] = _read(keys[i])
+    if newest_allowed is not None:
+        out[out > newest_allowed] = UNREADABLE
     return out
 
 

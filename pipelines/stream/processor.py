@@ -55,7 +55,7 @@ import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from kestrel import heap
-from kestrel.errors import EventValidationError
+from kestrel.errors import EventValidationError, FieldError
 from kestrel.kafka import consumer_config, topic_ids
 from kestrel.settings import Settings
 from kestrel.topics import (
@@ -104,9 +104,11 @@ FETCH_QUEUE_BACKOFF_MS = 10
 _NO_INTS = np.zeros(0, np.int64)
 
 
-def _intake_columns(buffer: Sequence[Message]) -> tuple[np.ndarray, np.ndarray]:
+def _intake_columns(buffer: Sequence[Message], newest_allowed_us: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Per record: its `transactions` partition (-1 for other topics) and its event time
-    in µs (pipelines/stream/event_time.py; 0 for other topics)."""
+    in µs (pipelines/stream/event_time.py; 0 for other topics, and for times past
+    ``newest_allowed_us``, which are dead-lettered as soon as they are taken)."""
     parts: list[int] = []
     keys: list[bytes] = []
     for m in buffer:
@@ -116,7 +118,7 @@ def _intake_columns(buffer: Sequence[Message]) -> tuple[np.ndarray, np.ndarray]:
         else:
             parts.append(-1)
             keys.append(b"")
-    return np.array(parts, np.int64), event_times_us(keys)
+    return np.array(parts, np.int64), event_times_us(keys, newest_allowed_us)
 
 
 class OnlineSink(Protocol):
@@ -350,7 +352,7 @@ class StreamProcessor:
         self._held = ([], _NO_INTS, _NO_INTS)
         reuse = len(held) if held and len(buffer) >= len(held) and buffer[0] is held[0] \
             and buffer[len(held) - 1] is held[-1] else 0  # held last time: they lead
-        parts, times = _intake_columns(buffer[reuse:])
+        parts, times = _intake_columns(buffer[reuse:], self._newest_allowed_us())
         if reuse:
             parts, times = np.concatenate((held_parts, parts)), np.concatenate((held_times, times))
         txn = parts >= 0
@@ -836,11 +838,15 @@ class StreamProcessor:
         seen: set[tuple[int, str, str]] = set()
         accepted: list[int] = []
         late = 0
+        newest_allowed = self._newest_allowed_us()
         for i, m in enumerate(txns):
             if i in errors:
                 continue
-            part = m.partition() or 0
             t = times[i]
+            if t > newest_allowed:
+                self._dead_letter(m, self._future_error(t), producer)
+                continue
+            part = m.partition() or 0
             now = stream_time.get(part, 0)
             if t < now - lateness:
                 late += 1
@@ -863,6 +869,19 @@ class StreamProcessor:
             accepted.append(i)
         self.stats.late += late
         return accepted
+
+    def _newest_allowed_us(self) -> int:
+        """The latest event time accepted now: the processor's clock plus the allowed
+        lateness. A later one (a producer with a wrong clock) would move its partition's
+        stream time so far ahead that on-time events after it would count as late."""
+        return time.time_ns() // 1000 + self.lateness_us
+
+    def _future_error(self, time_us: int) -> EventValidationError:
+        return EventValidationError([FieldError("event_time", (
+            f"{records.iso(time_us)} is more than the allowed lateness "
+            f"({self.settings.allowed_lateness_seconds} s) after this processor's clock "
+            f"({records.iso(time.time_ns() // 1000)}): dated in the future; check the "
+            "producer's clock"))])
 
     def _counts(self) -> dict[str, int]:
         s = self.stats
@@ -969,6 +988,9 @@ class StreamProcessor:
                    rows: dict[Entity, list[dict[str, Any]]],
                    online: dict[Entity, dict[str, tuple[dict[str, Any], int]]],
                    now: datetime) -> bool:
+        if txn.time_us > self._newest_allowed_us():
+            self._dead_letter(m, self._future_error(txn.time_us), producer)
+            return False
         stream_time = self.stream_time.get(part, 0)
         if txn.time_us < stream_time - self.lateness_us:
             self.stats.late += 1

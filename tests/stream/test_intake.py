@@ -192,3 +192,15 @@ def test_event_times_are_read_as_the_decoder_reads_them() -> None:
     assert event_times_us(odd).tolist() == [T0 + 9_500_000, 0, 0, 0, 0, 0]
     assert event_time_key(b'{"txn_id":"a","event_time": "2018-04-01T00:00:09Z"}') \
         == b"2018-04-01T00:00:09Z"
+
+
+def test_a_record_dated_in_the_future_does_not_hold_its_partition(settings: Settings) -> None:
+    """Past the processor's clock plus the allowed lateness, an event time counts as
+    unreadable: the record is taken at once (to be dead-lettered), not held behind the
+    skew ceiling with every later record of its partition."""
+    proc = _processor(settings)
+    future = Message(topic=TRANSACTIONS, partition=1, offset=0, value=orjson.dumps(
+        {"txn_id": "t", "event_time": "2099-01-01T00:00:00Z"}))
+    buffer = [future, *[_record(1, i, T0 + i) for i in range(1, 4)]]
+    take, hold = proc._select(buffer)
+    assert [m.offset() for m in take] == [0, 1, 2, 3] and hold == []

@@ -152,6 +152,25 @@ def test_invalid_late_and_duplicate_events(stream_settings: Settings) -> None:
     assert {e["path"] for d in dlq for e in d["errors"]} >= {"$", "amount"}
 
 
+def test_an_event_dated_in_the_future_is_dead_lettered_and_stalls_nothing(
+        stream_settings: Settings) -> None:
+    """A producer with a wrong clock: accepted, an event dated in 2099 would move its
+    partition's stream time to 2099 and send every later on-time event of the partition to
+    `transactions.late` (and the intake would hold the partition behind it). Dated more than
+    the allowed lateness after the processor's clock, it goes to the DLQ instead."""
+    customer = make_event(0)["customer_id"]  # one partition
+    before = [{**make_event(i), "customer_id": customer} for i in range(5)]
+    future = {**make_event(100), "customer_id": customer, "event_time": "2099-01-01T00:00:00Z"}
+    after = [{**make_event(i), "customer_id": customer} for i in range(5, 10)]
+    produce(stream_settings, [*before, future, *after])
+    proc = run_stream(stream_settings)
+    s = proc.stats
+    assert (s.applied, s.late, s.invalid) == (10, 0, 1)
+    (dlq,) = [orjson.loads(m.value()) for m in read_topic(stream_settings, TRANSACTIONS_DLQ, 1)]
+    assert [e["path"] for e in dlq["errors"]] == ["event_time"]
+    assert "future" in dlq["reason"] and "2099-01-01" in dlq["payload"]
+
+
 def test_card_testing_bursts_raise_alerts_once(stream_settings: Settings) -> None:
     config = SimulationConfig(customers=300, terminals=600, days=3, scenarios=frozenset({4}))
     sent = stream_to_kafka(config, stream_settings, CardTokenizer(TEST_SECRET.encode()).token,
