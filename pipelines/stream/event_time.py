@@ -8,7 +8,7 @@ strings per batch in Python (or as numpy byte strings) cost more than the rest o
 Times in the form the stream itself emits (``2018-04-01T00:00:09.118047Z``, or without the
 fraction) are read vectorised; any other form goes through ``datetime.fromisoformat``, as
 :mod:`pipelines.stream.records` reads it. A time that cannot be read (absent, garbage, no
-offset), or that lies beyond what the processor accepts (dated in the future), is 0: such a
+offset), or that the processor refuses (before 1970, or dated in the future), is 0: such a
 record sorts first and never waits for other partitions — it reaches the decoder (and the
 dead-letter topic) in the next batch. This only orders the intake;
 every check happens on the decoded event.
@@ -84,6 +84,7 @@ def event_times_us(keys: list[bytes], newest_allowed: int | None = None) -> np.n
     out[ok] = (seconds * _US_PER_S + fraction)[ok]
     for i in np.flatnonzero(~ok).tolist():
         out[i] = _read(keys[i])
+    out[out < 0] = UNREADABLE  # before 1970: dead-lettered too
     if newest_allowed is not None:
         out[out > newest_allowed] = UNREADABLE
     return out

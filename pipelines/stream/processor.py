@@ -841,8 +841,8 @@ class StreamProcessor:
             if i in errors:
                 continue
             t = times[i]
-            if t > newest_allowed:
-                self._dead_letter(m, self._future_error(t), producer)
+            if t < 0 or t > newest_allowed:
+                self._dead_letter(m, self._time_error(t), producer)
                 continue
             part = m.partition() or 0
             now = stream_time.get(part, 0)
@@ -874,12 +874,19 @@ class StreamProcessor:
         stream time so far ahead that on-time events after it would count as late."""
         return time.time_ns() // 1000 + self.lateness_us
 
-    def _future_error(self, time_us: int) -> EventValidationError:
-        return EventValidationError([FieldError("event_time", (
-            f"{records.iso(time_us)} is more than the allowed lateness "
-            f"({self.settings.allowed_lateness_seconds} s) after this processor's clock "
-            f"({records.iso(time.time_ns() // 1000)}): dated in the future; check the "
-            "producer's clock"))])
+    def _time_error(self, time_us: int) -> EventValidationError:
+        """Why an event time the stream cannot take is refused: before 1970 (the online
+        store's timestamps cannot hold it; a partition with no stream time yet would accept
+        it, and its commit would fail on every restart), or past _newest_allowed_us."""
+        if time_us < 0:
+            reason = (f"{records.iso(time_us)} is before 1970-01-01, which the online store "
+                      "cannot hold")
+        else:
+            reason = (f"{records.iso(time_us)} is more than the allowed lateness "
+                      f"({self.settings.allowed_lateness_seconds} s) after this processor's "
+                      f"clock ({records.iso(time.time_ns() // 1000)}): dated in the future; "
+                      "check the producer's clock")
+        return EventValidationError([FieldError("event_time", reason)])
 
     def _counts(self) -> dict[str, int]:
         s = self.stats
@@ -986,8 +993,8 @@ class StreamProcessor:
                    rows: dict[Entity, list[dict[str, Any]]],
                    online: dict[Entity, dict[str, tuple[dict[str, Any], int]]],
                    now: datetime) -> bool:
-        if txn.time_us > self._newest_allowed_us():
-            self._dead_letter(m, self._future_error(txn.time_us), producer)
+        if txn.time_us < 0 or txn.time_us > self._newest_allowed_us():
+            self._dead_letter(m, self._time_error(txn.time_us), producer)
             return False
         stream_time = self.stream_time.get(part, 0)
         if txn.time_us < stream_time - self.lateness_us:

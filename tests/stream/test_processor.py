@@ -171,6 +171,22 @@ def test_an_event_dated_in_the_future_is_dead_lettered_and_stalls_nothing(
     assert "future" in dlq["reason"] and "2099-01-01" in dlq["payload"]
 
 
+def test_an_event_dated_before_1970_is_dead_lettered_not_a_poison_pill(
+        stream_settings: Settings) -> None:
+    """A partition with no stream time yet accepts anything down to minus the lateness: an
+    event dated 1969-12-31T23:59 got in, and the online store's timestamp encoding refused
+    it at commit, so the processor crashed on it again after every restart."""
+    customer = make_event(0)["customer_id"]  # one partition, nothing before it
+    old = {**make_event(100), "customer_id": customer, "event_time": "1969-12-31T23:59:00Z"}
+    after = [{**make_event(i), "customer_id": customer} for i in range(5)]
+    produce(stream_settings, [old, *after])
+    proc = run_stream(stream_settings)
+    s = proc.stats
+    assert (s.applied, s.late, s.invalid) == (5, 0, 1)
+    (dlq,) = [orjson.loads(m.value()) for m in read_topic(stream_settings, TRANSACTIONS_DLQ, 1)]
+    assert [e["path"] for e in dlq["errors"]] == ["event_time"] and "1970" in dlq["reason"]
+
+
 def test_card_testing_bursts_raise_alerts_once(stream_settings: Settings) -> None:
     config = SimulationConfig(customers=300, terminals=600, days=3, scenarios=frozenset({4}))
     sent = stream_to_kafka(config, stream_settings, CardTokenizer(TEST_SECRET.encode()).token,
