@@ -59,7 +59,7 @@ def _days_from_civil(y: np.ndarray, m: np.ndarray, d: np.ndarray) -> np.ndarray:
 
 def event_times_us(keys: list[bytes], newest_allowed: int | None = None) -> np.ndarray:
     """µs since the epoch of each raw ``event_time`` (:data:`UNREADABLE` when it is none,
-    or when it is later than ``newest_allowed``: the processor dead-letters such events,
+    before 1970, or later than ``newest_allowed``: the processor dead-letters such events,
     so they must not hold their partition back, nor cap the others)."""
     n = len(keys)
     out = np.full(n, UNREADABLE, np.int64)
