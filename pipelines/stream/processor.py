@@ -286,7 +286,7 @@ class StreamProcessor:
                     take, hold = self._select(batch)
                     self._commit_batch(take, consumer, producer)
                 batch[:] = hold  # held back: the start of the next batch
-                self._pace(consumer, self._held[1] if hold else _NO_INTS)
+                self._pace(consumer)
 
             consume_in_batches(
                 consumer, buffer, commit,
@@ -458,7 +458,7 @@ class StreamProcessor:
         if m.topic() == TRANSACTIONS:
             self._at_end.add(m.partition() or 0)
 
-    def _pace(self, consumer: Consumer, held_parts: np.ndarray = _NO_INTS) -> None:
+    def _pace(self, consumer: Consumer) -> None:
         """Keep the owned `transactions` partitions within MAX_PARTITION_SKEW_US of each
         other in event time (Kafka Streams does the same by picking the lowest timestamp).
 
@@ -467,9 +467,9 @@ class StreamProcessor:
         events too far out of order. A partition that has reached its end does not hold the
         others back; one that has not delivered yet does (it soon delivers or ends). Records
         held back for the next batch count towards its hold limit (a partition that already
-        holds that many stays paused); ``held_parts``: their partitions, as _select keeps
-        them (-1 for other topics).
+        holds that many stays paused): their partitions are those _select keeps with them.
         """
+        held_parts = self._held[1]
         counts = np.bincount(held_parts[held_parts >= 0])
         self._buffered = {p: int(counts[p]) for p in np.flatnonzero(counts).tolist()}
         full = {p for p, n in self._buffered.items() if n >= self._hold_limit()}
