@@ -12,14 +12,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from kestrel.pan import CardTokenizer
+from kestrel.services import free_port
 from kestrel.settings import Settings
 from kestrel.topics import (
     ALERTS,
@@ -36,8 +39,9 @@ from pipelines.simulator.config import SimulationConfig
 from pipelines.simulator.generator import iter_days
 from pipelines.simulator.to_kafka import stream_to_kafka, transaction_records
 from pipelines.stream.changelog import group_prefix
+from pipelines.stream.metrics import read_summaries
 from pipelines.stream.offline_log import log_dir
-from pipelines.stream.processor import StreamProcessor, insight_key, offsets_key
+from pipelines.stream.processor import GROUP_ID, StreamProcessor, insight_key, offsets_key
 from tests.conftest import TEST_SECRET, env_for
 from tests.pipelines.events_factory import encode, make_event
 from tests.pipelines.test_archive import produce, read_topic
@@ -56,8 +60,10 @@ def stream_settings(services: Settings) -> Iterator[Settings]:
     yield s
 
 
-def run_stream(settings: Settings, idle: float = 2.5) -> StreamProcessor:
-    proc = StreamProcessor(settings, OnlineWriter(settings, dedup=False))
+def run_stream(settings: Settings, idle: float = 2.5,
+               metrics_port: int | None = None) -> StreamProcessor:
+    proc = StreamProcessor(settings, OnlineWriter(settings, dedup=False),
+                           metrics_port=metrics_port)
     worker = threading.Thread(target=proc.run, kwargs={"idle_seconds": idle})
     worker.start()
     worker.join(300)
@@ -185,6 +191,30 @@ def test_an_event_dated_before_1970_is_dead_lettered_not_a_poison_pill(
     assert (s.applied, s.late, s.invalid) == (5, 0, 1)
     (dlq,) = [orjson.loads(m.value()) for m in read_topic(stream_settings, TRANSACTIONS_DLQ, 1)]
     assert [e["path"] for e in dlq["errors"]] == ["event_time"] and "1970" in dlq["reason"]
+
+
+def test_operators_see_the_stream_in_prometheus_and_in_redis(
+        stream_settings: Settings) -> None:
+    """Issue item 8: /metrics on the stream's port carries events by outcome, the freshness
+    histogram and the lag per partition; the summary `kestrel status` prints is in Redis."""
+    port, settings = free_port(), stream_settings
+    events = [make_event(i) for i in range(30)]
+    produce(settings, [*events, events[2]], [b"{not json"])
+    proc = run_stream(settings, metrics_port=port)  # as `kestrel stream` passes it
+    assert (proc.stats.applied, proc.stats.duplicates, proc.stats.invalid) == (30, 1, 1)
+    scraped = {m.name: m for m in text_string_to_metric_families(
+        httpx.get(f"http://127.0.0.1:{port}/metrics").text)}
+    by_outcome = {s.labels["outcome"]: s.value for s in scraped["kestrel_stream_events"].samples
+                  if s.name == "kestrel_stream_events_total"}
+    assert by_outcome == {"applied": 30, "duplicate": 1, "invalid": 1}
+    fresh = {s.name: s.value for s in scraped["kestrel_stream_freshness_seconds"].samples}
+    assert fresh["kestrel_stream_freshness_seconds_count"] == 30
+    lags = scraped["kestrel_stream_lag_seconds"].samples
+    assert lags and all(s.value >= 0 for s in lags)
+    (summary,) = read_summaries(redis.Redis.from_url(settings.redis_url), GROUP_ID)
+    assert summary["totals"] == {"applied": 30, "duplicate": 1, "invalid": 1}
+    assert summary["metrics_port"] == port and summary["freshness_p99_ms"] is not None
+    assert set(summary["lag_seconds"]) == {s.labels["partition"] for s in lags}
 
 
 def test_card_testing_bursts_raise_alerts_once(stream_settings: Settings) -> None:
