@@ -60,10 +60,8 @@ def stream_settings(services: Settings) -> Iterator[Settings]:
     yield s
 
 
-def run_stream(settings: Settings, idle: float = 2.5,
-               metrics_port: int | None = None) -> StreamProcessor:
-    proc = StreamProcessor(settings, OnlineWriter(settings, dedup=False),
-                           metrics_port=metrics_port)
+def run_stream(settings: Settings, idle: float = 2.5) -> StreamProcessor:
+    proc = StreamProcessor(settings, OnlineWriter(settings, dedup=False))
     worker = threading.Thread(target=proc.run, kwargs={"idle_seconds": idle})
     worker.start()
     worker.join(300)
@@ -193,28 +191,51 @@ def test_an_event_dated_before_1970_is_dead_lettered_not_a_poison_pill(
     assert [e["path"] for e in dlq["errors"]] == ["event_time"] and "1970" in dlq["reason"]
 
 
-def test_operators_see_the_stream_in_prometheus_and_in_redis(
-        stream_settings: Settings) -> None:
-    """Issue item 8: /metrics on the stream's port carries events by outcome, the freshness
-    histogram and the lag per partition; the summary `kestrel status` prints is in Redis."""
-    port, settings = free_port(), stream_settings
+def test_operators_see_the_stream_in_prometheus_and_in_kestrel_status(
+        stream_settings: Settings, tmp_path: Path) -> None:
+    """Issue item 8, against a real `kestrel stream` process: while it runs, /metrics on
+    KESTREL_STREAM_METRICS_PORT counts events by outcome, fills the freshness histogram and
+    sets a lag per partition, and `kestrel status` lists the instance with the same totals.
+    (A process of its own: in this test process BentoML may have set
+    PROMETHEUS_MULTIPROC_DIR, under which prometheus_client shares counters between the
+    processors the tests create.)"""
+    port = free_port()
+    env = env_for(stream_settings) | {"KESTREL_STREAM_METRICS_PORT": str(port)}
     events = [make_event(i) for i in range(30)]
-    produce(settings, [*events, events[2]], [b"{not json"])
-    proc = run_stream(settings, metrics_port=port)  # as `kestrel stream` passes it
-    assert (proc.stats.applied, proc.stats.duplicates, proc.stats.invalid) == (30, 1, 1)
-    scraped = {m.name: m for m in text_string_to_metric_families(
-        httpx.get(f"http://127.0.0.1:{port}/metrics").text)}
-    by_outcome = {s.labels["outcome"]: s.value for s in scraped["kestrel_stream_events"].samples
-                  if s.name == "kestrel_stream_events_total"}
-    assert by_outcome == {"applied": 30, "duplicate": 1, "invalid": 1}
-    fresh = {s.name: s.value for s in scraped["kestrel_stream_freshness_seconds"].samples}
-    assert fresh["kestrel_stream_freshness_seconds_count"] == 30
-    lags = scraped["kestrel_stream_lag_seconds"].samples
-    assert lags and all(s.value >= 0 for s in lags)
-    (summary,) = read_summaries(redis.Redis.from_url(settings.redis_url), GROUP_ID)
-    assert summary["totals"] == {"applied": 30, "duplicate": 1, "invalid": 1}
-    assert summary["metrics_port"] == port and summary["freshness_p99_ms"] is not None
-    assert set(summary["lag_seconds"]) == {s.labels["partition"] for s in lags}
+    produce(stream_settings, [*events, events[2]], [b"{not json"])
+    log = open(tmp_path / "stream.log", "wb")  # noqa: SIM115
+    p = subprocess.Popen([sys.executable, "-m", "kestrel.cli", "stream", "--idle-seconds", "10"],
+                         env=env, stdout=log, stderr=log)
+    try:
+        client = redis.Redis.from_url(stream_settings.redis_url)
+        deadline = time.monotonic() + 120
+        summaries: list[dict] = []  # type: ignore[type-arg]
+        while time.monotonic() < deadline and p.poll() is None:
+            summaries = read_summaries(client, GROUP_ID)
+            if summaries and summaries[0]["totals"].get("applied") == 30:
+                break
+            time.sleep(0.1)
+        assert p.poll() is None, (tmp_path / "stream.log").read_text()[-3000:]
+        (summary,) = summaries
+        assert summary["totals"] == {"applied": 30, "duplicate": 1, "invalid": 1}
+        assert summary["metrics_port"] == port and summary["freshness_p99_ms"] is not None
+        samples = [s for family in text_string_to_metric_families(
+            httpx.get(f"http://127.0.0.1:{port}/metrics").text) for s in family.samples]
+        by_outcome = {s.labels["outcome"]: s.value for s in samples
+                      if s.name == "kestrel_stream_events_total"}
+        assert by_outcome == {"applied": 30, "duplicate": 1, "invalid": 1}
+        assert [s.value for s in samples
+                if s.name == "kestrel_stream_freshness_seconds_count"] == [30]
+        lags = {s.labels["partition"]: s.value for s in samples
+                if s.name == "kestrel_stream_lag_seconds"}
+        assert lags.keys() == summary["lag_seconds"].keys() and min(lags.values()) >= 0
+        status = subprocess.run([sys.executable, "-m", "kestrel.cli", "status"],
+                                env=env | {"COLUMNS": "250"},  # rich: no cut cells
+                                capture_output=True, text=True, timeout=120)
+        assert summary["instance"] in status.stdout and f"127.0.0.1:{port}" in status.stdout
+    finally:
+        p.wait(120)
+        log.close()
 
 
 def test_card_testing_bursts_raise_alerts_once(stream_settings: Settings) -> None:
