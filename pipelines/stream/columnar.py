@@ -30,26 +30,20 @@ _GROUP_BITS = 46  # µs relative to the batch's earliest time: ~2.2 years of spa
 
 
 class Layout:
-    """Events of several entities, grouped, with the positions of the new ones."""
+    """Events of several entities, grouped: per entity its history (what its windows can
+    still reach), then its new events (the ones to emit rows for). Only the sizes are kept
+    per entity; positions are derived with numpy in :func:`compute`."""
 
     def __init__(self) -> None:
         self.events: list[Event] = []
-        self.group: list[int] = []
-        self.new: list[int] = []  # positions of the events to emit rows for
-        self.starts: list[int] = []  # per group: its first position
-        self.last_new: list[int] = []  # per group: position of its newest event
+        self.sizes: list[int] = []  # per group: history + new events
+        self.fresh: list[int] = []  # per group: its new events (the last ones of the group)
 
     def add(self, history: list[Event], new: list[Event]) -> None:
-        g = len(self.starts)
-        start = len(self.events)
-        self.starts.append(start)
-        self.events.extend(history)
-        self.events.extend(new)
-        first_new = start + len(history)
-        end = len(self.events)
-        self.group.extend([g] * (end - start))
-        self.new.extend(range(first_new, end))
-        self.last_new.append(end - 1)
+        self.events += history
+        self.events += new
+        self.sizes.append(len(history) + len(new))
+        self.fresh.append(len(new))
 
 
 def _prev_same(group: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -68,15 +62,15 @@ def _codes(values: list[Any]) -> np.ndarray:
     return np.fromiter((seen.setdefault(v, len(seen)) for v in values), np.int64, len(values))
 
 
-def round2(values: np.ndarray) -> list[float]:
-    """``[round(x, 2) for x in values]``, bit for bit, without a Python call per value.
+def round2(values: np.ndarray) -> np.ndarray:
+    """``round(x, 2)`` of every value, bit for bit, without a Python call per value.
 
     ``rint(x * 100) / 100`` is the double nearest k/100 for the integer k it picks, as
     Python's ``round`` returns; the two can only pick a different k when ``x * 100``
     (rounded to a double) lies within its rounding error of a half-integer, or is too large
     to hold a fraction — those values go through Python's ``round``."""
     scaled = values * 100.0
-    out = (np.rint(scaled) / 100.0).tolist()
+    out = np.rint(scaled) / 100.0
     magnitude = np.abs(scaled)
     risky = (np.abs(scaled - np.floor(scaled) - 0.5) <= np.maximum(magnitude, 1.0) * 1e-14) \
         | (magnitude >= 2.0 ** 52) | ~np.isfinite(scaled)
@@ -87,25 +81,30 @@ def round2(values: np.ndarray) -> list[float]:
 
 def compute(layout: Layout, groups: list[tuple[int, list[tuple[str, Aggregation, int]]]],
             extra_counts: tuple[int, ...] = (), card: bool = False
-            ) -> tuple[dict[str, list[Any]], dict[int, np.ndarray]] | None:
-    """Feature columns for the new positions (in ``layout.new`` order), and per extra window
-    length the counts (for alert pre-checks). ``groups``: per window length, (feature name,
-    aggregation, index of the event field), as WindowSet.groups has them. None when the
-    batch's time span does not fit the composite key (the caller then uses the per-event
-    path)."""
+            ) -> tuple[dict[str, np.ndarray], dict[int, np.ndarray], np.ndarray] | None:
+    """Feature columns for the new events (group by group, in order), per extra window
+    length the counts (for alert pre-checks), and the new events' times (µs).
+    ``groups``: per window length, (feature name, aggregation, index of the event field), as
+    WindowSet.groups has them. None when the batch's time span does not fit the composite
+    key (the caller then uses the per-event path)."""
     events = layout.events
     n = len(events)
     times = np.fromiter([e[TIME] for e in events], np.int64, n)
     t0 = int(times.min())
-    if int(times.max()) - t0 >= (1 << _GROUP_BITS) or len(layout.starts) >= (1 << 16):
+    if int(times.max()) - t0 >= (1 << _GROUP_BITS) or len(layout.sizes) >= (1 << 16):
         return None
-    group = np.array(layout.group, dtype=np.int64)
+    sizes = np.array(layout.sizes, dtype=np.int64)
+    fresh = np.array(layout.fresh, dtype=np.int64)
+    ends = np.cumsum(sizes)  # per group: one past its last position
+    group = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
     comp = (group << _GROUP_BITS) + (times - t0)
-    idx = np.array(layout.new, dtype=np.int64)
-    starts = np.array(layout.starts, dtype=np.int64)[group[idx]]
+    # group g's new events are its last fresh[g] positions
+    idx = np.arange(int(fresh.sum()), dtype=np.int64) + np.repeat(ends - np.cumsum(fresh),
+                                                                  fresh)
+    starts = np.repeat(ends - sizes, fresh)
     amounts: np.ndarray | None = None  # only the fields some window needs are read
     prev: dict[int, np.ndarray] = {}
-    out: dict[str, list[Any]] = {}
+    out: dict[str, np.ndarray] = {}
 
     def lower(micros: int) -> np.ndarray:
         lo = np.searchsorted(comp, comp[idx] - micros, side="right")
@@ -117,7 +116,7 @@ def compute(layout: Layout, groups: list[tuple[int, list[tuple[str, Aggregation,
         longest = int(width.max()) if len(width) else 0
         for name, kind, field in ws:
             if kind == "count":
-                out[name] = width.tolist()
+                out[name] = width
             elif kind == "sum":
                 if amounts is None:
                     amounts = np.fromiter([e[AMOUNT] for e in events], np.float64, n)
@@ -135,10 +134,12 @@ def compute(layout: Layout, groups: list[tuple[int, list[tuple[str, Aggregation,
                     j = lo + k
                     jj = np.minimum(j, idx)
                     distinct += (j <= idx) & (p[jj] < lo)
-                out[name] = distinct.tolist()
+                out[name] = distinct
+    new_times = times[idx]
     if card:
-        out["card_last_event_time_us"] = times[idx].tolist()
-        out["card_last_lat"] = [events[i][LAT] for i in layout.new]
-        out["card_last_lon"] = [events[i][LON] for i in layout.new]
+        out["card_last_event_time_us"] = new_times
+        positions = idx.tolist()
+        out["card_last_lat"] = np.array([events[i][LAT] for i in positions], np.float64)
+        out["card_last_lon"] = np.array([events[i][LON] for i in positions], np.float64)
     extra = {micros: idx - lower(micros) + 1 for micros in extra_counts}
-    return out, extra
+    return out, extra, new_times

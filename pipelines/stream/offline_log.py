@@ -23,6 +23,9 @@ import pyarrow.parquet as pq
 from kestrel.lake import fsync_dir, write_parquet_durable
 from kestrel.windows import ENTITIES, ENTITY_KEYS, Entity, feature_names, stream_view_name
 
+ColumnBlock = dict[str, Any]
+"""Rows as columns: column name → values (a list or a numpy array), event_timestamp in µs."""
+
 TS = pa.timestamp("us", tz="UTC")
 
 
@@ -48,7 +51,7 @@ class OfflineLog:
         self._schemas = {e: view_schema(e) for e in ENTITIES}
 
     def stage(self, batch_id: str, rows: dict[Entity, list[dict[str, Any]]],
-              columns: dict[Entity, list[dict[str, list[Any]]]] | None = None) -> None:
+              columns: dict[Entity, list[ColumnBlock]] | None = None) -> None:
         """Write the batch's rows to staging (durable, invisible to readers): ``rows`` one
         dict per row, ``columns`` blocks of rows as {column: values} (event_timestamp in µs)."""
         base = int(datetime.now(UTC).timestamp() * 1_000_000)

@@ -74,9 +74,9 @@ from pipelines.ingest import EventProducer
 from pipelines.stream import batch_decode, changelog, columnar, records
 from pipelines.stream.event_time import UNREADABLE, event_time_key, event_times_us
 from pipelines.stream.metrics import StreamMetrics
-from pipelines.stream.offline_log import OfflineLog
+from pipelines.stream.offline_log import ColumnBlock, OfflineLog
 from pipelines.stream.rules import evaluate, rules
-from pipelines.stream.state import TIME, Event, EventLog, WindowSet
+from pipelines.stream.state import TIME, TXN, Event, EventLog, WindowSet
 
 log = logging.getLogger("kestrel.stream")
 GROUP_ID = "kestrel-stream"  # listed in kestrel.topics.CONSUMER_GROUPS
@@ -600,7 +600,7 @@ class StreamProcessor:
         started = time.perf_counter()
         before = self._counts()
         rows: dict[Entity, list[dict[str, Any]]] = defaultdict(list)
-        columns: dict[Entity, list[dict[str, list[Any]]]] = defaultdict(list)
+        columns: dict[Entity, list[ColumnBlock]] = defaultdict(list)
         online: dict[Entity, dict[str, tuple[dict[str, Any], int]]] = defaultdict(dict)
         next_offsets = {(m.topic() or "", m.partition() or 0): (m.offset() or 0) + 1
                         for m in batch}
@@ -757,7 +757,7 @@ class StreamProcessor:
 
     def _apply_columnar(self, batch: list[Message], txns: list[Message],
                         rows: dict[Entity, list[dict[str, Any]]],
-                        columns: dict[Entity, list[dict[str, list[Any]]]],
+                        columns: dict[Entity, list[ColumnBlock]],
                         online: dict[Entity, dict[str, tuple[dict[str, Any], int]]],
                         producer: EventProducer, now: datetime) -> tuple[set[str], list[int]]:
         """The batch decoded at once (batch_decode), the sequential checks in one tight
@@ -895,7 +895,7 @@ class StreamProcessor:
 
     def _apply_batch(self, entity: Entity, pending: dict[tuple[int, str], list[Event]],
                      rows: dict[Entity, list[dict[str, Any]]],
-                     columns: dict[Entity, list[dict[str, list[Any]]]],
+                     columns: dict[Entity, list[ColumnBlock]],
                      online: dict[Entity, dict[str, tuple[dict[str, Any], int]]],
                      card_customer: dict[str, str], producer: EventProducer,
                      now: datetime) -> None:
@@ -906,6 +906,9 @@ class StreamProcessor:
         ws = self.windows[entity]
         caches = self.cache[entity]
         layout = columnar.Layout()
+        # the loops below run once per entity of the batch (about one per event here), so
+        # Layout's lists are filled inline rather than through Layout.add
+        events, sizes, fresh = layout.events, layout.sizes, layout.fresh
         fast: list[tuple[int, str, EventLog, list[Event]]] = []
         slow: list[tuple[int, str, EventLog, list[Event]]] = []
         horizon = ws.horizon_us
@@ -914,16 +917,22 @@ class StreamProcessor:
             first = new[0][TIME]
             if len(new) > 1:
                 times = [e[TIME] for e in new]
-                ordered = times == sorted(times)
+                if times != sorted(times):
+                    slow.append((part, key, state, new))
+                    continue
+            known = state.times
+            if known:
+                if first < known[-1]:
+                    slow.append((part, key, state, new))
+                    continue
+                history = state.events[bisect_right(known, first - horizon):]
+                events += history
+                sizes.append(len(history) + len(new))
             else:
-                ordered = True
-            if not ordered or (state.times and first < state.times[-1]):
-                slow.append((part, key, state, new))
-                continue
+                sizes.append(len(new))
+            events += new
+            fresh.append(len(new))
             fast.append((part, key, state, new))
-            history = state.events[bisect_right(state.times, first - horizon):] \
-                if state.times else []
-            layout.add(history, new)
         result = None
         if fast:
             rule_windows = tuple(r.window_us for r in self.rules) if entity == "card" else ()
@@ -931,42 +940,45 @@ class StreamProcessor:
         if result is None:
             slow, fast = slow + fast, []
         else:
-            feats, counts = result
-            ends = np.cumsum([len(new) for *_, new in fast])
+            feats, counts, new_times = result
+            feats["event_timestamp"] = new_times
+            counts_of = np.array(fresh, dtype=np.int64)
             if entity == "card":  # a card that may raise an alert goes event by event
-                hit = np.zeros(len(layout.new), dtype=bool)
+                hit = np.zeros(len(new_times), dtype=bool)
                 for rule in self.rules:
                     hit |= counts[rule.window_us] >= rule.min_count
                 if hit.any():
-                    group_of = np.searchsorted(ends, np.nonzero(hit)[0], side="right")
-                    alerting = set(group_of.tolist())
-                    keep = [i for i, g in enumerate(np.repeat(np.arange(len(fast)),
-                                                               np.diff(ends, prepend=0)))
-                            if g not in alerting]
-                    slow += [f for g, f in enumerate(fast) if g in alerting]
-                    fast = [f for g, f in enumerate(fast) if g not in alerting]
-                    feats = {name: [col[i] for i in keep] for name, col in feats.items()}
-                    ends = np.cumsum([len(new) for *_, new in fast])
-            keys: list[str] = []
-            previous = 0
+                    group_of = np.repeat(np.arange(len(fast)), counts_of)
+                    alerting = np.zeros(len(fast), dtype=bool)
+                    alerting[group_of[hit]] = True
+                    slow += [f for f, a in zip(fast, alerting.tolist(), strict=True) if a]
+                    fast = [f for f, a in zip(fast, alerting.tolist(), strict=True) if not a]
+                    keep = ~alerting[group_of]
+                    feats = {name: col[keep] for name, col in feats.items()}
+                    counts_of = counts_of[~alerting]
             kept_us = self._kept_us(entity)
-            for (_, key, state, new), end in zip(fast, ends.tolist(), strict=True):
-                keys.extend([key] * (end - previous))
-                previous = end
-                state.events.extend(new)
-                times = state.times
-                times.extend([e[TIME] for e in new])
-                state.ids.update([e[0] for e in new])
-                state.evict_before(times[-1] - kept_us)  # _evict, without its lookups
+            for _, _, state, new in fast:  # _evict, without its lookups
+                known = state.times
+                if len(new) == 1:
+                    event = new[0]
+                    state.events.append(event)
+                    known.append(event[TIME])
+                    state.ids.add(event[TXN])
+                else:
+                    state.events += new
+                    known += [e[TIME] for e in new]
+                    state.ids.update([e[TXN] for e in new])
+                if known[0] <= known[-1] - kept_us:
+                    state.evict_before(known[-1] - kept_us)
             if fast:  # each entity's newest row, as columns (written by add_columns)
-                last = (ends - 1).tolist()
+                keys = [key for _, key, _, _ in fast]
+                last = np.cumsum(counts_of) - 1
                 self._online_blocks[entity].append((
-                    [key for _, key, _, _ in fast],
-                    {name: [col[i] for i in last] for name, col in feats.items()},
-                    [new[-1][TIME] for *_, new in fast]))
-            if keys:
-                feats[ENTITY_KEYS[entity]] = keys
-                feats["event_timestamp"] = [e[TIME] for *_, new in fast for e in new]
+                    keys, {name: col[last].tolist() for name, col in feats.items()
+                           if name != "event_timestamp"},
+                    feats["event_timestamp"][last].tolist()))
+                feats[ENTITY_KEYS[entity]] = np.repeat(np.array(keys, dtype=object),
+                                                       counts_of)
                 columns[entity].append(feats)
         for _, key, state, new in slow:
             for event in new:
