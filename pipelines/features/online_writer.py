@@ -64,6 +64,8 @@ FeatureValue = int | float | None
 Row = tuple[str, Mapping[str, FeatureValue], datetime | int]
 """(entity value, {feature: value}, event time as a datetime or as µs since the epoch, UTC).
 A naive datetime is taken as UTC, as Feast does."""
+Column = Sequence[FeatureValue] | np.ndarray
+"""A feature's values for a block of rows: a list, or a numpy array (encoded in bulk)."""
 
 _U32 = struct.Struct("<I").pack
 _DOUBLE = struct.Struct("<d").pack
@@ -430,7 +432,7 @@ class ViewWriter:
 
 
     def add_columns(self, tx: RespTransaction, keys: Sequence[str],
-                    columns: Mapping[str, Sequence[FeatureValue]], times_us: Sequence[int]
+                    columns: Mapping[str, Column], times_us: Sequence[int] | np.ndarray
                     ) -> int:
         """Queue one HSET per entity from columns (bulk loads): ``keys[i]`` gets
         ``columns[f][i]`` for every feature ``f`` and the event time ``times_us[i]`` (µs since
@@ -466,15 +468,74 @@ class ViewWriter:
         return queued
 
 
-def _resp_column(values: Sequence[FeatureValue], encode: Callable[[FeatureValue], bytes]
-                 ) -> list[bytes]:
-    """A column of values as RESP bulk strings (encode is resp_int64 or resp_double)."""
+def _resp_column(values: Column,
+                 encode: Callable[[FeatureValue], bytes]) -> list[bytes]:
+    """A column of values as RESP bulk strings (encode is resp_int64 or resp_double); a
+    numpy column of the encoder's kind is encoded with array operations."""
+    if isinstance(values, np.ndarray):
+        if encode is resp_double and values.dtype.kind == "f":
+            return resp_double_array(values)
+        if encode is resp_int64 and values.dtype.kind in "iu":
+            return resp_int64_array(values)
+        values = values.tolist()
     if encode is resp_double:
         head, pack = _RESP_DOUBLE_HEAD, _DOUBLE
         return [head + pack(v) + b"\r\n" if v is not None and v == v else _RESP_EMPTY
                 for v in values]
     small = _RESP_SMALL_INTS
     return [small[v] if type(v) is int and 0 <= v < 16_384 else encode(v) for v in values]
+
+
+def _rows_as_bytes(out: np.ndarray) -> list[bytes]:
+    """The rows of a uint8 matrix as bytes, each without its zero padding: every row is
+    written left-aligned and ends in "\\r\\n", so only padding is a trailing zero byte
+    (numpy's fixed-width bytes drop exactly those, in C)."""
+    return out.view(f"S{out.shape[1]}").ravel().tolist()
+
+
+def resp_int64_array(values: np.ndarray) -> list[bytes]:
+    """resp_int64 of every value of an integer array (a negative one as protobuf writes
+    it: ten varint bytes of its two's complement), with array operations."""
+    u = np.ascontiguousarray(values, dtype=np.int64).view(np.uint64)
+    n = len(u)
+    size = np.ones(n, dtype=np.int64)  # varint bytes: 7 bits each
+    for k in range(1, 10):
+        size += u >= np.uint64(1 << (7 * k))
+    body = 1 + size  # the tag, then the varint
+    two = body >= 10
+    head = np.where(two, 5, 4)  # "$N\r\n" or "$NN\r\n"
+    rows = np.arange(n)
+    out = np.zeros((n, 5 + 11 + 2), dtype=np.uint8)
+    out[:, 0] = ord("$")
+    out[:, 1] = np.where(two, ord("1"), ord("0") + body)
+    out[two, 2] = ord("0") + body[two] - 10
+    out[rows, head - 2] = ord("\r")
+    out[rows, head - 1] = ord("\n")
+    out[rows, head] = _INT64_TAG[0]
+    for k in range(10):
+        write = size > k
+        byte = ((u >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8)
+        byte |= np.where(size > k + 1, 0x80, 0).astype(np.uint8)  # more bytes follow
+        out[rows[write], head[write] + 1 + k] = byte[write]
+    end = head + body
+    out[rows, end] = ord("\r")
+    out[rows, end + 1] = ord("\n")
+    return _rows_as_bytes(out)
+
+
+def resp_double_array(values: np.ndarray) -> list[bytes]:
+    """resp_double of every value of a float array (NaN: the empty Value), with array
+    operations."""
+    v = np.ascontiguousarray(values, dtype="<f8")
+    out = np.zeros((len(v), 15), dtype=np.uint8)
+    out[:, :5] = np.frombuffer(_RESP_DOUBLE_HEAD, dtype=np.uint8)
+    out[:, 5:13] = v.view(np.uint8).reshape(-1, 8)
+    out[:, 13:15] = (ord("\r"), ord("\n"))
+    missing = np.isnan(v)
+    if missing.any():
+        out[missing] = 0
+        out[missing, :6] = np.frombuffer(_RESP_EMPTY, dtype=np.uint8)
+    return _rows_as_bytes(out)
 
 
 def _varint(n: int) -> bytes:
@@ -502,7 +563,7 @@ def _varint(n: int) -> bytes:
 _SECONDS_5_BYTES = (1 << 28, 1 << 35)  # the seconds of 1978 … 3058: a 5-byte varint
 
 
-def resp_timestamps(times_us: Sequence[int]) -> list[bytes]:
+def resp_timestamps(times_us: Sequence[int] | np.ndarray) -> list[bytes]:
     """RESP bulk strings of ``_timestamp_bytes(*timestamp_parts(t))`` for µs times, built
     with numpy (a few hundred ns per row instead of a few µs); times outside 1978 … 3058
     take the per-value path."""
@@ -539,8 +600,7 @@ def resp_timestamps(times_us: Sequence[int]) -> list[bytes]:
     end = head + body
     out[rows, end] = ord("\r")
     out[rows, end + 1] = ord("\n")
-    raw = out.tobytes()
-    return [raw[i * width:i * width + e] for i, e in enumerate((end + 2).tolist())]
+    return _rows_as_bytes(out)
 
 
 def _timestamp_bytes(seconds: int, nanos: int) -> bytes:
@@ -576,7 +636,7 @@ class OnlineWriter:
         self.view(view).add(pipe, rows)
 
     def write_columns(self, tx: RespTransaction, view: str, keys: Sequence[str],
-                      columns: Mapping[str, Sequence[FeatureValue]],
-                      times_us: Sequence[int]) -> None:
+                      columns: Mapping[str, Column],
+                      times_us: Sequence[int] | np.ndarray) -> None:
         """Queue one row per key from columns (see ViewWriter.add_columns)."""
         self.view(view).add_columns(tx, keys, columns, times_us)

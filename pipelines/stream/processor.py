@@ -129,7 +129,7 @@ class OnlineSink(Protocol):
         """rows: (entity value, features, event time as a datetime or µs since the epoch)"""
 
     def write_columns(self, pipe: RespTransaction, view: str, keys: list[str],
-                      columns: dict[str, list[Any]], times_us: list[int]) -> None:
+                      columns: dict[str, np.ndarray], times_us: np.ndarray) -> None:
         """The same writes from columns: keys[i] gets columns[f][i], stamped times_us[i]."""
 
 
@@ -199,8 +199,8 @@ class StreamProcessor:
         self._alerts_by_rule: dict[str, int] = defaultdict(int)
         self._forward: list[tuple[int, str, str]] = []  # terminal updates of this batch
         # online rows of in-order entities, as columns: (keys, {feature: values}, times µs)
-        self._online_blocks: dict[Entity, list[tuple[list[str], dict[str, list[Any]],
-                                                     list[int]]]] = defaultdict(list)
+        self._online_blocks: dict[Entity, list[tuple[list[str], dict[str, np.ndarray],
+                                                     np.ndarray]]] = defaultdict(list)
         # the events this batch applied, per (topic, partition): its changelog entries
         self._changes: dict[tuple[str, int], list[tuple[Any, ...]]] = defaultdict(list)
         self._since_snapshot: dict[tuple[str, int], int] = {}
@@ -974,9 +974,9 @@ class StreamProcessor:
                 keys = [key for _, key, _, _ in fast]
                 last = np.cumsum(counts_of) - 1
                 self._online_blocks[entity].append((
-                    keys, {name: col[last].tolist() for name, col in feats.items()
+                    keys, {name: col[last] for name, col in feats.items()
                            if name != "event_timestamp"},
-                    feats["event_timestamp"][last].tolist()))
+                    feats["event_timestamp"][last]))
                 feats[ENTITY_KEYS[entity]] = np.repeat(np.array(keys, dtype=object),
                                                        counts_of)
                 columns[entity].append(feats)
