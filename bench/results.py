@@ -14,6 +14,46 @@ from rich.console import Console
 from rich.table import Table
 
 RESULTS_DIR = Path("bench/results")
+STEAL_NOTE_PCT = 5.0
+"""CPU steal from which a run's table says so: its figures are not comparable to quiet runs."""
+
+
+@dataclass(frozen=True)
+class CpuTimes:
+    """The machine's CPU time counters, all cores together (/proc/stat, in clock ticks).
+
+    On a virtual machine the hypervisor's other guests can take CPU time from this one
+    ("steal"): measured here, 10–40 % of the machine's CPU time during benchmark runs in
+    some hours and none in others, which moved the same code's figures by a factor of two.
+    Benchmarks record the share so that runs can be compared."""
+
+    steal: int
+    total: int
+
+    @classmethod
+    def now(cls) -> CpuTimes | None:
+        """None where /proc/stat cannot be read (not Linux)."""
+        try:
+            first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        except OSError:
+            return None
+        if not first or first[0] != "cpu":
+            return None
+        ticks = [int(x) for x in first[1:9]]  # user nice system idle iowait irq softirq steal
+        return cls(ticks[7] if len(ticks) > 7 else 0, sum(ticks))
+
+    def steal_pct_since(self, before: CpuTimes | None) -> float | None:
+        """Steal as a share of all CPU time (every core) between ``before`` and this
+        reading, in %."""
+        if before is None or self.total <= before.total:
+            return None
+        return round(100 * (self.steal - before.steal) / (self.total - before.total), 1)
+
+
+def steal_pct_since(before: CpuTimes | None) -> float | None:
+    """CPU steal since ``before`` (CpuTimes.now() at the start of a measurement), in %."""
+    now = CpuTimes.now()
+    return now.steal_pct_since(before) if now is not None else None
 
 
 @dataclass(frozen=True)
@@ -43,13 +83,20 @@ class BenchResult:
     quick: bool
     params: dict[str, Any]
     metrics: dict[str, Metric] = field(default_factory=dict)
+    cpu_at_start: CpuTimes | None = field(default_factory=CpuTimes.now)
+
+    @property
+    def steal_pct(self) -> float | None:
+        """CPU steal from the start of the run until now, in % of the machine's CPU time."""
+        return steal_pct_since(self.cpu_at_start)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "scenario": self.scenario,
             "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "quick": self.quick,
-            "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+            "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
+                        "cpu_steal_pct": self.steal_pct},
             "params": self.params,
             "metrics": {k: m.as_dict() for k, m in self.metrics.items()},
         }
@@ -74,4 +121,9 @@ class BenchResult:
             target = "-" if m.target is None else f"{sign} {m.target:,}"
             value = f"{m.value:,.1f}" if abs(m.value) >= 10 else f"{m.value:.3f}"
             table.add_row(name, value, m.unit, target, mark)
+        steal = self.steal_pct
+        if steal is not None and steal >= STEAL_NOTE_PCT:
+            table.caption = (f"CPU steal during the run: {steal:.0f} % of the machine's CPU "
+                             "time went to other guests of the hypervisor; compare these "
+                             "figures only with runs of similar steal")
         console.print(table)

@@ -31,7 +31,7 @@ from confluent_kafka import Consumer
 from rich.console import Console
 
 from bench.data import simulated_events
-from bench.results import BenchResult, Metric
+from bench.results import BenchResult, CpuTimes, Metric, steal_pct_since
 from kestrel.kafka import consumer_config
 from kestrel.services import private_services
 from kestrel.settings import Settings
@@ -72,7 +72,7 @@ def bench_throughput(settings: Settings, table: pa.Table) -> Metric:
     producer.produce_many(TRANSACTIONS, transaction_records(table))
     producer.flush(timeout=300)
     runner = _Runner(settings)
-    cpu0, load0 = time.process_time(), os.getloadavg()[0]
+    cpu0, load0, machine0 = time.process_time(), os.getloadavg()[0], CpuTimes.now()
     runner.start()
     stats = runner.processor.stats
     deadline = time.monotonic() + 1800
@@ -82,7 +82,7 @@ def bench_throughput(settings: Settings, table: pa.Table) -> Metric:
            and time.monotonic() < deadline):
         time.sleep(0.01)  # the terminal updates (repartition) are part of the work
     cpu = time.process_time() - cpu0
-    load1 = os.getloadavg()[0]
+    load1, steal = os.getloadavg()[0], steal_pct_since(machine0)
     runner.stop()
     seconds = max(1e-6, (stats.last_commit_at or 0) - (stats.first_record_at or 0))
     return Metric(stats.applied / seconds, "events/s", 50_000, "higher",
@@ -94,6 +94,7 @@ def bench_throughput(settings: Settings, table: pa.Table) -> Metric:
                    "process_cpu_s": round(cpu, 2),
                    "events_per_process_cpu_s": round(stats.applied / max(cpu, 1e-6)),
                    "load_avg_1m": [round(load0, 2), round(load1, 2)],
+                   "cpu_steal_pct": steal,  # taken by other guests of the hypervisor
                    "stage_ms": {k: round(v) for k, v in stats.stage_ms.items()}})
 
 
@@ -156,6 +157,7 @@ def bench_steady(settings: Settings, table: pa.Table, rate: float,
     if not ours.poll(120) or ours.recv() != "ready":
         raise RuntimeError("the load process did not start")
     time.sleep(max(0.0, settle_until - time.monotonic()))
+    machine0 = CpuTimes.now()
     ours.send("go")
     sent_at, produce_seconds = ours.recv()
     load.join(30)
@@ -164,6 +166,7 @@ def bench_steady(settings: Settings, table: pa.Table, rate: float,
     while runner.processor.stats.applied < n_records and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(1.0)
+    steal = steal_pct_since(machine0)
     stop.set()
     reader.join(10)
     runner.stop()
@@ -175,7 +178,7 @@ def bench_steady(settings: Settings, table: pa.Table, rate: float,
     stats = runner.processor.stats
     extra = {"rate": rate, "events": n_records, "achieved_rate":
              round(n_records / produce_seconds), "applied": stats.applied,
-             "load": "separate process",
+             "load": "separate process", "cpu_steal_pct": steal,
              "batches": stats.batches,
              "stage_ms_per_batch": {k: round(v / max(1, stats.batches), 1)
                                     for k, v in stats.stage_ms.items()}}
