@@ -182,10 +182,18 @@ def _valid(t: pa.Table) -> pa.ChunkedArray:
 
 
 def _times_us(when: pa.ChunkedArray) -> tuple[np.ndarray, pa.ChunkedArray]:
-    """µs since the epoch of canonical times; rows that are no date (2018-02-30) are null."""
-    seconds = pc.strptime(pc.utf8_slice_codeunits(when, 0, 19), format="%Y-%m-%dT%H:%M:%S",
-                          unit="s", error_is_null=True)
+    """µs since the epoch of canonical times, and which rows have one. Not a time: a date
+    that does not exist (Arrow's strptime rolls 2018-02-30 over to 2018-03-02 instead of
+    failing, so the parse must print back the same text) or a fraction that is not six
+    digits (casting it would raise for the whole batch)."""
+    text = pc.utf8_slice_codeunits(when, 0, 19)
+    seconds = pc.strptime(text, format="%Y-%m-%dT%H:%M:%S", unit="s", error_is_null=True)
+    exists = pc.equal(pc.strftime(seconds, format="%Y-%m-%dT%H:%M:%S"), text)
     frac = pc.utf8_slice_codeunits(when, 20, 26)
-    micros = pc.cast(pc.if_else(pc.equal(pc.utf8_length(when), 27), frac, "0"), pa.int64())
+    fractional = pc.equal(pc.utf8_length(when), 27)
+    digits = pc.match_substring_regex(frac, r"^[0-9]{6}$")
+    micros = pc.cast(pc.if_else(pc.and_(fractional, digits), frac, "0"), pa.int64())
     us = pc.add(pc.multiply(pc.cast(seconds, pa.int64()), _S_TO_US), micros)
-    return np.asarray(pc.fill_null(us, 0)), pc.is_valid(us)
+    ok = pc.and_kleene(pc.and_kleene(pc.is_valid(us), exists),
+                       pc.or_kleene(pc.invert(fractional), digits))
+    return np.asarray(pc.fill_null(us, 0)), pc.fill_null(ok, False)

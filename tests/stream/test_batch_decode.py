@@ -1,0 +1,78 @@
+"""Decoding a batch at once: the same columns and errors as record by record."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import orjson
+
+from kestrel.errors import EventValidationError
+from pipelines.stream import batch_decode, records
+from pipelines.stream.batch_decode import TxnColumns
+from tests.pipelines.events_factory import make_event
+
+FIELDS = (*batch_decode._COLUMNS, "time_us", "event_time")
+
+
+def _values(n: int, seed: int) -> list[bytes | None]:
+    """Valid records with every kind of record the fast path hands to the per-record one
+    mixed in: invalid fields, broken JSON, no value, a line break inside a string, a
+    non-canonical time, times that are no time, an extra field."""
+    rng = random.Random(seed)
+    out: list[bytes | None] = []
+    for i in range(n):
+        event: dict[str, Any] = make_event(i)
+        kind = rng.random()
+        if kind < 0.04:
+            event["amount"] = -1
+        elif kind < 0.06:
+            del event["card_id"]
+        elif kind < 0.08:
+            event["event_time"] = event["event_time"].replace("Z", "+00:00")
+        elif kind < 0.085:  # Arrow's strptime rolled this over to 2018-03-02
+            event["event_time"] = "2018-02-30T00:00:00Z"
+        elif kind < 0.09:  # casting the fraction raised for the whole batch
+            event["event_time"] = event["event_time"][:19] + ".12ab56Z"
+        elif kind < 0.095:  # a day that exists only in leap years
+            event["event_time"] = rng.choice(["2020-02-29T10:00:00Z", "2019-02-29T10:00:00Z"])
+        elif kind < 0.10:
+            event["channel"] = "line\nbreak"
+        elif kind < 0.11:
+            event["surprise"] = 1
+        if kind < 0.12 and rng.random() < 0.1:
+            out.append(None if rng.random() < 0.5 else b"{not json")
+            continue
+        out.append(orjson.dumps(event))
+    return out
+
+
+def _reference(values: list[bytes | None]) -> dict[int, Any]:
+    """Per position: the record's fields as records.decode gives them, or its error."""
+    out: dict[int, Any] = {}
+    for i, value in enumerate(values):
+        try:
+            txn = records.decode(value)
+        except EventValidationError as exc:
+            out[i] = str(exc)
+            continue
+        row = {name: getattr(txn, name) for name in batch_decode._COLUMNS}
+        out[i] = {**row, "time_us": txn.time_us, "event_time": records.iso(txn.time_us)}
+    return out
+
+
+def _rows(cols: TxnColumns) -> dict[int, Any]:
+    out: dict[int, Any] = {}
+    for i in range(cols.n):
+        if i in cols.errors:
+            out[i] = str(cols.errors[i])
+        else:
+            out[i] = {name: getattr(cols, name)[i] for name in FIELDS}
+    return out
+
+
+def test_a_batch_decodes_as_its_records_do_one_by_one() -> None:
+    values = _values(600, seed=1)
+    cols = batch_decode.decode_batch(values)
+    assert cols.n == 600 and 0 < len(cols.errors) < 100 and cols.slow > 0
+    assert _rows(cols) == _reference(values)
