@@ -32,18 +32,13 @@ _GROUP_BITS = 46  # µs relative to the batch's earliest time: ~2.2 years of spa
 class Layout:
     """Events of several entities, grouped: per entity its history (what its windows can
     still reach), then its new events (the ones to emit rows for). Only the sizes are kept
-    per entity; positions are derived with numpy in :func:`compute`."""
+    per entity; positions are derived with numpy in :func:`compute`. The caller appends
+    to the three lists together (once per entity of a batch, so without a method call)."""
 
     def __init__(self) -> None:
         self.events: list[Event] = []
         self.sizes: list[int] = []  # per group: history + new events
         self.fresh: list[int] = []  # per group: its new events (the last ones of the group)
-
-    def add(self, history: list[Event], new: list[Event]) -> None:
-        self.events += history
-        self.events += new
-        self.sizes.append(len(history) + len(new))
-        self.fresh.append(len(new))
 
 
 def _prev_same(group: np.ndarray, codes: np.ndarray) -> np.ndarray:

@@ -906,8 +906,7 @@ class StreamProcessor:
         ws = self.windows[entity]
         caches = self.cache[entity]
         layout = columnar.Layout()
-        # the loops below run once per entity of the batch (about one per event here), so
-        # Layout's lists are filled inline rather than through Layout.add
+        # the loops below run once per entity of the batch (about one per event here)
         events, sizes, fresh = layout.events, layout.sizes, layout.fresh
         fast: list[tuple[int, str, EventLog, list[Event]]] = []
         slow: list[tuple[int, str, EventLog, list[Event]]] = []
