@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +51,23 @@ class CpuTimes:
         return round(100 * (self.steal - before.steal) / (self.total - before.total), 1)
 
 
+def reference_ms() -> float:
+    """How long this machine takes, now, for a fixed piece of pure-Python work (dicts,
+    tuples, lists, sorting: what the stream and the services spend their CPU on); the best
+    of three, in ms. The same code's benchmark figures moved by a factor of two between
+    hours on this machine, mostly with no steal showing, and this moved with them: compare
+    figures only between runs whose reference is close."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        table: dict[tuple[int, int], list[int]] = {}
+        for i in range(200_000):
+            table.setdefault((i % 997, i % 13), []).append(i)
+        sorted(table.items(), key=lambda kv: (len(kv[1]), kv[0]))
+        best = min(best, (time.perf_counter() - started) * 1000)
+    return round(best, 1)
+
+
 def steal_pct_since(before: CpuTimes | None) -> float | None:
     """CPU steal since ``before`` (CpuTimes.now() at the start of a measurement), in %."""
     now = CpuTimes.now()
@@ -84,6 +102,7 @@ class BenchResult:
     params: dict[str, Any]
     metrics: dict[str, Metric] = field(default_factory=dict)
     cpu_at_start: CpuTimes | None = field(default_factory=CpuTimes.now)
+    reference_ms_at_start: float = field(default_factory=reference_ms)
 
     @property
     def steal_pct(self) -> float | None:
@@ -96,7 +115,8 @@ class BenchResult:
             "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "quick": self.quick,
             "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
-                        "cpu_steal_pct": self.steal_pct},
+                        "cpu_steal_pct": self.steal_pct,
+                        "reference_ms": [self.reference_ms_at_start, reference_ms()]},
             "params": self.params,
             "metrics": {k: m.as_dict() for k, m in self.metrics.items()},
         }
@@ -121,9 +141,12 @@ class BenchResult:
             target = "-" if m.target is None else f"{sign} {m.target:,}"
             value = f"{m.value:,.1f}" if abs(m.value) >= 10 else f"{m.value:.3f}"
             table.add_row(name, value, m.unit, target, mark)
+        caption = [f"machine reference workload {self.reference_ms_at_start:,.1f} ms at the "
+                   "start (bench.results.reference_ms; compare runs with a close one)"]
         steal = self.steal_pct
         if steal is not None and steal >= STEAL_NOTE_PCT:
-            table.caption = (f"CPU steal during the run: {steal:.0f} % of the machine's CPU "
-                             "time went to other guests of the hypervisor; compare these "
-                             "figures only with runs of similar steal")
+            caption.append(f"CPU steal during the run: {steal:.0f} % of the machine's CPU "
+                           "time went to other guests of the hypervisor; compare these "
+                           "figures only with runs of similar steal")
+        table.caption = "\n".join(caption)
         console.print(table)
