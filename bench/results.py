@@ -24,8 +24,8 @@ class CpuTimes:
     """The machine's CPU time counters, all cores together (/proc/stat, in clock ticks).
 
     On a virtual machine the hypervisor's other guests can take CPU time from this one
-    ("steal"): measured here, 10–40 % of the machine's CPU time during benchmark runs in
-    some hours and none in others, which moved the same code's figures by a factor of two.
+    ("steal"): seen here at 10–40 % of the machine's CPU time during one benchmark run and
+    at none during others (slow spells without steal show in reference_ms instead).
     Benchmarks record the share so that runs can be compared."""
 
     steal: int
