@@ -96,12 +96,12 @@ def decode_batch(values: list[bytes | None]) -> TxnColumns:
     if tables:
         table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
         pos = np.concatenate(positions)
+        # times are read only from rows of the contract's form (every cast then holds)
+        table, pos = _keep(table, pos, np.asarray(_valid(table)), loose)
         us, dated = _times_us(table.column("event_time"))
-        ok = np.asarray(pc.and_(_valid(table), dated))
-        if not ok.all():
-            table, us = table.filter(pa.array(ok)), us[ok]
-            loose.extend(pos[~ok].tolist())
-            pos = pos[ok]
+        if not dated.all():
+            us = us[dated]
+            table, pos = _keep(table, pos, dated, loose)
     else:
         table, pos, us = _SCHEMA.empty_table(), np.zeros(0, np.int64), np.zeros(0, np.int64)
     if not loose:  # the common case: every record valid, in order
@@ -181,39 +181,25 @@ def _valid(t: pa.Table) -> pa.ChunkedArray:
     return pc.fill_null(ok, False)
 
 
-def _times_us(when: pa.ChunkedArray) -> tuple[np.ndarray, pa.ChunkedArray]:
-    """µs since the epoch of canonical times, and which rows have one. Not a time: a date
-    that does not exist (Arrow's strptime rolls 2018-02-30 over to 2018-03-02 instead of
-    failing, so the day parsed must be the day written) or a fraction that is not six
-    digits (casting it would raise for the whole batch)."""
-    text = pc.utf8_slice_codeunits(when, 0, 19)
-    seconds = pc.strptime(text, format="%Y-%m-%dT%H:%M:%S", unit="s", error_is_null=True)
-    exists = pc.equal(pc.day(seconds), _written_day(when))
+def _keep(table: pa.Table, pos: np.ndarray, ok: np.ndarray, loose: list[int]
+          ) -> tuple[pa.Table, np.ndarray]:
+    """The rows marked ``ok`` and their positions; the others' positions go to ``loose``."""
+    if ok.all():
+        return table, pos
+    loose.extend(pos[~ok].tolist())
+    return table.filter(pa.array(ok)), pos[ok]
+
+
+def _times_us(when: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """µs since the epoch of times that passed _valid, and which of them are real dates:
+    Arrow's strptime rolls 2018-02-30 over to 2018-03-02 instead of failing, so the day
+    parsed must be the day written. (Read before _valid, a fraction that was not six digits
+    made the int cast raise for the whole batch.)"""
+    seconds = pc.strptime(pc.utf8_slice_codeunits(when, 0, 19), format="%Y-%m-%dT%H:%M:%S",
+                          unit="s", error_is_null=True)
+    written = pc.cast(pc.utf8_slice_codeunits(when, 8, 10), pa.int64())
+    dated = pc.fill_null(pc.equal(pc.day(seconds), written), False)
     frac = pc.utf8_slice_codeunits(when, 20, 26)
-    fractional = pc.equal(pc.utf8_length(when), 27)
-    digits = pc.match_substring_regex(frac, r"^[0-9]{6}$")
-    micros = pc.cast(pc.if_else(pc.and_(fractional, digits), frac, "0"), pa.int64())
+    micros = pc.cast(pc.if_else(pc.equal(pc.utf8_length(when), 27), frac, "0"), pa.int64())
     us = pc.add(pc.multiply(pc.cast(seconds, pa.int64()), _S_TO_US), micros)
-    ok = pc.and_kleene(pc.and_kleene(pc.is_valid(us), exists),
-                       pc.or_kleene(pc.invert(fractional), digits))
-    return np.asarray(pc.fill_null(us, 0)), pc.fill_null(ok, False)
-
-
-def _written_day(when: pa.ChunkedArray) -> np.ndarray:
-    """The two digits at positions 8–9 of each time as a number (-1 where they are not two
-    ASCII digits), read from the string column's buffers with numpy: printing the parsed
-    time back (strftime) cost more than the whole parse."""
-    days = pc.utf8_slice_codeunits(when, 8, 10).combine_chunks()
-    n = len(days)
-    out = np.full(n, -1, dtype=np.int64)
-    offsets_buf, data_buf = days.buffers()[1], days.buffers()[2]
-    if n == 0 or offsets_buf is None or data_buf is None:
-        return out
-    offsets = np.frombuffer(offsets_buf, np.int32)[days.offset:days.offset + n + 1]
-    data = np.frombuffer(data_buf, np.uint8)
-    two = (offsets[1:] - offsets[:-1]) == 2
-    start = offsets[:-1][two]
-    tens, ones = data[start].astype(np.int64) - 48, data[start + 1].astype(np.int64) - 48
-    digits = (tens >= 0) & (tens <= 9) & (ones >= 0) & (ones <= 9)
-    out[np.flatnonzero(two)[digits]] = (tens * 10 + ones)[digits]
-    return out
+    return np.asarray(pc.fill_null(us, 0)), np.asarray(dated)

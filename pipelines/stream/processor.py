@@ -967,8 +967,7 @@ class StreamProcessor:
                     state.events += new
                     known += [e[TIME] for e in new]
                     state.ids.update([e[TXN] for e in new])
-                if known[0] <= known[-1] - kept_us:
-                    state.evict_before(known[-1] - kept_us)
+                state.evict_before(known[-1] - kept_us)  # returns at once if nothing left
             if fast:  # each entity's newest row, as columns (written by add_columns)
                 keys = [key for _, key, _, _ in fast]
                 last = np.cumsum(counts_of) - 1
