@@ -62,7 +62,7 @@ def _quick(obj: dict[str, object]) -> Txn | None:
             or not -180 <= lon <= 180:
         return None
     mcc, country, currency = obj["mcc"], obj["country"], obj["currency"]
-    if not (isinstance(mcc, str) and len(mcc) == 4 and mcc.isdigit()):
+    if not (isinstance(mcc, str) and len(mcc) == 4 and mcc.isascii() and mcc.isdigit()):
         return None
     if country not in COUNTRIES or currency not in CURRENCIES or obj["channel"] not in _CHANNELS:
         return None
