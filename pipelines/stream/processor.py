@@ -764,7 +764,6 @@ class StreamProcessor:
         loop, the windows per entity type at once (_apply_batch)."""
         pending: dict[Entity, dict[tuple[int, str], list[Event]]] = {
             e: defaultdict(list) for e in ENTITIES}
-        seen: set[tuple[int, str, str]] = set()  # (partition, entity key, txn_id) this batch
         cols = batch_decode.decode_batch([m.value() for m in txns])
         for i, exc in cols.errors.items():
             self._dead_letter(txns[i], exc, producer)
@@ -797,7 +796,12 @@ class StreamProcessor:
         self.stats.applied += len(accepted)
         forwarded = [(m.partition() or 0, *orjson.loads(m.value() or b"[]"))
                      for m in batch if m.topic() != TRANSACTIONS]  # through the topic
-        for updates in (forwarded, self._route_terminal(producer)):
+        local = self._route_terminal(producer)
+        # (partition, terminal_id, txn_id) queued this batch; none can repeat when nothing
+        # came through the topic and the batch's txn_ids are distinct
+        seen: set[tuple[int, str, str]] | None = set() if forwarded or len(set(ids)) < len(
+            ids) else None
+        for updates in (forwarded, local):
             self._pend_terminals(updates, seen, pending["terminal"], self.cache["terminal"])
         for entity in ENTITIES:
             self._apply_batch(entity, pending[entity], rows, columns, online, card_customer,
@@ -806,20 +810,22 @@ class StreamProcessor:
 
     @staticmethod
     def _pend_terminals(updates: list[tuple[int, str, int, str]],
-                        seen: set[tuple[int, str, str]],
+                        seen: set[tuple[int, str, str]] | None,
                         pending: dict[tuple[int, str], list[Event]],
                         cache: dict[int, dict[str, EventLog]]) -> None:
         """Queue terminal updates (partition, txn_id, time µs, terminal_id) for _apply_batch,
         each once: one the terminal's state already holds (forwarded again in a replay
-        after a crash), or one already queued in this batch (``seen``), is skipped."""
+        after a crash), or one already queued in this batch (``seen``, unless None), is
+        skipped."""
         for part, txn_id, time_us, terminal_id in updates:
-            mark = (part, terminal_id, txn_id)
-            if mark in seen:
-                continue
+            if seen is not None:
+                mark = (part, terminal_id, txn_id)
+                if mark in seen:
+                    continue
+                seen.add(mark)
             state = cache[part].get(terminal_id)
             if state is not None and txn_id in state.ids:
                 continue
-            seen.add(mark)
             pending[(part, terminal_id)].append((txn_id, time_us, 0.0, "", terminal_id, "",
                                                  0.0, 0.0))
 
