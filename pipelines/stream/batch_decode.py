@@ -22,7 +22,6 @@ it again.
 
 from __future__ import annotations
 
-import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -41,10 +40,10 @@ _STR = pa.string()
 _TIME = (r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]"
          r":[0-5][0-9](\.[0-9]{6})?Z$")
 _S_TO_US = np.int64(1_000_000)
-# an identifier's characters (kestrel.events.Identifier, which also strips whitespace: a
-# padded one takes the per-record path); bytes.translate deletes them, so a column of valid
-# identifiers joined translates to b""
-_ID_CHARS = (string.ascii_letters + string.digits + "_.:-").encode()
+# bytes.translate deletes an identifier's characters, so a column of valid identifiers
+# joined translates to b"" (kestrel.events.Identifier also strips whitespace: a padded one
+# takes the per-record path)
+_ID_CHARS = records.ID_ALPHABET.encode()
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]  # characters: _valid
 
 
@@ -76,7 +75,7 @@ _DECODER = msgspec.json.Decoder(_Record)
 class TxnColumns:
     """The batch's records by position: valid ones in the columns, the others in ``errors``.
 
-    ``event_time`` is each valid record's time as the stream writes it (``_iso``)."""
+    ``event_time`` is each valid record's time as the stream writes it (``records.iso``)."""
 
     n: int
     txn_id: list[str] = field(default_factory=list)

@@ -799,8 +799,8 @@ class StreamProcessor:
         local = self._route_terminal(producer)
         # (partition, terminal_id, txn_id) queued this batch; none can repeat when nothing
         # came through the topic and the batch's txn_ids are distinct
-        seen: set[tuple[int, str, str]] | None = set() if forwarded or len(set(ids)) < len(
-            ids) else None
+        repeats = bool(forwarded) or len(set(ids)) < len(ids)
+        seen: set[tuple[int, str, str]] | None = set() if repeats else None
         for updates in (forwarded, local):
             self._pend_terminals(updates, seen, pending["terminal"], self.cache["terminal"])
         for entity in ENTITIES:

@@ -24,7 +24,9 @@ _REQUIRED = frozenset({"txn_id", "event_time", "customer_id", "account_id", "car
 _ALLOWED = _REQUIRED | {"schema_version", "device_id"}
 _CHANNELS = frozenset({"pos", "ecom", "atm"})
 _IDS = re.compile(r"(?:[A-Za-z0-9_.:\-]{1,64}\x00){4}[A-Za-z0-9_.:\-]{1,64}")
-_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
+ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-"
+"""An identifier's characters (kestrel.events.Identifier's pattern)."""
+_ID_CHARS = frozenset(ID_ALPHABET)
 
 
 @dataclass(slots=True, frozen=True)
