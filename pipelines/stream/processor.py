@@ -71,7 +71,7 @@ from pipelines.batching import consume_in_batches, stop_on_signals
 from pipelines.dlq import dead_letter
 from pipelines.features.online_writer import RespTransaction, resp_push_and_trim
 from pipelines.ingest import EventProducer
-from pipelines.stream import batch_decode, changelog, columnar, records
+from pipelines.stream import batch_decode, changelog, columnar, recent, records
 from pipelines.stream.event_time import UNREADABLE, event_time_key, event_times_us
 from pipelines.stream.metrics import StreamMetrics
 from pipelines.stream.offline_log import ColumnBlock, OfflineLog
@@ -774,10 +774,9 @@ class StreamProcessor:
         pend_card, pend_customer = pending["card"], pending["customer"]
         card_customer: dict[str, str] = {}
         changes = self._changes
-        recent = self._recent
-        dumps = orjson.dumps
+        recent_lists = self._recent
         produced_at: list[int] = []
-        for i in accepted:
+        for i, entry in zip(accepted, recent.entries(cols, accepted), strict=True):
             m = txns[i]
             part = m.partition() or 0
             event: Event = (ids[i], times[i], amounts[i], countries[i], terminals[i], mccs[i],
@@ -787,10 +786,7 @@ class StreamProcessor:
             pend_card[(part, card)].append(event)
             pend_customer[(part, customer)].append(event)
             card_customer[card] = customer
-            recent[customer].append(dumps({
-                "txn_id": ids[i], "event_time": cols.event_time[i], "amount": amounts[i],
-                "currency": cols.currency[i], "mcc": mccs[i], "country": countries[i],
-                "terminal_id": terminals[i], "card_id": card, "channel": cols.channel[i]}))
+            recent_lists[customer].append(entry)
             produced_at.append(m.timestamp()[1])
         self._forward = [(times[i], terminals[i], ids[i]) for i in accepted]
         self.stats.applied += len(accepted)
@@ -1035,10 +1031,9 @@ class StreamProcessor:
         for entity, key, state in pairs:
             self._apply(entity, key, state, event, rows, online)
         self._changes[(TRANSACTIONS, part)].append((txn.card_id, txn.customer_id, *event))
-        self._recent[txn.customer_id].append(orjson.dumps({
-            "txn_id": txn.txn_id, "event_time": records.iso(txn.time_us), "amount": txn.amount,
-            "currency": txn.currency, "mcc": txn.mcc, "country": txn.country,
-            "terminal_id": txn.terminal_id, "card_id": txn.card_id, "channel": txn.channel}))
+        self._recent[txn.customer_id].append(recent.encode(recent.RecentEntry(
+            txn.txn_id, records.iso(txn.time_us), txn.amount, txn.currency, txn.mcc,
+            txn.country, txn.terminal_id, txn.card_id, txn.channel)))
         for rule in self.rules:
             alert = evaluate(txn.card_id, txn.customer_id, card, rule, now)
             if alert is not None:
