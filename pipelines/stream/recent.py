@@ -9,6 +9,7 @@ allows (0 < amount ≤ 1,000,000; the two differ only from 1e16 on, ``1e16`` vs 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
@@ -32,8 +33,9 @@ encode = msgspec.json.Encoder().encode
 
 def entries(cols: TxnColumns, positions: Sequence[int]) -> list[bytes]:
     """The entries of the batch's records at ``positions`` (the accepted ones), in order."""
-    fields = [cols.txn_id, cols.event_time, cols.amount, cols.currency, cols.mcc, cols.country,
-              cols.terminal_id, cols.card_id, cols.channel]
+    fields: list[Sequence[Any]] = [
+        cols.txn_id, cols.event_time, cols.amount, cols.currency, cols.mcc, cols.country,
+        cols.terminal_id, cols.card_id, cols.channel]
     if len(positions) != cols.n:  # some were refused: their rows may hold None
         fields = [[column[i] for i in positions] for column in fields]
     return list(map(encode, map(RecentEntry, *fields)))
