@@ -31,6 +31,7 @@ import orjson
 from rich.console import Console
 
 from bench.results import BenchResult, Metric
+from kestrel.redis_keys import insight_doc_key, recent_key
 from kestrel.services import free_port, private_services
 from kestrel.settings import Settings
 from kestrel.windows import Entity
@@ -82,12 +83,12 @@ def _seed(settings: Settings) -> None:
             {"date": f"2018-05-{d:02d}", "category": c, "amount": 10.0 + d, "count": 1}
             for d in range(1, 31) for c in ("groceries", "fuel")],
             "monthly": [{"month": "2018-05", "amount": 800.0, "count": 60, "mom_change": 0.1}]}
-        pipe.set(f"kestrel:insights:customer:C{i:04d}", orjson.dumps(doc))
+        pipe.set(insight_doc_key(f"C{i:04d}"), orjson.dumps(doc))
         recent = [orjson.dumps({"txn_id": f"r{i}-{k}", "event_time": "2018-06-02T10:00:00Z",
                                 "amount": 12.0, "currency": "EUR", "mcc": "5812",
                                 "country": "FR", "terminal_id": "T1", "card_id": f"card-{i}",
                                 "channel": "pos"}) for k in range(20)]
-        pipe.rpush(f"kestrel:recent:C{i:04d}", *recent)
+        pipe.rpush(recent_key(f"C{i:04d}"), *recent)
     pipe.execute()
 
 

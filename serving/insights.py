@@ -26,28 +26,13 @@ import orjson
 from redis import Redis
 
 from kestrel.mcc import category_of as mcc_category
+from kestrel.redis_keys import insight_cache_key, insight_doc_key, recent_key, top_spenders_key
 from pipelines.features.online_writer import resp_command
 from serving.alerts import AlertStore
 from serving.features import roundtrip
 
 FIELDS = ("as_of", "today", "spend_today", "spend_7d", "spend_30d", "trend", "top_categories",
           "recent_transactions", "open_alerts", "risk_level", "sources")
-
-
-def cache_key(customer_id: str, schema: int) -> str:
-    return f"insight:user:{customer_id}:v{schema}"
-
-
-def doc_key(customer_id: str) -> str:
-    return f"kestrel:insights:customer:{customer_id}"
-
-
-def recent_key(customer_id: str) -> str:
-    return f"kestrel:recent:{customer_id}"
-
-
-def top_spenders_key(day: str) -> str:
-    return f"kestrel:insights:top_spenders:{day}"
 
 
 def _pct(now: float, before: float) -> float | None:
@@ -121,14 +106,14 @@ class Insights:
     def cached(self, customer_id: str) -> bytes | None:
         """The cached body, by a GET on a pooled connection without redis-py's command
         layer (serving.features.roundtrip): the whole of a cache hit's Redis cost."""
-        value: Any = roundtrip(self.redis, resp_command(b"GET", cache_key(customer_id,
+        value: Any = roundtrip(self.redis, resp_command(b"GET", insight_cache_key(customer_id,
                                                                          self.schema)), 1)[0]
         return cast(bytes | None, value)
 
     def build(self, customer_id: str) -> bytes | None:
         """Compose from the sources and fill the cache; None for an unknown customer."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.get(doc_key(customer_id))
+        pipe.get(insight_doc_key(customer_id))
         pipe.lrange(recent_key(customer_id), 0, 19)
         raw_doc, raw_recent = pipe.execute()
         doc = orjson.loads(raw_doc) if raw_doc else None
@@ -137,7 +122,7 @@ class Insights:
         if result is None:
             return None
         body = orjson.dumps(result)
-        self.redis.set(cache_key(customer_id, self.schema), body, ex=self.ttl)
+        self.redis.set(insight_cache_key(customer_id, self.schema), body, ex=self.ttl)
         return body
 
     def top_spenders(self, day: str, n: int) -> list[dict[str, Any]] | None:

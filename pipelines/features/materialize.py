@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import redis
 
+from kestrel.redis_keys import insight_cache_key, insight_doc_key, top_spenders_key
 from kestrel.settings import Settings
 from kestrel.windows import ENTITY_KEYS, batch_feature_names, batch_view_name
 from pipelines.batch.fingerprint import Manifest
@@ -55,9 +56,6 @@ from pipelines.features.online_writer import OnlineWriter, RespTransaction
 
 Progress = Callable[[str], None]
 WATERMARK_KEY = "kestrel:materialize:{name}"
-INSIGHTS_KEY = "kestrel:insights:customer:{customer_id}"
-TOP_SPENDERS_KEY = "kestrel:insights:top_spenders:{day}"
-INSIGHT_CACHE_KEY = "insight:user:{customer_id}:v{version}"
 DAILY_DAYS = 35
 MONTHS = 13
 CHUNK = 5_000
@@ -202,7 +200,7 @@ def materialize_insights(settings: Settings, client: redis.Redis, manifest: Mani
         for day in pending:
             table = _read(folder, "date", [day], ["rank", "customer_id", "amount", "count"])
             rows = table.sort_by("rank").to_pylist() if table is not None else []
-            pipe.set(TOP_SPENDERS_KEY.format(day=day), orjson.dumps(
+            pipe.set(top_spenders_key(day), orjson.dumps(
                 [{"customer_id": r["customer_id"], "amount": r["amount"], "count": r["count"]}
                  for r in rows]))
         pipe.execute()
@@ -254,8 +252,8 @@ def materialize_insights(settings: Settings, client: redis.Redis, manifest: Mani
     pipe = client.pipeline(transaction=False)
     version = settings.insight_schema_version
     for i, (customer, body) in enumerate(docs.items(), 1):
-        pipe.set(INSIGHTS_KEY.format(customer_id=customer), orjson.dumps(body))
-        pipe.delete(INSIGHT_CACHE_KEY.format(customer_id=customer, version=version))
+        pipe.set(insight_doc_key(customer), orjson.dumps(body))
+        pipe.delete(insight_cache_key(customer, version))
         if i % CHUNK == 0:
             pipe.execute()
     pipe.execute()

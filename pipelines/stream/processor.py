@@ -57,6 +57,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from kestrel import heap
 from kestrel.errors import EventValidationError, FieldError
 from kestrel.kafka import consumer_config, topic_ids
+from kestrel.redis_keys import insight_cache_key, recent_key
 from kestrel.settings import Settings
 from kestrel.topics import (
     ALERTS,
@@ -80,7 +81,6 @@ from pipelines.stream.state import TIME, TXN, Event, EventLog, WindowSet
 
 log = logging.getLogger("kestrel.stream")
 GROUP_ID = "kestrel-stream"  # listed in kestrel.topics.CONSUMER_GROUPS
-RECENT_PREFIX = "kestrel:recent:"
 RECENT_KEEP = 20
 TERMINAL_REORDER_SLACK_US = 7 * 86_400 * 1_000_000
 MAX_PARTITION_SKEW_US = 3600 * 1_000_000
@@ -156,15 +156,6 @@ class StreamStats:
 
 def offsets_key(group_id: str) -> str:
     return f"kestrel:stream:{group_id}:offsets"
-
-
-def insight_key(customer_id: str, schema: int) -> str:
-    return f"insight:user:{customer_id}:v{schema}"
-
-
-def recent_key(customer_id: str) -> str:
-    """Redis list of a customer's most recent transactions, newest first (RECENT_KEEP)."""
-    return f"{RECENT_PREFIX}{customer_id}"
 
 
 class StreamProcessor:
@@ -1131,5 +1122,5 @@ class StreamProcessor:
                    *[x for kv in mapping.items() for x in kv])
         schema = self.settings.insight_schema_version
         if customers:
-            tx.command("DEL", *[insight_key(c, schema) for c in customers])
+            tx.command("DEL", *[insight_cache_key(c, schema) for c in customers])
         return tx

@@ -1,5 +1,6 @@
-"""Entries of a customer's recent-transactions list (processor.recent_key; serving/insights.py
-reads them): one JSON object per applied transaction, the fields below in this order.
+"""Entries of a customer's recent-transactions list (kestrel.redis_keys.recent_key;
+serving/insights.py reads them): one JSON object per applied transaction, the fields below in
+this order.
 
 Encoded by msgspec from a struct: about a fifth of the cost of building a dict per event and
 ``orjson.dumps`` of it (0.6 vs 2.9 µs), with the same bytes for every amount the contract

@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 import redis
 
+from kestrel.redis_keys import insight_doc_key, top_spenders_key
 from kestrel.settings import Settings
 from kestrel.windows import batch_feature_names, batch_view_name
 from pipelines.batch.layout import batch_table
-from pipelines.features.materialize import INSIGHTS_KEY, TOP_SPENDERS_KEY, materialize
+from pipelines.features.materialize import materialize
 from pipelines.features.store import apply, feature_store
 from tests.batch import reference as ref
 from tests.batch.conftest import SMALL
@@ -68,7 +69,7 @@ def test_insight_docs_and_top_spenders(mat_settings: Settings) -> None:
     client = redis.Redis.from_url(s.redis_url)
     tx, _ = ref.lake_frames(s.lake_dir)
     customer = tx.customer_id.iloc[-1]
-    doc = orjson.loads(client.get(INSIGHTS_KEY.format(customer_id=customer)))
+    doc = orjson.loads(client.get(insight_doc_key(customer)))
     assert doc["as_of"] == LAST.isoformat()
     first = (LAST - timedelta(days=34)).isoformat()
     assert doc["daily"] and all(first <= d["date"] <= LAST.isoformat() for d in doc["daily"])
@@ -81,8 +82,8 @@ def test_insight_docs_and_top_spenders(mat_settings: Settings) -> None:
     assert doc["monthly"][1]["amount"] == pytest.approx(may["amount"])
     assert doc["monthly"][1]["mom_change"] == pytest.approx(may["mom_change"], abs=1e-4)
 
-    top = orjson.loads(client.get(TOP_SPENDERS_KEY.format(day=LAST.isoformat())))
+    top = orjson.loads(client.get(top_spenders_key(LAST.isoformat())))
     assert len(top) == 100 and set(top[0]) == {"customer_id", "amount", "count"}
     amounts = [t["amount"] for t in top]
     assert amounts == sorted(amounts, reverse=True)
-    assert client.exists(TOP_SPENDERS_KEY.format(day=SMALL.start.isoformat()))
+    assert client.exists(top_spenders_key(SMALL.start.isoformat()))

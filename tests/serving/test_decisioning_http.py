@@ -22,10 +22,10 @@ from redis import Redis
 
 from kestrel.kafka import producer_config
 from kestrel.pan import CardTokenizer
+from kestrel.redis_keys import insight_cache_key as insight_key
 from kestrel.services import BROKER, REDIS, free_port, start_broker, start_redis, stop
 from kestrel.settings import Settings
 from kestrel.topics import ALERTS, DECISIONS, LABELS, TRANSACTIONS
-from pipelines.stream.processor import insight_key
 from serving.auth import mint_token
 from serving.fixtures import register_copy, register_tiny_model, transaction, write_features
 from serving.process import running_service

@@ -22,6 +22,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from kestrel.pan import CardTokenizer
+from kestrel.redis_keys import insight_cache_key as insight_key
 from kestrel.services import free_port
 from kestrel.settings import Settings
 from kestrel.topics import (
@@ -41,7 +42,7 @@ from pipelines.simulator.to_kafka import stream_to_kafka, transaction_records
 from pipelines.stream.changelog import group_prefix
 from pipelines.stream.metrics import read_summaries
 from pipelines.stream.offline_log import log_dir
-from pipelines.stream.processor import GROUP_ID, StreamProcessor, insight_key, offsets_key
+from pipelines.stream.processor import GROUP_ID, StreamProcessor, offsets_key
 from tests.conftest import TEST_SECRET, env_for
 from tests.pipelines.events_factory import encode, make_event
 from tests.pipelines.test_archive import produce, read_topic

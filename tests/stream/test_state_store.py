@@ -16,6 +16,7 @@ import redis
 from redis.exceptions import ResponseError
 
 from kestrel.pan import CardTokenizer
+from kestrel.redis_keys import recent_key
 from kestrel.settings import Settings
 from kestrel.topics import TRANSACTIONS, TRANSACTIONS_BY_TERMINAL, partitions_for
 from kestrel.windows import ENTITIES, feature_names, stream_view_name
@@ -23,7 +24,7 @@ from pipelines.features.online_writer import OnlineWriter, RespTransaction
 from pipelines.simulator.config import SimulationConfig
 from pipelines.simulator.to_kafka import stream_to_kafka
 from pipelines.stream import changelog
-from pipelines.stream.processor import RECENT_KEEP, StreamProcessor, offsets_key, recent_key
+from pipelines.stream.processor import RECENT_KEEP, StreamProcessor, offsets_key
 from tests.conftest import TEST_SECRET
 from tests.pipelines.events_factory import make_event
 from tests.pipelines.test_archive import produce
