@@ -106,8 +106,8 @@ class Insights:
     def cached(self, customer_id: str) -> bytes | None:
         """The cached body, by a GET on a pooled connection without redis-py's command
         layer (serving.features.roundtrip): the whole of a cache hit's Redis cost."""
-        value: Any = roundtrip(self.redis, resp_command(b"GET", insight_cache_key(customer_id,
-                                                                         self.schema)), 1)[0]
+        key = insight_cache_key(customer_id, self.schema)
+        value: Any = roundtrip(self.redis, resp_command(b"GET", key), 1)[0]
         return cast(bytes | None, value)
 
     def build(self, customer_id: str) -> bytes | None:

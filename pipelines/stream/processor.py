@@ -1023,8 +1023,9 @@ class StreamProcessor:
             self._apply(entity, key, state, event, rows, online)
         self._changes[(TRANSACTIONS, part)].append((txn.card_id, txn.customer_id, *event))
         self._recent[txn.customer_id].append(recent.encode(recent.RecentEntry(
-            txn.txn_id, records.iso(txn.time_us), txn.amount, txn.currency, txn.mcc,
-            txn.country, txn.terminal_id, txn.card_id, txn.channel)))
+            txn_id=txn.txn_id, event_time=records.iso(txn.time_us), amount=txn.amount,
+            currency=txn.currency, mcc=txn.mcc, country=txn.country,
+            terminal_id=txn.terminal_id, card_id=txn.card_id, channel=txn.channel)))
         for rule in self.rules:
             alert = evaluate(txn.card_id, txn.customer_id, card, rule, now)
             if alert is not None:

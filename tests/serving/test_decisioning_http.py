@@ -22,7 +22,7 @@ from redis import Redis
 
 from kestrel.kafka import producer_config
 from kestrel.pan import CardTokenizer
-from kestrel.redis_keys import insight_cache_key as insight_key
+from kestrel.redis_keys import insight_cache_key
 from kestrel.services import BROKER, REDIS, free_port, start_broker, start_redis, stop
 from kestrel.settings import Settings
 from kestrel.topics import ALERTS, DECISIONS, LABELS, TRANSACTIONS
@@ -272,7 +272,7 @@ def _seed_insights(stack: Stack) -> Redis:
 
 def test_insights_compose_cache_and_invalidate(stack: Stack) -> None:
     redis = _seed_insights(stack)
-    redis.delete(insight_key("C0042", 1))
+    redis.delete(insight_cache_key("C0042", 1))
     r = stack.get("/v1/users/C0042/insights", role="bot")
     assert r.status_code == 200 and r.headers["x-cache"] == "miss"
     doc = r.json()
@@ -290,10 +290,10 @@ def test_insights_compose_cache_and_invalidate(stack: Stack) -> None:
     assert stack.get("/v1/users/C0042/insights", role="bot").json()["spend_7d"] == 115.0
     fresh = stack.get("/v1/users/C0042/insights?fresh=true", role="bot")
     assert fresh.headers["x-cache"] == "bypass" and fresh.json()["spend_7d"] == 15.0
-    redis.delete(insight_key("C0042", 1))  # what the stream's commit does
+    redis.delete(insight_cache_key("C0042", 1))  # what the stream's commit does
     again = stack.get("/v1/users/C0042/insights", role="bot")
     assert again.headers["x-cache"] == "miss" and again.json()["spend_7d"] == 15.0
-    assert redis.ttl(insight_key("C0042", 1)) > 0
+    assert redis.ttl(insight_cache_key("C0042", 1)) > 0
 
 
 def test_insights_partial_fields_and_unknown_customer(stack: Stack) -> None:

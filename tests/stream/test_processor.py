@@ -22,7 +22,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from kestrel.pan import CardTokenizer
-from kestrel.redis_keys import insight_cache_key as insight_key
+from kestrel.redis_keys import insight_cache_key
 from kestrel.services import free_port
 from kestrel.settings import Settings
 from kestrel.topics import (
@@ -256,12 +256,12 @@ def test_applied_transactions_invalidate_the_insight_cache(stream_settings: Sett
     client = redis.Redis.from_url(stream_settings.redis_url)
     schema = stream_settings.insight_schema_version
     event = make_event(1)
-    client.set(insight_key(event["customer_id"], schema), b"{}")
-    client.set(insight_key("C99999", schema), b"{}")
+    client.set(insight_cache_key(event["customer_id"], schema), b"{}")
+    client.set(insight_cache_key("C99999", schema), b"{}")
     produce(stream_settings, [event])
     run_stream(stream_settings, idle=1.5)
-    assert not client.exists(insight_key(event["customer_id"], schema))
-    assert client.exists(insight_key("C99999", schema))
+    assert not client.exists(insight_cache_key(event["customer_id"], schema))
+    assert client.exists(insight_cache_key("C99999", schema))
 
 
 def _snapshot(settings: Settings, group: str) -> tuple[dict, dict]:  # type: ignore[type-arg]
