@@ -14,8 +14,10 @@ Micro-batches (``KESTREL_STREAM_BATCH_RECORDS`` / ``KESTREL_STREAM_BATCH_MS``) o
   crash may forward an event twice).
 
 The columnar path decodes a batch's records at once (pipelines/stream/batch_decode.py) and
-computes in-order entities' windows at once (columnar.py); the per-event path is the
-reference (parity's capture uses it; tests compare the two).
+computes in-order cards' and customers' windows at once (columnar.py); the per-event path is
+the reference for them (parity's capture uses it; tests compare the two). Terminal state is
+held per partition as sorted arrays and every batch's updates are applied at once
+(terminal_state.py), on both paths.
 
 Commit, per batch (offsets stored with the state they produced; no Kafka transactions):
 1. the batch's offline-log rows are staged (fsynced, invisible);
@@ -78,6 +80,7 @@ from pipelines.stream.metrics import StreamMetrics
 from pipelines.stream.offline_log import ColumnBlock, OfflineLog
 from pipelines.stream.rules import evaluate, rules
 from pipelines.stream.state import TIME, TXN, Event, EventLog, WindowSet
+from pipelines.stream.terminal_state import TerminalState, Update
 
 log = logging.getLogger("kestrel.stream")
 GROUP_ID = "kestrel-stream"  # listed in kestrel.topics.CONSUMER_GROUPS
@@ -175,9 +178,12 @@ class StreamProcessor:
         # terminal updates arrive in processing order from every source partition; a
         # partition that is behind (a replay, a slow instance) delivers older events late
         self.terminal_slack_us = TERMINAL_REORDER_SLACK_US
-        # entity → partition → key → state (partition-local so a revoke can drop it)
+        # card and customer: entity → partition → key → state; terminals: partition → the
+        # partition's state as arrays (terminal_state.py); partition-local so a revoke can
+        # drop it
         self.cache: dict[str, dict[int, dict[str, EventLog]]] = {
-            e: defaultdict(lambda: defaultdict(EventLog)) for e in ENTITIES}
+            e: defaultdict(lambda: defaultdict(EventLog)) for e in ("card", "customer")}
+        self.terminals: dict[int, TerminalState] = {}
         self.stream_time: dict[int, int] = {}
         self.next_offsets: dict[tuple[str, int], int] = {}
         self.stats = StreamStats()
@@ -196,7 +202,6 @@ class StreamProcessor:
         self._changes: dict[tuple[str, int], list[tuple[Any, ...]]] = defaultdict(list)
         self._since_snapshot: dict[tuple[str, int], int] = {}
         self._recent: dict[str, list[bytes]] = defaultdict(list)
-        self._refused: set[str] = set()  # terminal updates too late to place, this batch
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offline-log")
         # a batch's commit (offline staging wait, the fenced Redis transaction, publishing
         # the offline files, metrics) lands here while the next batch is read and applied;
@@ -262,7 +267,7 @@ class StreamProcessor:
                     self._paused.discard(tp.partition)
                     self._at_end.discard(tp.partition)
                 else:
-                    self.cache["terminal"].pop(tp.partition, None)
+                    self.terminals.pop(tp.partition, None)
                     self._owned_terminal.discard(tp.partition)
 
         consumer.subscribe([TRANSACTIONS, TRANSACTIONS_BY_TERMINAL], on_assign=self._on_assign,
@@ -526,44 +531,43 @@ class StreamProcessor:
         """Rebuild a partition's state from its snapshot and changelog (pipelines/stream/
         changelog.py), replaying the changelog through the code that applied it live."""
         snap, entries = changelog.load(self.redis, self.group_id, topic, part)
-        kinds: tuple[Entity, ...] = ("card", "customer") if topic == TRANSACTIONS \
-            else ("terminal",)
-        for kind in kinds:
-            fresh: dict[str, EventLog] = defaultdict(EventLog)
-            for key, doc in ((snap or {}).get(kind) or {}).items():
-                fresh[key] = EventLog([tuple(e) for e in doc["e"]], doc["m"])
-            self.cache[kind][part] = fresh
         if topic == TRANSACTIONS:
+            for kind in ("card", "customer"):
+                fresh: dict[str, EventLog] = defaultdict(EventLog)
+                for key, doc in ((snap or {}).get(kind) or {}).items():
+                    fresh[key] = EventLog([tuple(e) for e in doc["e"]], doc["m"])
+                self.cache[kind][part] = fresh
             cards, customers = self.cache["card"][part], self.cache["customer"][part]
             epoch = datetime.fromtimestamp(0, UTC)
             for card_id, customer_id, *rest in entries:
                 event = cast(Event, tuple(rest))
                 card, customer = cards[card_id], customers[customer_id]
-                if self._place("card", card, event) is not None:
+                if self._place(card, event) is not None:
                     self._evict("card", card)
-                if self._place("customer", customer, event) is not None:
+                if self._place(customer, event) is not None:
                     self._evict("customer", customer)
                 for rule in self.rules:  # the alert marks, as the live run left them
                     evaluate(card_id, customer_id, card, rule, epoch)
         else:
-            terminals = self.cache["terminal"][part]
-            for txn_id, time_us, terminal_id in entries:
-                state = terminals[terminal_id]
-                if self._place("terminal", state, (txn_id, time_us, 0.0, "", terminal_id, "",
-                                                   0.0, 0.0)) is not None:
-                    self._evict("terminal", state)
+            terminals = self.terminals[part] = self._new_terminal_state()
+            terminals.load((snap or {}).get("terminal") or {})
+            terminals.apply([(txn_id, time_us, terminal_id)
+                             for txn_id, time_us, terminal_id in entries])
         self._since_snapshot[(topic, part)] = len(entries)
         if entries or snap:
             log.info("state restored", extra={"partition": f"{topic}:{part}",
                                               "changelog_events": len(entries)})
 
-    def _place(self, entity: Entity, state: EventLog, event: Event) -> int | None:
-        """Insert an event into an entity's state and evict what left every window; the
-        event's index, or None when it is too late to be placed (its history is gone)."""
-        slack = self.terminal_slack_us if entity == "terminal" else self.lateness_us
-        if state.times and event[TIME] < state.times[-1] - slack:
+    def _place(self, state: EventLog, event: Event) -> int | None:
+        """Insert an event into a card's or customer's state; the event's index, or None
+        when it is too late to be placed (its history is gone)."""
+        if state.times and event[TIME] < state.times[-1] - self.lateness_us:
             return None
         return state.add(event)
+
+    def _new_terminal_state(self) -> TerminalState:
+        return TerminalState(self.windows["terminal"], self._kept_us("terminal"),
+                             self.terminal_slack_us)
 
     def _kept_us(self, entity: Entity) -> int:
         """How far behind an entity's latest event its state keeps events: the longest
@@ -576,11 +580,12 @@ class StreamProcessor:
 
     def partition_state(self, topic: str, part: int) -> dict[str, dict[str, Any]]:
         """A partition's state as a document (what a snapshot holds)."""
-        kinds: tuple[Entity, ...] = ("card", "customer") if topic == TRANSACTIONS \
-            else ("terminal",)
+        if topic != TRANSACTIONS:
+            terminals = self.terminals.get(part)
+            return {"terminal": terminals.snapshot() if terminals is not None else {}}
         return {kind: {key: {"e": st.events, "m": st.marks}
                        for key, st in self.cache[kind].get(part, {}).items() if st.events}
-                for kind in kinds}
+                for kind in ("card", "customer")}
 
     # --- one batch ----------------------------------------------------------------------
     def _commit_batch(self, buffer: list[Message], consumer: Consumer,
@@ -603,7 +608,8 @@ class StreamProcessor:
             customers, produced_at = self._apply_columnar(batch, txns, rows, columns, online,
                                                           producer, now)
         else:
-            customers, produced_at = self._apply_per_event(batch, rows, online, producer, now)
+            customers, produced_at = self._apply_per_event(batch, rows, columns, online,
+                                                           producer, now)
         batch_id = f"{time.time_ns() // 1_000_000:013d}-{uuid.uuid4().hex[:6]}"
         timing = self.stats.stage_ms
         t0 = time.perf_counter()
@@ -679,17 +685,19 @@ class StreamProcessor:
 
     def _apply_per_event(self, batch: list[Message],
                          rows: dict[Entity, list[dict[str, Any]]],
+                         columns: dict[Entity, list[ColumnBlock]],
                          online: dict[Entity, dict[str, tuple[dict[str, Any], int]]],
                          producer: EventProducer, now: datetime) -> tuple[set[str], list[int]]:
-        """The reference path (parity's capture, and what the columnar path is tested
-        against): each record decoded and applied on its own, in order."""
+        """The reference path for cards and customers (parity's capture, and what the
+        columnar path is tested against): each record decoded and applied on its own, in
+        order. Terminal updates are applied at the end of the batch, as in the columnar path
+        (terminal state is its own; tests/stream/test_terminal_state.py holds its reference)."""
         customers: set[str] = set()
         produced_at: list[int] = []
         for m in batch:
-            part, topic = m.partition() or 0, m.topic() or ""
-            if topic != TRANSACTIONS:
-                self._apply_terminal(orjson.loads(m.value() or b"[]"), part, rows, online)
+            if m.topic() != TRANSACTIONS:
                 continue
+            part = m.partition() or 0
             try:
                 txn = records.decode(m.value())
             except EventValidationError as exc:
@@ -698,8 +706,7 @@ class StreamProcessor:
             if self._apply_txn(txn, part, m, producer, rows, online, now):
                 customers.add(txn.customer_id)
                 produced_at.append(m.timestamp()[1])
-        for local, txn_id, time_us, terminal_id in self._route_terminal(producer):
-            self._apply_terminal([txn_id, time_us, terminal_id], local, rows, online)
+        self._apply_terminals(batch, producer, columns)
         return customers, produced_at
 
     def _dead_letter(self, m: Message, error: EventValidationError,
@@ -754,7 +761,7 @@ class StreamProcessor:
         """The batch decoded at once (batch_decode), the sequential checks in one tight
         loop, the windows per entity type at once (_apply_batch)."""
         pending: dict[Entity, dict[tuple[int, str], list[Event]]] = {
-            e: defaultdict(list) for e in ENTITIES}
+            e: defaultdict(list) for e in ("card", "customer")}
         cols = batch_decode.decode_batch([m.value() for m in txns])
         for i, exc in cols.errors.items():
             self._dead_letter(txns[i], exc, producer)
@@ -781,40 +788,53 @@ class StreamProcessor:
             produced_at.append(m.timestamp()[1])
         self._forward = [(times[i], terminals[i], ids[i]) for i in accepted]
         self.stats.applied += len(accepted)
+        for entity in ("card", "customer"):
+            self._apply_batch(entity, pending[entity], rows, columns, online, card_customer,
+                              producer, now)
+        self._apply_terminals(batch, producer, columns)
+        return {custs[i] for i in accepted}, produced_at
+
+    def _apply_terminals(self, batch: list[Message], producer: EventProducer,
+                         columns: dict[Entity, list[ColumnBlock]]) -> None:
+        """The batch's terminal updates — the ones that came through
+        `transactions.by-terminal`, then this batch's own (_route_terminal) — applied per
+        partition at once (terminal_state.py), each once: one the partition already holds
+        (forwarded again in a replay after a crash), or one already taken in this batch, is
+        skipped. Rows go out as columns, changelog entries as (txn_id, time µs,
+        terminal_id)."""
         forwarded = [(m.partition() or 0, *orjson.loads(m.value() or b"[]"))
                      for m in batch if m.topic() != TRANSACTIONS]  # through the topic
         local = self._route_terminal(producer)
-        # (partition, terminal_id, txn_id) queued this batch; none can repeat when nothing
-        # came through the topic and the batch's txn_ids are distinct
-        repeats = bool(forwarded) or len(set(ids)) < len(ids)
-        seen: set[tuple[int, str, str]] | None = set() if repeats else None
+        # none can repeat when nothing came through the topic and this batch's own txn_ids
+        # are distinct (_accept dropped duplicates, but not across partitions)
+        seen: set[tuple[int, str]] | None = set() if forwarded or len(
+            {txn_id for _, txn_id, _, _ in local}) < len(local) else None
+        by_part: dict[int, list[Update]] = defaultdict(list)
         for updates in (forwarded, local):
-            self._pend_terminals(updates, seen, pending["terminal"], self.cache["terminal"])
-        for entity in ENTITIES:
-            self._apply_batch(entity, pending[entity], rows, columns, online, card_customer,
-                              producer, now)
-        return {custs[i] for i in accepted}, produced_at
-
-    @staticmethod
-    def _pend_terminals(updates: list[tuple[int, str, int, str]],
-                        seen: set[tuple[int, str, str]] | None,
-                        pending: dict[tuple[int, str], list[Event]],
-                        cache: dict[int, dict[str, EventLog]]) -> None:
-        """Queue terminal updates (partition, txn_id, time µs, terminal_id) for _apply_batch,
-        each once: one the terminal's state already holds (forwarded again in a replay
-        after a crash), or one already queued in this batch (``seen``, unless None), is
-        skipped."""
-        for part, txn_id, time_us, terminal_id in updates:
-            if seen is not None:
-                mark = (part, terminal_id, txn_id)
-                if mark in seen:
-                    continue
-                seen.add(mark)
-            state = cache[part].get(terminal_id)
-            if state is not None and txn_id in state.ids:
+            for part, txn_id, time_us, terminal_id in updates:
+                if seen is not None:
+                    if (part, txn_id) in seen:
+                        continue
+                    seen.add((part, txn_id))
+                by_part[part].append((txn_id, time_us, terminal_id))
+        for part, updates in by_part.items():
+            state = self.terminals.get(part)
+            if state is None:
+                state = self.terminals[part] = self._new_terminal_state()
+            else:
+                held = state.ids
+                updates = [u for u in updates if u[0] not in held]
+            applied = state.apply(updates)
+            placed = int(applied.accepted.sum())
+            self.stats.terminal_applied += placed
+            self.stats.late_for_entity += len(updates) - placed
+            if applied.rows is None or applied.latest is None:
                 continue
-            pending[(part, terminal_id)].append((txn_id, time_us, 0.0, "", terminal_id, "",
-                                                 0.0, 0.0))
+            self._changes[(TRANSACTIONS_BY_TERMINAL, part)] += (
+                updates if placed == len(updates) else
+                list(compress(updates, applied.accepted.tolist())))
+            columns["terminal"].append(applied.rows)
+            self._online_blocks["terminal"].append(applied.latest)
 
     def _accept(self, txns: list[Message], cols: batch_decode.TxnColumns,
                 producer: EventProducer) -> list[int]:
@@ -973,7 +993,7 @@ class StreamProcessor:
                 columns[entity].append(feats)
         for _, key, state, new in slow:
             for event in new:
-                applied = self._apply(entity, key, state, event, rows, online)
+                self._apply(entity, key, state, event, rows, online)
                 if entity == "card":
                     for rule in self.rules:
                         alert = evaluate(key, card_customer[key], state, rule, now)
@@ -981,16 +1001,6 @@ class StreamProcessor:
                             self.stats.alerts += 1
                             self._alerts_by_rule[rule.name] += 1
                             producer.produce(ALERTS, key, orjson.dumps(alert))
-                if entity == "terminal" and not applied:
-                    self._refused.add(event[0])
-        if entity == "terminal":
-            for part, key, _, new in fast + slow:
-                entries = self._changes[(TRANSACTIONS_BY_TERMINAL, part)]
-                for e in new:
-                    if e[0] not in self._refused:
-                        entries.append((e[0], e[TIME], key))
-                        self.stats.terminal_applied += 1
-            self._refused.clear()
 
     def _apply_txn(self, txn: records.Txn, part: int, m: Message, producer: EventProducer,
                    rows: dict[Entity, list[dict[str, Any]]],
@@ -1036,19 +1046,6 @@ class StreamProcessor:
         self.stats.applied += 1
         return True
 
-    def _apply_terminal(self, fwd: list[Any], part: int,
-                        rows: dict[Entity, list[dict[str, Any]]],
-                        online: dict[Entity, dict[str, tuple[dict[str, Any], int]]]) -> None:
-        txn_id, time_us, terminal_id = fwd
-        state = self.cache["terminal"][part][terminal_id]
-        if txn_id in state.ids:
-            return  # forwarded twice (a replay after a crash)
-        event: Event = (txn_id, time_us, 0.0, "", terminal_id, "", 0.0, 0.0)
-        if self._apply("terminal", terminal_id, state, event, rows, online):
-            self._changes[(TRANSACTIONS_BY_TERMINAL, part)].append((txn_id, time_us,
-                                                                    terminal_id))
-            self.stats.terminal_applied += 1
-
     def _apply(self, entity: Entity, key: str, state: EventLog, event: Event,
                rows: dict[Entity, list[dict[str, Any]]],
                online: dict[Entity, dict[str, tuple[dict[str, Any], int]]]) -> bool:
@@ -1061,7 +1058,7 @@ class StreamProcessor:
         rows do not depend on the order in which events arrived.
         """
         ws = self.windows[entity]
-        i = self._place(entity, state, event)
+        i = self._place(state, event)
         if i is None:
             self.stats.late_for_entity += 1
             return False  # its windows' history is gone; it cannot be placed any more
