@@ -1,20 +1,15 @@
-"""Window aggregates for a whole micro-batch at once, with numpy.
+"""Window arithmetic on arrays sorted by (entity, time), with numpy.
 
-The per-event path (``WindowSet.features``) costs tens of µs per event and entity in Python.
-For the common case — an entity whose new events arrive in event-time order after its state —
-the rows of all such entities of a batch are computed here in a few array passes:
+pipelines/stream/entity_arrays.py keeps each partition's entities of one type in such arrays
+and computes a batch's rows at once; these are its per-window operations, over positions
+``idx`` and the first position ``lo`` of each one's window (same entity, time within the
+window):
 
-- the entities' recent history (what their windows can still reach) and their new events are
-  laid out as one array, grouped by entity, sorted by time within a group;
-- a window's first event is a ``searchsorted`` over a composite (group, time) key;
-- counts are index differences; sums add the window's amounts left to right, one array pass
-  per position in the window, so every sum is bit-for-bit the one Python's ``sum`` gives (and
-  is then rounded with Python's ``round``, as the per-event path does);
-- distinct counts count the window's events whose previous occurrence (same group, same
+- sums add the window's amounts left to right, one array pass per position in the window, so
+  every sum is bit-for-bit the one Python's ``sum`` gives (then rounded with Python's
+  ``round``: round2), as ``WindowSet.features`` computes them;
+- distinct counts count the window's events whose previous occurrence (same entity, same
   value) lies before the window.
-
-Results are therefore identical to the per-event path; out-of-order entities and cards that
-may raise an alert still take that path (pipelines/stream/processor.py decides).
 """
 
 from __future__ import annotations
@@ -24,25 +19,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from kestrel.windows import Aggregation
-from pipelines.stream.state import AMOUNT, LAT, LON, TIME, Event
 
-_GROUP_BITS = 46  # µs relative to the batch's earliest time: ~2.2 years of span
-
-
-class Layout:
-    """Events of several entities, grouped: per entity its history (what its windows can
-    still reach), then its new events (the ones to emit rows for). Only the sizes are kept
-    per entity; positions are derived with numpy in :func:`compute`. The caller appends
-    to the three lists together (once per entity of a batch, so without a method call)."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.sizes: list[int] = []  # per group: history + new events
-        self.fresh: list[int] = []  # per group: its new events (the last ones of the group)
-
-
-def _prev_same(group: np.ndarray, codes: np.ndarray) -> np.ndarray:
+def prev_same(group: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """Per position: the previous position with the same group and value, or -1."""
     pos = np.arange(len(codes))
     order = np.lexsort((pos, codes, group))
@@ -53,7 +31,7 @@ def _prev_same(group: np.ndarray, codes: np.ndarray) -> np.ndarray:
     return prev
 
 
-def _codes(values: list[Any]) -> np.ndarray:
+def codes(values: np.ndarray | list[Any]) -> np.ndarray:
     """A code per value, equal for equal values (Arrow's dictionary encoding: C, about half
     the cost of numbering them in a dict)."""
     return pa.array(values, pa.string()).dictionary_encode().indices.to_numpy().astype(np.int64)
@@ -76,67 +54,20 @@ def round2(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def compute(layout: Layout, groups: list[tuple[int, list[tuple[str, Aggregation, int]]]],
-            extra_counts: tuple[int, ...] = (), card: bool = False
-            ) -> tuple[dict[str, np.ndarray], dict[int, np.ndarray], np.ndarray] | None:
-    """Feature columns for the new events (group by group, in order), per extra window
-    length the counts (for alert pre-checks), and the new events' times (µs).
-    ``groups``: per window length, (feature name, aggregation, index of the event field), as
-    WindowSet.groups has them. None when the batch's time span does not fit the composite
-    key (the caller then uses the per-event path)."""
-    events = layout.events
-    n = len(events)
-    times = np.fromiter([e[TIME] for e in events], np.int64, n)
-    t0 = int(times.min())
-    if int(times.max()) - t0 >= (1 << _GROUP_BITS) or len(layout.sizes) >= (1 << 16):
-        return None
-    sizes = np.array(layout.sizes, dtype=np.int64)
-    fresh = np.array(layout.fresh, dtype=np.int64)
-    ends = np.cumsum(sizes)  # per group: one past its last position
-    group = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
-    comp = (group << _GROUP_BITS) + (times - t0)
-    # group g's new events are its last fresh[g] positions
-    idx = np.arange(int(fresh.sum()), dtype=np.int64) + np.repeat(ends - np.cumsum(fresh),
-                                                                  fresh)
-    starts = np.repeat(ends - sizes, fresh)
-    amounts: np.ndarray | None = None  # only the fields some window needs are read
-    prev: dict[int, np.ndarray] = {}
-    out: dict[str, np.ndarray] = {}
+def window_sum(values: np.ndarray, lo: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Per position ``idx[i]``: the sum of ``values[lo[i]..idx[i]]``, added left to right."""
+    acc = np.zeros(len(idx))
+    for k in range(int((idx - lo).max()) + 1 if len(idx) else 0):
+        j = lo + k
+        acc += np.where(j <= idx, values[np.minimum(j, idx)], 0.0)
+    return acc
 
-    def lower(micros: int) -> np.ndarray:
-        lo = np.searchsorted(comp, comp[idx] - micros, side="right")
-        return np.maximum(lo, starts)
 
-    for micros, ws in groups:
-        lo = lower(micros)
-        width = idx - lo + 1
-        longest = int(width.max()) if len(width) else 0
-        for name, kind, field in ws:
-            if kind == "count":
-                out[name] = width
-            elif kind == "sum":
-                if amounts is None:
-                    amounts = np.fromiter([e[AMOUNT] for e in events], np.float64, n)
-                acc = np.zeros(len(idx))
-                for k in range(longest):  # left to right, as Python's sum adds
-                    j = lo + k
-                    acc += np.where(j <= idx, amounts[np.minimum(j, idx)], 0.0)
-                out[name] = round2(acc)
-            else:
-                if field not in prev:
-                    prev[field] = _prev_same(group, _codes([e[field] for e in events]))
-                p = prev[field]
-                distinct = np.zeros(len(idx), dtype=np.int64)
-                for k in range(longest):
-                    j = lo + k
-                    jj = np.minimum(j, idx)
-                    distinct += (j <= idx) & (p[jj] < lo)
-                out[name] = distinct
-    new_times = times[idx]
-    if card:
-        out["card_last_event_time_us"] = new_times
-        positions = idx.tolist()
-        out["card_last_lat"] = np.array([events[i][LAT] for i in positions], np.float64)
-        out["card_last_lon"] = np.array([events[i][LON] for i in positions], np.float64)
-    extra = {micros: idx - lower(micros) + 1 for micros in extra_counts}
-    return out, extra, new_times
+def window_distinct(prev: np.ndarray, lo: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Per position ``idx[i]``: the distinct values among ``lo[i]..idx[i]``, given each
+    position's previous one with the same entity and value (prev_same)."""
+    distinct = np.zeros(len(idx), dtype=np.int64)
+    for k in range(int((idx - lo).max()) + 1 if len(idx) else 0):
+        j = lo + k
+        distinct += (j <= idx) & (prev[np.minimum(j, idx)] < lo)
+    return distinct

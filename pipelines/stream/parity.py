@@ -129,7 +129,7 @@ def _terminal_served(settings: Settings, processor: StreamProcessor, frame: pd.D
     states: dict[str, EventLog] = {}
     for part in range(partitions_for(TRANSACTIONS_BY_TERMINAL, settings)):
         processor.restore_partition(TRANSACTIONS_BY_TERMINAL, part)
-        states.update(processor.terminals[part].logs())
+        states.update(processor.tables["terminal"][part].logs())
     ws: WindowSet = processor.windows["terminal"]
     missing = 0
     for txn_id, terminal_id, when in zip(frame.txn_id, frame.terminal_id, frame.event_time,

@@ -13,11 +13,12 @@ Micro-batches (``KESTREL_STREAM_BATCH_RECORDS`` / ``KESTREL_STREAM_BATCH_MS``) o
 - `transactions.by-terminal`: terminal state, deduplicated by txn_id as well (a replay after a
   crash may forward an event twice).
 
-The columnar path decodes a batch's records at once (pipelines/stream/batch_decode.py) and
-computes in-order cards' and customers' windows at once (columnar.py); the per-event path is
-the reference for them (parity's capture uses it; tests compare the two). Terminal state is
-held per partition as sorted arrays and every batch's updates are applied at once
-(terminal_state.py), on both paths.
+State is held per partition and entity type as sorted arrays (entity_arrays.py). The
+columnar path decodes a batch's records at once (pipelines/stream/batch_decode.py) and applies
+each partition's events to each entity type at once; cards that may raise an alert go event by
+event (checked out as EventLogs). The per-event path checks every entity it touches out and
+applies record by record: the reference for cards and customers (parity's capture uses it;
+tests compare the two). Terminal updates are applied at once on both paths.
 
 Commit, per batch (offsets stored with the state they produced; no Kafka transactions):
 1. the batch's offline-log rows are staged (fsynced, invisible);
@@ -74,18 +75,31 @@ from pipelines.batching import consume_in_batches, stop_on_signals
 from pipelines.dlq import dead_letter
 from pipelines.features.online_writer import RespTransaction, resp_push_and_trim
 from pipelines.ingest import EventProducer
-from pipelines.stream import batch_decode, changelog, columnar, recent, records
+from pipelines.stream import batch_decode, changelog, recent, records
+from pipelines.stream.entity_arrays import EntityArrays
 from pipelines.stream.event_time import UNREADABLE, event_time_key, event_times_us
 from pipelines.stream.metrics import StreamMetrics
 from pipelines.stream.offline_log import ColumnBlock, OfflineLog
 from pipelines.stream.rules import evaluate, rules
-from pipelines.stream.state import TIME, TXN, Event, EventLog, WindowSet
-from pipelines.stream.terminal_state import TerminalState, Update
+from pipelines.stream.state import (
+    AMOUNT,
+    COUNTRY,
+    LAT,
+    LON,
+    MCC,
+    TERMINAL,
+    TIME,
+    Event,
+    EventLog,
+    WindowSet,
+)
 
 log = logging.getLogger("kestrel.stream")
 GROUP_ID = "kestrel-stream"  # listed in kestrel.topics.CONSUMER_GROUPS
 RECENT_KEEP = 20
 TERMINAL_REORDER_SLACK_US = 7 * 86_400 * 1_000_000
+Update = tuple[str, int, str]
+"""A terminal update as `transactions.by-terminal` carries it: (txn_id, time µs, terminal_id)."""
 MAX_PARTITION_SKEW_US = 3600 * 1_000_000
 PARTITION_SHARE_PER_BATCH = 1_000  # at least; more when the batch size allows
 # A partition is paused once the buffer holds this many of its records (in batches' worth:
@@ -178,19 +192,18 @@ class StreamProcessor:
         # terminal updates arrive in processing order from every source partition; a
         # partition that is behind (a replay, a slow instance) delivers older events late
         self.terminal_slack_us = TERMINAL_REORDER_SLACK_US
-        # card and customer: entity → partition → key → state; terminals: partition → the
-        # partition's state as arrays (terminal_state.py); partition-local so a revoke can
-        # drop it
-        self.cache: dict[str, dict[int, dict[str, EventLog]]] = {
-            e: defaultdict(lambda: defaultdict(EventLog)) for e in ("card", "customer")}
-        self.terminals: dict[int, TerminalState] = {}
+        # entity → partition → its state as arrays (entity_arrays.py; partition-local so a
+        # revoke can drop it), and the entities checked out of them as EventLogs for work
+        # event by event (the per-event path, a changelog replay) until _put_back
+        self.tables: dict[Entity, dict[int, EntityArrays]] = {e: {} for e in ENTITIES}
+        self._out: dict[tuple[Entity, int], dict[str, EventLog]] = defaultdict(dict)
         self.stream_time: dict[int, int] = {}
         self.next_offsets: dict[tuple[str, int], int] = {}
         self.stats = StreamStats()
         self.keep_freshness = keep_freshness
         self.capture = capture
-        # batch-at-once window computation (pipelines/stream/columnar.py); the per-event path
-        # stays for out-of-order entities, alert candidates and parity's capture
+        # batch-at-once window computation (entity_arrays.py); the per-event path stays
+        # for parity's capture (and, per entity, for alert candidates)
         self.columnar = capture is None
         self.metrics = StreamMetrics(group_id, metrics_port)
         self._alerts_by_rule: dict[str, int] = defaultdict(int)
@@ -260,14 +273,14 @@ class StreamProcessor:
             for tp in parts:
                 self._since_snapshot.pop((tp.topic, tp.partition), None)
                 if tp.topic == TRANSACTIONS:
-                    self.cache["card"].pop(tp.partition, None)
-                    self.cache["customer"].pop(tp.partition, None)
+                    self.tables["card"].pop(tp.partition, None)
+                    self.tables["customer"].pop(tp.partition, None)
                     self.stream_time.pop(tp.partition, None)
                     self._owned.discard(tp.partition)
                     self._paused.discard(tp.partition)
                     self._at_end.discard(tp.partition)
                 else:
-                    self.terminals.pop(tp.partition, None)
+                    self.tables["terminal"].pop(tp.partition, None)
                     self._owned_terminal.discard(tp.partition)
 
         consumer.subscribe([TRANSACTIONS, TRANSACTIONS_BY_TERMINAL], on_assign=self._on_assign,
@@ -531,28 +544,29 @@ class StreamProcessor:
         """Rebuild a partition's state from its snapshot and changelog (pipelines/stream/
         changelog.py), replaying the changelog through the code that applied it live."""
         snap, entries = changelog.load(self.redis, self.group_id, topic, part)
+        kinds: tuple[Entity, ...] = ("card", "customer") if topic == TRANSACTIONS \
+            else ("terminal",)
+        for kind in kinds:
+            table = self.tables[kind][part] = self._new_table(kind)
+            table.load((snap or {}).get(kind) or {})
         if topic == TRANSACTIONS:
-            for kind in ("card", "customer"):
-                fresh: dict[str, EventLog] = defaultdict(EventLog)
-                for key, doc in ((snap or {}).get(kind) or {}).items():
-                    fresh[key] = EventLog([tuple(e) for e in doc["e"]], doc["m"])
-                self.cache[kind][part] = fresh
-            cards, customers = self.cache["card"][part], self.cache["customer"][part]
             epoch = datetime.fromtimestamp(0, UTC)
             for card_id, customer_id, *rest in entries:
                 event = cast(Event, tuple(rest))
-                card, customer = cards[card_id], customers[customer_id]
+                card = self._log("card", part, card_id)
+                customer = self._log("customer", part, customer_id)
                 if self._place(card, event) is not None:
                     self._evict("card", card)
                 if self._place(customer, event) is not None:
                     self._evict("customer", customer)
                 for rule in self.rules:  # the alert marks, as the live run left them
                     evaluate(card_id, customer_id, card, rule, epoch)
-        else:
-            terminals = self.terminals[part] = self._new_terminal_state()
-            terminals.load((snap or {}).get("terminal") or {})
-            terminals.apply([(txn_id, time_us, terminal_id)
-                             for txn_id, time_us, terminal_id in entries])
+            self._put_back()
+        elif entries:
+            self.tables["terminal"][part].apply(
+                [terminal_id for _, _, terminal_id in entries],
+                [txn_id for txn_id, _, _ in entries],
+                np.array([time_us for _, time_us, _ in entries], np.int64))
         self._since_snapshot[(topic, part)] = len(entries)
         if entries or snap:
             log.info("state restored", extra={"partition": f"{topic}:{part}",
@@ -565,9 +579,30 @@ class StreamProcessor:
             return None
         return state.add(event)
 
-    def _new_terminal_state(self) -> TerminalState:
-        return TerminalState(self.windows["terminal"], self._kept_us("terminal"),
-                             self.terminal_slack_us)
+    def _new_table(self, entity: Entity) -> EntityArrays:
+        slack = self.terminal_slack_us if entity == "terminal" else self.lateness_us
+        return EntityArrays(self.windows[entity], self._kept_us(entity), slack)
+
+    def _table(self, entity: Entity, part: int) -> EntityArrays:
+        table = self.tables[entity].get(part)
+        if table is None:
+            table = self.tables[entity][part] = self._new_table(entity)
+        return table
+
+    def _log(self, entity: Entity, part: int, key: str) -> EventLog:
+        """An entity's state as an EventLog, checked out of its partition's arrays for
+        work event by event (the per-event path, a changelog replay) until _put_back."""
+        out = self._out[(entity, part)]
+        state = out.get(key)
+        if state is None:
+            state = out[key] = self._table(entity, part).checkout(key)
+        return state
+
+    def _put_back(self) -> None:
+        """Hand every checked-out EventLog back to its arrays."""
+        for (entity, part), logs in self._out.items():
+            self._table(entity, part).put(logs)
+        self._out.clear()
 
     def _kept_us(self, entity: Entity) -> int:
         """How far behind an entity's latest event its state keeps events: the longest
@@ -580,12 +615,10 @@ class StreamProcessor:
 
     def partition_state(self, topic: str, part: int) -> dict[str, dict[str, Any]]:
         """A partition's state as a document (what a snapshot holds)."""
-        if topic != TRANSACTIONS:
-            terminals = self.terminals.get(part)
-            return {"terminal": terminals.snapshot() if terminals is not None else {}}
-        return {kind: {key: {"e": st.events, "m": st.marks}
-                       for key, st in self.cache[kind].get(part, {}).items() if st.events}
-                for kind in ("card", "customer")}
+        kinds: tuple[Entity, ...] = ("card", "customer") if topic == TRANSACTIONS \
+            else ("terminal",)
+        return {kind: self.tables[kind][part].snapshot() if part in self.tables[kind] else {}
+                for kind in kinds}
 
     # --- one batch ----------------------------------------------------------------------
     def _commit_batch(self, buffer: list[Message], consumer: Consumer,
@@ -706,6 +739,7 @@ class StreamProcessor:
             if self._apply_txn(txn, part, m, producer, rows, online, now):
                 customers.add(txn.customer_id)
                 produced_at.append(m.timestamp()[1])
+        self._put_back()
         self._apply_terminals(batch, producer, columns)
         return customers, produced_at
 
@@ -759,46 +793,89 @@ class StreamProcessor:
                         online: dict[Entity, dict[str, tuple[dict[str, Any], int]]],
                         producer: EventProducer, now: datetime) -> tuple[set[str], list[int]]:
         """The batch decoded at once (batch_decode), the sequential checks in one tight
-        loop, the windows per entity type at once (_apply_batch)."""
-        pending: dict[Entity, dict[tuple[int, str], list[Event]]] = {
-            e: defaultdict(list) for e in ("card", "customer")}
+        loop, then per partition each entity type's events at once (_apply_entities)."""
         cols = batch_decode.decode_batch([m.value() for m in txns])
         for i, exc in cols.errors.items():
             self._dead_letter(txns[i], exc, producer)
-        accepted = self._accept(txns, cols, producer)
-        ids, times, amounts, countries = cols.txn_id, cols.time_us, cols.amount, cols.country
-        terminals, mccs, lats, lons = cols.terminal_id, cols.mcc, cols.lat, cols.lon
-        cards, custs = cols.card_id, cols.customer_id
-        pend_card, pend_customer = pending["card"], pending["customer"]
-        card_customer: dict[str, str] = {}
-        changes = self._changes
-        recent_lists = self._recent
-        produced_at: list[int] = []
-        for i, entry in zip(accepted, recent.entries(cols, accepted), strict=True):
-            m = txns[i]
-            part = m.partition() or 0
-            event: Event = (ids[i], times[i], amounts[i], countries[i], terminals[i], mccs[i],
-                            lats[i], lons[i])
-            card, customer = cards[i], custs[i]
-            changes[(TRANSACTIONS, part)].append((card, customer, *event))
-            pend_card[(part, card)].append(event)
-            pend_customer[(part, customer)].append(event)
-            card_customer[card] = customer
-            recent_lists[customer].append(entry)
-            produced_at.append(m.timestamp()[1])
-        self._forward = [(times[i], terminals[i], ids[i]) for i in accepted]
+        accepted, parts = self._accept(txns, cols, producer)
         self.stats.applied += len(accepted)
-        for entity in ("card", "customer"):
-            self._apply_batch(entity, pending[entity], rows, columns, online, card_customer,
-                              producer, now)
+        if not accepted:
+            self._apply_terminals(batch, producer, columns)
+            return set(), []
+
+        def pick(column: list[Any], dtype: Any = object) -> np.ndarray:
+            values = column if len(accepted) == cols.n else [column[i] for i in accepted]
+            return np.array(values, dtype)
+
+        txn, card, customer = pick(cols.txn_id), pick(cols.card_id), pick(cols.customer_id)
+        time_us, amount = pick(cols.time_us, np.int64), pick(cols.amount, np.float64)
+        country, terminal, mcc = pick(cols.country), pick(cols.terminal_id), pick(cols.mcc)
+        lat, lon = pick(cols.lat, np.float64), pick(cols.lon, np.float64)
+        recent_lists = self._recent
+        for customer_id, entry in zip(customer.tolist(), recent.entries(cols, accepted),
+                                      strict=True):
+            recent_lists[customer_id].append(entry)
+        produced_at = [txns[i].timestamp()[1] for i in accepted]
+        self._forward = list(zip(time_us.tolist(), terminal.tolist(), txn.tolist(),
+                                 strict=True))
+        part_of = np.array(parts, np.int64)
+        for part in np.unique(part_of).tolist():
+            sel = np.flatnonzero(part_of == part)
+            event = {AMOUNT: amount[sel], COUNTRY: country[sel], TERMINAL: terminal[sel],
+                     MCC: mcc[sel], LAT: lat[sel], LON: lon[sel]}
+            ids, times = txn[sel], time_us[sel]
+            cards, customers = card[sel], customer[sel]
+            self._changes[(TRANSACTIONS, part)] += zip(
+                cards.tolist(), customers.tolist(), ids.tolist(), times.tolist(),
+                *[event[f].tolist() for f in (AMOUNT, COUNTRY, TERMINAL, MCC, LAT, LON)],
+                strict=True)
+            pairs: tuple[tuple[Entity, np.ndarray], ...] = (("card", cards),
+                                                             ("customer", customers))
+            for entity, keys in pairs:
+                self._apply_entities(entity, part, keys, ids, times, event, customers, rows,
+                                     columns, online, producer, now)
         self._apply_terminals(batch, producer, columns)
-        return {custs[i] for i in accepted}, produced_at
+        return set(customer.tolist()), produced_at
+
+    def _apply_entities(self, entity: Entity, part: int, keys: np.ndarray, ids: np.ndarray,
+                        times: np.ndarray, event: dict[int, np.ndarray],
+                        customers: np.ndarray,
+                        rows: dict[Entity, list[dict[str, Any]]],
+                        columns: dict[Entity, list[ColumnBlock]],
+                        online: dict[Entity, dict[str, tuple[dict[str, Any], int]]],
+                        producer: EventProducer, now: datetime) -> None:
+        """One partition's events of a batch applied to one entity type's arrays at once;
+        the cards that may raise an alert (a window of a rule holds its count) are handed
+        back and go event by event here (``_apply``, rules.evaluate), then back in."""
+        table = self._table(entity, part)
+        rules = [(r.window_us, r.min_count) for r in self.rules] if entity == "card" else []
+        applied = table.apply(keys, ids, times, {f: event[f] for f in table.fields}, rules)
+        self.stats.late_for_entity += len(times) - int(applied.accepted.sum())
+        if applied.rows is not None and applied.latest is not None:
+            columns[entity].append(applied.rows)
+            self._online_blocks[entity].append(applied.latest)
+        if not applied.slow:
+            return
+        fields = [ids.tolist(), times.tolist(),
+                  *[event[f].tolist() for f in (AMOUNT, COUNTRY, TERMINAL, MCC, LAT, LON)]]
+        owners = customers.tolist()
+        for key, (state, positions) in applied.slow.items():
+            for i in positions:
+                self._apply(entity, key, state, cast(Event, tuple(f[i] for f in fields)), rows,
+                            online)
+                for rule in self.rules:
+                    alert = evaluate(key, owners[i], state, rule, now)
+                    if alert is not None:
+                        self.stats.alerts += 1
+                        self._alerts_by_rule[rule.name] += 1
+                        producer.produce(ALERTS, key, orjson.dumps(alert))
+        table.put({key: state for key, (state, _) in applied.slow.items()})
 
     def _apply_terminals(self, batch: list[Message], producer: EventProducer,
                          columns: dict[Entity, list[ColumnBlock]]) -> None:
         """The batch's terminal updates — the ones that came through
         `transactions.by-terminal`, then this batch's own (_route_terminal) — applied per
-        partition at once (terminal_state.py), each once: one the partition already holds
+        partition at once (entity_arrays.py), each once: one the partition already holds
         (forwarded again in a replay after a crash), or one already taken in this batch, is
         skipped. Rows go out as columns, changelog entries as (txn_id, time µs,
         terminal_id)."""
@@ -818,13 +895,12 @@ class StreamProcessor:
                     seen.add((part, txn_id))
                 by_part[part].append((txn_id, time_us, terminal_id))
         for part, updates in by_part.items():
-            state = self.terminals.get(part)
-            if state is None:
-                state = self.terminals[part] = self._new_terminal_state()
-            else:
-                held = state.ids
+            table = self._table("terminal", part)
+            if table.ids:
+                held = table.ids
                 updates = [u for u in updates if u[0] not in held]
-            applied = state.apply(updates)
+            applied = table.apply([u[2] for u in updates], [u[0] for u in updates],
+                                  np.fromiter([u[1] for u in updates], np.int64, len(updates)))
             placed = int(applied.accepted.sum())
             self.stats.terminal_applied += placed
             self.stats.late_for_entity += len(updates) - placed
@@ -837,17 +913,19 @@ class StreamProcessor:
             self._online_blocks["terminal"].append(applied.latest)
 
     def _accept(self, txns: list[Message], cols: batch_decode.TxnColumns,
-                producer: EventProducer) -> list[int]:
+                producer: EventProducer) -> tuple[list[int], list[int]]:
         """The sequential part of applying transactions, for the whole batch: lateness
-        against the partition's stream time, then duplicates (this batch, or the customer's
-        state); returns the positions of the accepted ones, which move the stream time."""
+        against the partition's stream time, then duplicates (this batch, or the
+        partition's customer state); returns the positions of the accepted ones, which move
+        the stream time, and their partitions."""
         lateness, stream_time = self.lateness_us, self.stream_time
-        customers = self.cache["customer"]
+        held = {part: table.ids for part, table in self.tables["customer"].items()}
         ids, times, custs = cols.txn_id, cols.time_us, cols.customer_id
         errors = cols.errors
         check_batch = len(set(ids)) < len(ids)  # the same txn_id twice in this batch
         seen: set[tuple[int, str, str]] = set()
         accepted: list[int] = []
+        parts: list[int] = []
         late = 0
         newest_allowed = self._newest_allowed_us()
         for i, m in enumerate(txns):
@@ -869,8 +947,8 @@ class StreamProcessor:
                 if mark in seen:
                     self.stats.duplicates += 1
                     continue
-            state = customers[part].get(customer)
-            if state is not None and txn_id in state.ids:
+            ids_held = held.get(part)
+            if ids_held is not None and txn_id in ids_held:
                 self.stats.duplicates += 1
                 continue
             if check_batch:
@@ -878,8 +956,9 @@ class StreamProcessor:
             if t > now:
                 stream_time[part] = t
             accepted.append(i)
+            parts.append(part)
         self.stats.late += late
-        return accepted
+        return accepted, parts
 
     def _newest_allowed_us(self) -> int:
         """The latest event time accepted now: the processor's clock plus the allowed
@@ -906,102 +985,6 @@ class StreamProcessor:
         return {"applied": s.applied, "duplicate": s.duplicates, "late": s.late,
                 "invalid": s.invalid}
 
-    def _apply_batch(self, entity: Entity, pending: dict[tuple[int, str], list[Event]],
-                     rows: dict[Entity, list[dict[str, Any]]],
-                     columns: dict[Entity, list[ColumnBlock]],
-                     online: dict[Entity, dict[str, tuple[dict[str, Any], int]]],
-                     card_customer: dict[str, str], producer: EventProducer,
-                     now: datetime) -> None:
-        """Apply a batch's events of one entity type: in-order entities at once
-        (columnar.compute), the others event by event (``_apply``)."""
-        if not pending:
-            return
-        ws = self.windows[entity]
-        caches = self.cache[entity]
-        layout = columnar.Layout()
-        # the loops below run once per entity of the batch (about one per event here)
-        events, sizes, fresh = layout.events, layout.sizes, layout.fresh
-        fast: list[tuple[int, str, EventLog, list[Event]]] = []
-        slow: list[tuple[int, str, EventLog, list[Event]]] = []
-        horizon = ws.horizon_us
-        for (part, key), new in pending.items():
-            state = caches[part][key]
-            first = new[0][TIME]
-            if len(new) > 1:
-                times = [e[TIME] for e in new]
-                if times != sorted(times):
-                    slow.append((part, key, state, new))
-                    continue
-            known = state.times
-            if known:
-                if first < known[-1]:
-                    slow.append((part, key, state, new))
-                    continue
-                history = state.events[bisect_right(known, first - horizon):]
-                events += history
-                sizes.append(len(history) + len(new))
-            else:
-                sizes.append(len(new))
-            events += new
-            fresh.append(len(new))
-            fast.append((part, key, state, new))
-        result = None
-        if fast:
-            rule_windows = tuple(r.window_us for r in self.rules) if entity == "card" else ()
-            result = columnar.compute(layout, ws.groups, rule_windows, card=entity == "card")
-        if result is None:
-            slow, fast = slow + fast, []
-        else:
-            feats, counts, new_times = result
-            feats["event_timestamp"] = new_times
-            counts_of = np.array(fresh, dtype=np.int64)
-            if entity == "card":  # a card that may raise an alert goes event by event
-                hit = np.zeros(len(new_times), dtype=bool)
-                for rule in self.rules:
-                    hit |= counts[rule.window_us] >= rule.min_count
-                if hit.any():
-                    group_of = np.repeat(np.arange(len(fast)), counts_of)
-                    alerting = np.zeros(len(fast), dtype=bool)
-                    alerting[group_of[hit]] = True
-                    slow += [f for f, a in zip(fast, alerting.tolist(), strict=True) if a]
-                    fast = [f for f, a in zip(fast, alerting.tolist(), strict=True) if not a]
-                    keep = ~alerting[group_of]
-                    feats = {name: col[keep] for name, col in feats.items()}
-                    counts_of = counts_of[~alerting]
-            kept_us = self._kept_us(entity)
-            for _, _, state, new in fast:  # _evict, without its lookups
-                known = state.times
-                if len(new) == 1:
-                    event = new[0]
-                    state.events.append(event)
-                    known.append(event[TIME])
-                    state.ids.add(event[TXN])
-                else:
-                    state.events += new
-                    known += [e[TIME] for e in new]
-                    state.ids.update([e[TXN] for e in new])
-                state.evict_before(known[-1] - kept_us)  # returns at once if nothing left
-            if fast:  # each entity's newest row, as columns (written by add_columns)
-                keys = [key for _, key, _, _ in fast]
-                last = np.cumsum(counts_of) - 1
-                self._online_blocks[entity].append((
-                    keys, {name: col[last] for name, col in feats.items()
-                           if name != "event_timestamp"},
-                    feats["event_timestamp"][last]))
-                feats[ENTITY_KEYS[entity]] = np.repeat(np.array(keys, dtype=object),
-                                                       counts_of)
-                columns[entity].append(feats)
-        for _, key, state, new in slow:
-            for event in new:
-                self._apply(entity, key, state, event, rows, online)
-                if entity == "card":
-                    for rule in self.rules:
-                        alert = evaluate(key, card_customer[key], state, rule, now)
-                        if alert is not None:
-                            self.stats.alerts += 1
-                            self._alerts_by_rule[rule.name] += 1
-                            producer.produce(ALERTS, key, orjson.dumps(alert))
-
     def _apply_txn(self, txn: records.Txn, part: int, m: Message, producer: EventProducer,
                    rows: dict[Entity, list[dict[str, Any]]],
                    online: dict[Entity, dict[str, tuple[dict[str, Any], int]]],
@@ -1014,14 +997,14 @@ class StreamProcessor:
             self.stats.late += 1
             producer.produce(TRANSACTIONS_LATE, m.key(), m.value() or b"")
             return False
-        customer = self.cache["customer"][part][txn.customer_id]
+        customer = self._log("customer", part, txn.customer_id)
         if txn.txn_id in customer.ids:
             self.stats.duplicates += 1
             return False
         self.stream_time[part] = max(stream_time, txn.time_us)
         event: Event = (txn.txn_id, txn.time_us, txn.amount, txn.country, txn.terminal_id,
                         txn.mcc, txn.lat, txn.lon)
-        card = self.cache["card"][part][txn.card_id]
+        card = self._log("card", part, txn.card_id)
         pairs: tuple[tuple[Entity, str, EventLog], ...] = (
             ("card", txn.card_id, card), ("customer", txn.customer_id, customer))
         if self.capture is not None:

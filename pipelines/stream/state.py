@@ -1,10 +1,12 @@
-"""Per-entity stream state: the entity's recent events, and its window aggregates.
+"""One entity's stream state as an event list, and its window aggregates: the reference.
 
-Each card, customer and terminal keeps the events of its longest window plus the allowed
-lateness, sorted by event time (an out-of-order event is inserted in place). Aggregates are
-computed as of the entity's latest event (kestrel.windows explains why), from the same
-:data:`kestrel.windows.WINDOWS` the offline side uses. State serializes to compact JSON for
-Redis, where it is committed atomically with the feature rows and the offsets.
+An EventLog keeps an entity's events of its longest window plus the allowed lateness, sorted
+by event time (an out-of-order event is inserted in place); WindowSet computes aggregates as
+of an event (kestrel.windows explains why the latest), from the same
+:data:`kestrel.windows.WINDOWS` the offline side uses. The processor holds its state as
+arrays per partition (entity_arrays.py, which must give the same rows: its tests compare the
+two) and checks entities out as EventLogs for work event by event: cards that may raise an
+alert, parity's capture, replaying a changelog.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ class WindowSet:
             (micros, [(w.name, w.aggregation, _FIELDS.get(w.field or "", AMOUNT)) for w in ws])
             for micros, ws in sorted(by_length.items())]
         self.horizon_us = max(w.micros for w in self.windows)
-        self.groups = self._groups  # what columnar.compute takes
+        self.groups = self._groups  # what entity_arrays takes
         self.names = feature_names(entity)
 
     def served_before(self, log: EventLog, time_us: int) -> dict[str, Any] | None:

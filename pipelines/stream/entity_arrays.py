@@ -1,0 +1,427 @@
+"""One partition's state of one entity type (card, customer or terminal), as sorted arrays.
+
+Kept as one EventLog per entity, a batch cost a dozen Python operations per entity it touched
+(the lookup, the history slice, the appends, the txn_id set, the eviction check) — on the
+simulated stream about one entity of each type per event, the largest share of the
+processor's time. Here a partition's entities of one type share arrays and a batch is merged,
+computed and evicted at once:
+
+- ``code`` / ``time`` / ``txn`` and the value columns the entity's windows read (``fields``:
+  amount, country, terminal, mcc, lat, lon, by their index in the Event tuple): every event
+  held, sorted by (entity code, time); events of equal time stay in order of arrival (a later
+  one after the ones it ties with, as ``EventLog.add`` places it);
+- per entity code: ``last``, its latest event time, ``floor``, the newest event time evicted
+  (what ``WindowSet.served_before`` needs to say "history gone"), and ``marks``, the alert
+  rules' marks (rules.evaluate);
+- ``ids``: the txn_ids held (duplicate checks).
+
+A batch's result is the one applying its events one by one gives (EventLog +
+WindowSet.features; tests/stream/test_entity_arrays.py checks it): an event older than its
+entity's latest minus ``slack_us`` is refused; one out of order re-emits the rows of the
+entity's later events whose windows now include it, once per batch with their final values
+(the offline log keeps a batch's last version of a row anyway); events at or before the
+latest minus ``kept_us`` are evicted after the batch. Entities that need event-by-event work
+(cards that may raise an alert, parity's capture, replaying a changelog) are checked out as
+EventLogs (``checkout``, or ``apply``'s ``slow``) and written back with ``put``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kestrel.errors import KestrelError
+from kestrel.windows import ENTITY_KEYS
+from pipelines.stream import columnar
+from pipelines.stream.state import (
+    AMOUNT,
+    COUNTRY,
+    LAT,
+    LON,
+    MCC,
+    TERMINAL,
+    Event,
+    EventLog,
+    WindowSet,
+)
+
+_NO_TIME = np.iinfo(np.int64).min
+_KEY_BITS = 62  # of a _SortKey (non-negative int64)
+_DEFAULTS: dict[int, Any] = {AMOUNT: 0.0, COUNTRY: "", TERMINAL: "", MCC: "", LAT: 0.0,
+                             LON: 0.0}
+_FLOATS = (AMOUNT, LAT, LON)
+FIELDS: dict[str, tuple[int, ...]] = {  # what each entity's windows and rules read
+    "card": (AMOUNT, COUNTRY, TERMINAL, LAT, LON),
+    "customer": (AMOUNT, MCC),
+    "terminal": (),
+}
+
+
+class _SortKey:
+    """One int64 per (entity code, time) that sorts code-major, time-minor, and queries
+    against it. The time part is the µs offset from the earliest time when the span fits
+    beside the code's bits (_KEY_BITS in all: about 2 years with 100,000 entities), else the
+    rank among the distinct times (np.unique: slower, any span)."""
+
+    def __init__(self, code: np.ndarray, time: np.ndarray, codes: int) -> None:
+        self.shift = _KEY_BITS - max(1, codes).bit_length()
+        self.origin = int(time.min())
+        self.ranks: np.ndarray | None = None
+        if int(time.max()) - self.origin < (1 << self.shift):
+            self.key = (code << self.shift) + (time - self.origin)
+        else:
+            self.ranks = np.unique(time)
+            self.scale = len(self.ranks) + 1  # a query's rank can be -1
+            self.key = code * self.scale + np.searchsorted(self.ranks, time)
+
+    def query(self, code: np.ndarray, bound: np.ndarray) -> np.ndarray:
+        """Keys q such that, in the sorted keys, searchsorted(q, "right") is the first
+        position of ``code`` with a time > ``bound``."""
+        if self.ranks is None:
+            offset = np.clip(bound - self.origin, -1, (1 << self.shift) - 1)
+            return (code << self.shift) + offset
+        return code * self.scale + np.searchsorted(self.ranks, bound, "right") - 1
+
+    def time_of(self, code: np.ndarray, key: np.ndarray) -> np.ndarray:
+        """The time a key of ``code`` stands for."""
+        if self.ranks is None:
+            return key - (code << self.shift) + self.origin
+        return self.ranks[key - code * self.scale]
+
+
+@dataclass
+class Applied:
+    """What a batch did: per event whether it was placed (refused ones are too old for their
+    entity's history); the offline rows as columns and the online rows (each touched
+    entity's newest: keys, features, times µs), both None when nothing was computed here;
+    and the entities handed back for event-by-event work (``slow``: key → (its EventLog
+    before the batch, the positions of its events in the batch)), which ``put`` takes back."""
+
+    accepted: np.ndarray
+    rows: dict[str, Any] | None = None
+    latest: tuple[list[str], dict[str, np.ndarray], np.ndarray] | None = None
+    slow: dict[str, tuple[EventLog, list[int]]] = field(default_factory=dict)
+
+
+class EntityArrays:
+    def __init__(self, windows: WindowSet, kept_us: int, slack_us: int) -> None:
+        self.entity = windows.entity
+        self.fields = FIELDS[windows.entity]
+        read = {f for _, group in windows.groups for _, kind, f in group if kind != "count"}
+        if self.entity == "card":
+            read |= {LAT, LON}
+        if not read <= set(self.fields):
+            raise KestrelError(
+                f"a {self.entity} window in kestrel/windows.py reads an event field the "
+                "entity's array state does not keep; add it to FIELDS in "
+                "pipelines/stream/entity_arrays.py")
+        self.groups = windows.groups
+        self.horizon_us = windows.horizon_us
+        self.kept_us = kept_us
+        self.slack_us = slack_us
+        self.key_name = ENTITY_KEYS[windows.entity]
+        self.index: dict[str, int] = {}  # entity key → code
+        self.keys: list[str] = []  # code → entity key
+        self._key_array = np.zeros(0, dtype=object)  # the same, as an array (grown lazily)
+        self.code = np.zeros(0, np.int64)
+        self.time = np.zeros(0, np.int64)
+        self.txn = np.zeros(0, dtype=object)
+        self.values: dict[int, np.ndarray] = {f: _empty(f) for f in self.fields}
+        self.last = np.zeros(0, np.int64)
+        self.floor = np.zeros(0, np.int64)
+        self.marks: dict[int, dict[str, int]] = {}
+        self.ids: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.time)
+
+    # --- codes and rows ---------------------------------------------------------------------
+    def _codes(self, keys: Iterable[str]) -> np.ndarray:
+        index, known = self.index, self.keys
+        codes: list[int] = []
+        for key in keys:
+            code = index.get(key)
+            if code is None:
+                code = index[key] = len(known)
+                known.append(key)
+            codes.append(code)
+        grow = len(known) - len(self.last)
+        if grow:
+            self.last = np.concatenate((self.last, np.full(grow, _NO_TIME, np.int64)))
+            self.floor = np.concatenate((self.floor, np.zeros(grow, np.int64)))
+        return np.array(codes, np.int64)
+
+    def _span(self, code: int) -> tuple[int, int]:
+        """Positions of an entity's events in the arrays."""
+        lo = int(np.searchsorted(self.code, code, "left"))
+        return lo, int(np.searchsorted(self.code, code, "right"))
+
+    def _events(self, key: str, lo: int, hi: int) -> list[Event]:
+        cols: list[list[Any]] = [self.txn[lo:hi].tolist(), self.time[lo:hi].tolist()]
+        n = hi - lo
+        for f in range(2, 8):
+            if f in self.values:
+                cols.append(self.values[f][lo:hi].tolist())
+            else:  # a terminal's own id; otherwise a field no window of it reads
+                cols.append([key if f == TERMINAL and self.entity == "terminal"
+                             else _DEFAULTS[f]] * n)
+        return list(zip(*cols, strict=True))
+
+    def _log(self, code: int) -> EventLog:
+        lo, hi = self._span(code)
+        marks = dict(self.marks.get(code, {}))
+        if self.floor[code]:
+            marks["_floor"] = int(self.floor[code])
+        return EventLog(self._events(self.keys[code], lo, hi), marks)
+
+    def _keep(self, keep: np.ndarray) -> None:
+        self.code, self.time, self.txn = self.code[keep], self.time[keep], self.txn[keep]
+        self.values = {f: col[keep] for f, col in self.values.items()}
+
+    # --- a batch ----------------------------------------------------------------------------
+    def _prior(self, codes: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """Per event, its entity's latest event time when it arrives (the state's, or an
+        earlier event's of this batch; _NO_TIME when there is none)."""
+        order = np.argsort(codes, kind="stable")  # per entity, in order of arrival
+        c, t = codes[order], times[order]
+        keys = _SortKey(c, t, len(self.keys))
+        running = np.maximum.accumulate(keys.key)  # per entity: its newest so far
+        follows = c[1:] == c[:-1]
+        before = np.full(len(c), _NO_TIME, np.int64)
+        before[1:][follows] = keys.time_of(c[1:][follows], running[:-1][follows])
+        prior = np.empty(len(c), np.int64)
+        prior[order] = np.maximum(before, self.last[c])
+        return prior
+
+    def apply(self, keys: Sequence[str] | np.ndarray, txn: Sequence[str] | np.ndarray,
+              times: np.ndarray,
+              values: dict[int, np.ndarray] | None = None,
+              rules: Sequence[tuple[int, int]] = ()) -> Applied:
+        """Place a batch of events (in order of arrival, none already held): their entity
+        keys, txn_ids, times (µs) and the value columns of ``fields``; compute the rows they
+        change. ``rules`` (window µs, count): an entity with a computed row that has at
+        least that many events within that window is not applied here but handed back in
+        ``slow`` (a card that may raise an alert goes event by event)."""
+        n = len(times)
+        if not n:
+            return Applied(np.zeros(0, dtype=bool))
+        codes = self._codes(keys)
+        prior = self._prior(codes, times)
+        known = prior != _NO_TIME
+        refused = known & (times < np.where(known, prior, 0) - self.slack_us)
+        accepted = ~refused
+        out_of_order = known & ~refused & (times < prior)
+        if not accepted.any():
+            return Applied(accepted)
+        placed = np.flatnonzero(accepted)
+        values = values or {}
+        held = len(self.time)
+        old_code = self.code
+        code = np.concatenate((self.code, codes[placed]))
+        time = np.concatenate((self.time, times[placed]))
+        new_txn = np.array(txn, dtype=object)[placed] if len(placed) < n \
+            else np.array(txn, dtype=object)
+        txns = np.concatenate((self.txn, new_txn))
+        cols = {f: np.concatenate((self.values[f], np.asarray(values[f])[placed]))
+                for f in self.fields}
+        sort = _SortKey(code, time, len(self.keys))
+        # the held events are one sorted run: a stable sort merges the new ones into it
+        # (equal keys: held first, then in order of arrival)
+        perm = np.argsort(sort.key, kind="stable")
+        code, time, txns, key = code[perm], time[perm], txns[perm], sort.key[perm]
+        cols = {f: col[perm] for f, col in cols.items()}
+        is_new = perm >= held
+
+        def first_after(at: np.ndarray, bound: np.ndarray) -> np.ndarray:
+            """Per query: the first position of entity ``at`` whose time is > bound."""
+            return np.searchsorted(key, sort.query(at, bound), "right")
+
+        emit = is_new.copy()
+        if out_of_order.any():  # the later events whose windows now include it
+            where = np.empty(len(perm), np.int64)
+            where[perm] = np.arange(len(perm))
+            late = where[held + np.flatnonzero(out_of_order[placed])]
+            stops = first_after(code[late], time[late] + self.horizon_us)
+            marks = np.zeros(len(perm) + 1, np.int64)
+            np.add.at(marks, late, 1)
+            np.add.at(marks, stops, -1)
+            emit |= np.cumsum(marks[:-1]) > 0
+        group_end = np.ones(len(code), dtype=bool)
+        group_end[:-1] = code[1:] != code[:-1]
+        touched = np.zeros(len(self.keys), dtype=bool)
+        touched[codes[placed]] = True
+        newest = group_end & touched[code]
+        query = np.flatnonzero(emit | newest)
+        at, at_time = code[query], time[query]
+        slow: dict[str, tuple[EventLog, list[int]]] = {}
+        hot = np.zeros(len(query), dtype=bool)
+        for window_us, count in rules:
+            hot |= query - first_after(at, at_time - window_us) + 1 >= count
+        if hot.any():  # handed back: before the batch, with the positions of their events
+            slow_codes = np.unique(at[hot])
+            is_slow = np.zeros(len(self.keys), dtype=bool)
+            is_slow[slow_codes] = True
+            for c in slow_codes.tolist():
+                slow[self.keys[c]] = (self._log(c), [])
+            for i in placed[is_slow[codes[placed]]].tolist():
+                slow[keys[i]][1].append(i)
+            gone_before = is_slow[old_code]
+            self.ids.difference_update(self.txn[gone_before].tolist())
+            keep = ~is_slow[code]
+            code, time, txns, key = code[keep], time[keep], txns[keep], key[keep]
+            cols = {f: col[keep] for f, col in cols.items()}
+            emit, newest = emit[keep], newest[keep]
+            query = np.flatnonzero(emit | newest)
+            at, at_time = code[query], time[query]
+            new_txn = new_txn[~is_slow[codes[placed]]]
+        features = self._features(query, at, at_time, first_after, code, cols)
+        if len(self._key_array) < len(self.keys):
+            self._key_array = np.array(self.keys, dtype=object)
+        rows_mask, newest_mask = emit[query], newest[query]
+        rows = {name: col[rows_mask] for name, col in features.items()}
+        rows[self.key_name] = self._key_array[at[rows_mask]]
+        rows["event_timestamp"] = at_time[rows_mask]
+        latest_codes = at[newest_mask]
+        latest = ([self.keys[c] for c in latest_codes.tolist()],
+                  {name: col[newest_mask] for name, col in features.items()},
+                  at_time[newest_mask])
+        self.last[latest_codes] = at_time[newest_mask]
+        self.ids.update(new_txn.tolist())
+        self.code, self.time, self.txn, self.values = code, time, txns, cols
+        self._evict()
+        return Applied(accepted, rows, latest, slow)
+
+    def _features(self, query: np.ndarray, at: np.ndarray, at_time: np.ndarray,
+                  first_after: Any, code: np.ndarray, cols: dict[int, np.ndarray]
+                  ) -> dict[str, np.ndarray]:
+        """The entity's window features as of each queried position (WindowSet.features)."""
+        out: dict[str, np.ndarray] = {}
+        prev: dict[int, np.ndarray] = {}
+        for micros, group in self.groups:
+            lo = first_after(at, at_time - micros)
+            for name, kind, f in group:
+                if kind == "count":
+                    out[name] = query - lo + 1
+                elif kind == "sum":
+                    out[name] = columnar.round2(columnar.window_sum(cols[f], lo, query))
+                else:
+                    if f not in prev:
+                        prev[f] = columnar.prev_same(code, columnar.codes(cols[f]))
+                    out[name] = columnar.window_distinct(prev[f], lo, query)
+        if self.entity == "card":
+            out["card_last_event_time_us"] = at_time
+            out["card_last_lat"] = cols[LAT][query]
+            out["card_last_lon"] = cols[LON][query]
+        return out
+
+    def _evict(self) -> None:
+        """Forget events at or before their entity's latest minus kept_us (they left every
+        window and the allowance for events out of order)."""
+        gone = self.time <= self.last[self.code] - self.kept_us
+        if not gone.any():
+            return
+        np.maximum.at(self.floor, self.code[gone], self.time[gone])
+        self.ids.difference_update(self.txn[gone].tolist())
+        self._keep(~gone)
+
+    # --- event by event -------------------------------------------------------------------
+    def checkout(self, key: str) -> EventLog:
+        """An entity's state as an EventLog (empty for an entity not seen yet), to be
+        applied event by event and handed back with ``put``; until then the arrays still
+        hold its events as they were."""
+        return self._log(int(self._codes([key])[0]))
+
+    def put(self, logs: dict[str, EventLog]) -> None:
+        """Take entities back from event-by-event work: their events and marks replace what
+        the arrays held for them."""
+        if not logs:
+            return
+        codes = self._codes(logs)
+        mine = np.zeros(len(self.keys), dtype=bool)
+        mine[codes] = True
+        out = mine[self.code]
+        self.ids.difference_update(self.txn[out].tolist())
+        self._keep(~out)
+        events = [e for log in logs.values() for e in log.events]
+        sizes = [len(log.events) for log in logs.values()]
+        for c, log in zip(codes.tolist(), logs.values(), strict=True):
+            marks = dict(log.marks)
+            self.floor[c] = marks.pop("_floor", 0)
+            if marks:
+                self.marks[c] = marks
+            else:
+                self.marks.pop(c, None)
+            if log.times:
+                self.last[c] = log.times[-1]
+            self.ids.update(log.ids)
+        if events:
+            self._append(np.repeat(codes, sizes), events)
+
+    def _append(self, code: np.ndarray, events: list[Event]) -> None:
+        """Add events (grouped by entity, in order within each) and sort."""
+        columns = list(zip(*events, strict=True))
+        new = {f: np.array(columns[f], dtype=np.float64 if f in _FLOATS else object)
+               for f in self.fields}
+        code = np.concatenate((self.code, code))
+        time = np.concatenate((self.time, np.array(columns[1], np.int64)))
+        txn = np.concatenate((self.txn, np.array(columns[0], dtype=object)))
+        cols = {f: np.concatenate((self.values[f], new[f])) for f in self.fields}
+        perm = np.argsort(_SortKey(code, time, len(self.keys)).key, kind="stable")
+        self.code, self.time, self.txn = code[perm], time[perm], txn[perm]
+        self.values = {f: col[perm] for f, col in cols.items()}
+
+    # --- snapshots and parity -----------------------------------------------------------
+    def _groups(self) -> list[tuple[int, int, int]]:
+        """Per entity held: (code, first position, one past its last)."""
+        if not len(self.code):
+            return []
+        bounds = np.flatnonzero(np.diff(self.code)) + 1
+        starts = [0, *bounds.tolist()]
+        ends = [*bounds.tolist(), len(self.code)]
+        return list(zip(self.code[starts].tolist(), starts, ends, strict=True))
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """The state as a snapshot document: key → {"e": [[txn_id, time µs, *the values of
+        ``fields``], …], "m": marks (the rules', and "_floor": newest time evicted)}."""
+        txns, times = self.txn.tolist(), self.time.tolist()
+        values = [self.values[f].tolist() for f in self.fields]
+        out: dict[str, dict[str, Any]] = {}
+        for c, lo, hi in self._groups():
+            marks = dict(self.marks.get(c, {}))
+            if self.floor[c]:
+                marks["_floor"] = int(self.floor[c])
+            out[self.keys[c]] = {"e": [list(e) for e in zip(
+                txns[lo:hi], times[lo:hi], *[v[lo:hi] for v in values], strict=True)],
+                "m": marks}
+        return out
+
+    def load(self, doc: dict[str, dict[str, Any]]) -> None:
+        """Add a snapshot document's entities (``snapshot``'s format, or EventLog tuples: an
+        event of 8 values) to an empty state."""
+        logs: dict[str, EventLog] = {}
+        for key, d in doc.items():
+            events: list[Event] = []
+            for e in d["e"]:
+                if len(e) == 8:
+                    events.append(tuple(e))
+                    continue
+                event = [e[0], e[1], *(_DEFAULTS[f] for f in range(2, 8))]
+                for f, v in zip(self.fields, e[2:], strict=True):
+                    event[f] = v
+                if self.entity == "terminal":
+                    event[TERMINAL] = key
+                events.append(tuple(event))
+            logs[key] = EventLog(events, d.get("m") or {})
+        self.put(logs)
+
+    def logs(self) -> dict[str, EventLog]:
+        """Every entity's events as an EventLog (with its marks), for
+        ``WindowSet.served_before`` (parity's comparison)."""
+        return {self.keys[c]: self._log(c) for c, _, _ in self._groups()}
+
+
+def _empty(f: int) -> np.ndarray:
+    return np.zeros(0, np.float64 if f in _FLOATS else object)
