@@ -96,7 +96,7 @@ class _SortKey:
 class Applied:
     """What a batch did: per event whether it was placed (refused ones are too old for their
     entity's history); the offline rows as columns and the online rows (each touched
-    entity's newest: keys, features, times µs), both None when nothing was computed here;
+    entity's newest: keys, features, times µs), both None when no row was computed here;
     and the entities handed back for event-by-event work (``slow``: key → (its EventLog
     before the batch, the positions of its events in the batch)), which ``put`` takes back."""
 
@@ -292,6 +292,8 @@ class EntityArrays:
         self.ids.update(new_txn.tolist())
         self.code, self.time, self.txn, self.values = code, time, txns, cols
         self._evict()
+        if not len(query):  # every entity was handed back
+            return Applied(accepted, slow=slow)
         return Applied(accepted, rows, latest, slow)
 
     def _features(self, query: np.ndarray, at: np.ndarray, at_time: np.ndarray,

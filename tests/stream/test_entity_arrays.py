@@ -56,7 +56,10 @@ class Reference:
 def _as_reference(applied: Applied, key_name: str
                   ) -> tuple[dict[tuple[str, int], Any], dict[str, Any]]:
     rows = applied.rows
-    assert rows is not None and applied.latest is not None
+    if rows is None:  # every entity of the batch was handed back
+        assert applied.latest is None and applied.slow
+        return {}, {}
+    assert applied.latest is not None
     names = [n for n in rows if n not in (key_name, "event_timestamp")]
     got_rows = {}  # events of the same instant share a row: the last one wins, as in the log
     for k in range(len(rows["event_timestamp"])):
@@ -202,3 +205,16 @@ def test_a_field_the_arrays_do_not_keep_is_refused_at_construction(
     ws = WindowSet("customer")
     with pytest.raises(KestrelError, match="FIELDS"):
         EntityArrays(ws, ws.horizon_us, SLACK)
+
+
+def test_a_batch_whose_entities_all_go_event_by_event_computes_no_rows() -> None:
+    ws = WindowSet("card")
+    state = EntityArrays(ws, ws.horizon_us + SLACK, SLACK)
+    values = {f: np.array([1.0, 2.0] if f in (AMOUNT, LAT, LON) else ["FR", "DE"], dtype=object
+                          if f not in (AMOUNT, LAT, LON) else np.float64)
+              for f in entity_arrays.FIELDS["card"]}
+    applied = state.apply(["c1", "c2"], ["a", "b"], np.array([HOUR, 2 * HOUR]), values,
+                          rules=[(HOUR, 1)])
+    assert applied.rows is None and applied.latest is None
+    assert sorted(applied.slow) == ["c1", "c2"] and len(state) == 0
+    assert [positions for _, positions in applied.slow.values()] == [[0], [1]]
