@@ -914,13 +914,13 @@ class StreamProcessor:
             placed = int(applied.accepted.sum())
             self.stats.terminal_applied += placed
             self.stats.late_for_entity += len(updates) - placed
-            if applied.rows is None or applied.latest is None:
-                continue
-            self._changes[(TRANSACTIONS_BY_TERMINAL, part)] += (
-                updates if placed == len(updates) else
-                list(compress(updates, applied.accepted.tolist())))
-            columns["terminal"].append(applied.rows)
-            self._online_blocks["terminal"].append(applied.latest)
+            if placed:
+                self._changes[(TRANSACTIONS_BY_TERMINAL, part)] += (
+                    updates if placed == len(updates) else
+                    list(compress(updates, applied.accepted.tolist())))
+            if applied.rows is not None and applied.latest is not None:
+                columns["terminal"].append(applied.rows)
+                self._online_blocks["terminal"].append(applied.latest)
 
     def _accept(self, txns: list[Message], cols: batch_decode.TxnColumns,
                 producer: EventProducer) -> tuple[list[int], list[int]]:
