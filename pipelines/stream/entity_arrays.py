@@ -43,6 +43,7 @@ from pipelines.stream.state import (
     LON,
     MCC,
     TERMINAL,
+    VALUES,
     Event,
     EventLog,
     WindowSet,
@@ -129,7 +130,7 @@ class EntityArrays:
         self.code = np.zeros(0, np.int64)
         self.time = np.zeros(0, np.int64)
         self.txn = np.zeros(0, dtype=object)
-        self.values: dict[int, np.ndarray] = {f: _empty(f) for f in self.fields}
+        self.values: dict[int, np.ndarray] = {f: np.zeros(0, _dtype(f)) for f in self.fields}
         self.last = np.zeros(0, np.int64)
         self.floor = np.zeros(0, np.int64)
         self.marks: dict[int, dict[str, int]] = {}
@@ -159,27 +160,52 @@ class EntityArrays:
         lo = int(np.searchsorted(self.code, code, "left"))
         return lo, int(np.searchsorted(self.code, code, "right"))
 
+    def _filler(self, f: int, key: str) -> Any:
+        """What an event of ``key`` holds in a field the arrays do not keep: a terminal's
+        own id, otherwise a default (no window of the entity reads it)."""
+        return key if f == TERMINAL and self.entity == "terminal" else _DEFAULTS[f]
+
     def _events(self, key: str, lo: int, hi: int) -> list[Event]:
         cols: list[list[Any]] = [self.txn[lo:hi].tolist(), self.time[lo:hi].tolist()]
-        n = hi - lo
-        for f in range(2, 8):
-            if f in self.values:
-                cols.append(self.values[f][lo:hi].tolist())
-            else:  # a terminal's own id; otherwise a field no window of it reads
-                cols.append([key if f == TERMINAL and self.entity == "terminal"
-                             else _DEFAULTS[f]] * n)
+        for f in VALUES:
+            cols.append(self.values[f][lo:hi].tolist() if f in self.values
+                        else [self._filler(f, key)] * (hi - lo))
         return list(zip(*cols, strict=True))
 
-    def _log(self, code: int) -> EventLog:
-        lo, hi = self._span(code)
+    def _marks(self, code: int) -> dict[str, int]:
+        """An entity's marks as an EventLog holds them (the floor as "_floor", when set)."""
         marks = dict(self.marks.get(code, {}))
         if self.floor[code]:
             marks["_floor"] = int(self.floor[code])
-        return EventLog(self._events(self.keys[code], lo, hi), marks)
+        return marks
 
-    def _keep(self, keep: np.ndarray) -> None:
+    def _log(self, code: int) -> EventLog:
+        lo, hi = self._span(code)
+        return EventLog(self._events(self.keys[code], lo, hi), self._marks(code))
+
+    def _drop(self, gone: np.ndarray) -> None:
+        """Forget the events at the positions ``gone`` (a mask), and their txn_ids."""
+        self.ids.difference_update(self.txn[gone].tolist())
+        keep = ~gone
         self.code, self.time, self.txn = self.code[keep], self.time[keep], self.txn[keep]
         self.values = {f: col[keep] for f, col in self.values.items()}
+
+    def _merged(self, code: np.ndarray, time: np.ndarray, txn: np.ndarray,
+                values: dict[int, np.ndarray]
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, np.ndarray],
+                           _SortKey, np.ndarray]:
+        """The held events and new ones (grouped or not) as one set of arrays sorted by
+        (code, time) — the held ones are one sorted run, so a stable sort merges the new
+        ones in; equal keys keep held first, then the order given — with the sort key and
+        the permutation (positions past the held ones are the new events)."""
+        code = np.concatenate((self.code, code))
+        time = np.concatenate((self.time, time))
+        txn = np.concatenate((self.txn, txn))
+        cols = {f: np.concatenate((self.values[f], values[f])) for f in self.fields}
+        sort = _SortKey(code, time, len(self.keys))
+        perm = np.argsort(sort.key, kind="stable")
+        return (code[perm], time[perm], txn[perm], {f: col[perm] for f, col in cols.items()},
+                sort, perm)
 
     # --- a batch ----------------------------------------------------------------------------
     def _prior(self, codes: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -220,19 +246,11 @@ class EntityArrays:
         values = values or {}
         held = len(self.time)
         old_code = self.code
-        code = np.concatenate((self.code, codes[placed]))
-        time = np.concatenate((self.time, times[placed]))
-        new_txn = np.array(txn, dtype=object)[placed] if len(placed) < n \
-            else np.array(txn, dtype=object)
-        txns = np.concatenate((self.txn, new_txn))
-        cols = {f: np.concatenate((self.values[f], np.asarray(values[f])[placed]))
-                for f in self.fields}
-        sort = _SortKey(code, time, len(self.keys))
-        # the held events are one sorted run: a stable sort merges the new ones into it
-        # (equal keys: held first, then in order of arrival)
-        perm = np.argsort(sort.key, kind="stable")
-        code, time, txns, key = code[perm], time[perm], txns[perm], sort.key[perm]
-        cols = {f: col[perm] for f, col in cols.items()}
+        new_txn = np.array(txn, dtype=object)[placed]
+        code, time, txns, cols, sort, perm = self._merged(
+            codes[placed], times[placed], new_txn,
+            {f: np.asarray(values[f])[placed] for f in self.fields})
+        key = sort.key[perm]
         is_new = perm >= held
 
         def first_after(at: np.ndarray, bound: np.ndarray) -> np.ndarray:
@@ -326,8 +344,7 @@ class EntityArrays:
         if not gone.any():
             return
         np.maximum.at(self.floor, self.code[gone], self.time[gone])
-        self.ids.difference_update(self.txn[gone].tolist())
-        self._keep(~gone)
+        self._drop(gone)
 
     # --- event by event -------------------------------------------------------------------
     def checkout(self, key: str) -> EventLog:
@@ -344,9 +361,7 @@ class EntityArrays:
         codes = self._codes(logs)
         mine = np.zeros(len(self.keys), dtype=bool)
         mine[codes] = True
-        out = mine[self.code]
-        self.ids.difference_update(self.txn[out].tolist())
-        self._keep(~out)
+        self._drop(mine[self.code])
         events = [e for log in logs.values() for e in log.events]
         sizes = [len(log.events) for log in logs.values()]
         for c, log in zip(codes.tolist(), logs.values(), strict=True):
@@ -365,15 +380,9 @@ class EntityArrays:
     def _append(self, code: np.ndarray, events: list[Event]) -> None:
         """Add events (grouped by entity, in order within each) and sort."""
         columns = list(zip(*events, strict=True))
-        new = {f: np.array(columns[f], dtype=np.float64 if f in _FLOATS else object)
-               for f in self.fields}
-        code = np.concatenate((self.code, code))
-        time = np.concatenate((self.time, np.array(columns[1], np.int64)))
-        txn = np.concatenate((self.txn, np.array(columns[0], dtype=object)))
-        cols = {f: np.concatenate((self.values[f], new[f])) for f in self.fields}
-        perm = np.argsort(_SortKey(code, time, len(self.keys)).key, kind="stable")
-        self.code, self.time, self.txn = code[perm], time[perm], txn[perm]
-        self.values = {f: col[perm] for f, col in cols.items()}
+        self.code, self.time, self.txn, self.values, _, _ = self._merged(
+            code, np.array(columns[1], np.int64), np.array(columns[0], dtype=object),
+            {f: np.array(columns[f], _dtype(f)) for f in self.fields})
 
     # --- snapshots and parity -----------------------------------------------------------
     def _groups(self) -> list[tuple[int, int, int]]:
@@ -392,12 +401,9 @@ class EntityArrays:
         values = [self.values[f].tolist() for f in self.fields]
         out: dict[str, dict[str, Any]] = {}
         for c, lo, hi in self._groups():
-            marks = dict(self.marks.get(c, {}))
-            if self.floor[c]:
-                marks["_floor"] = int(self.floor[c])
             out[self.keys[c]] = {"e": [list(e) for e in zip(
                 txns[lo:hi], times[lo:hi], *[v[lo:hi] for v in values], strict=True)],
-                "m": marks}
+                "m": self._marks(c)}
         return out
 
     def load(self, doc: dict[str, dict[str, Any]]) -> None:
@@ -410,12 +416,9 @@ class EntityArrays:
                 if len(e) == 8:
                     events.append(tuple(e))
                     continue
-                event = [e[0], e[1], *(_DEFAULTS[f] for f in range(2, 8))]
-                for f, v in zip(self.fields, e[2:], strict=True):
-                    event[f] = v
-                if self.entity == "terminal":
-                    event[TERMINAL] = key
-                events.append(tuple(event))
+                kept = dict(zip(self.fields, e[2:], strict=True))
+                events.append((e[0], e[1], *(kept[f] if f in kept else self._filler(f, key)
+                                             for f in VALUES)))
             logs[key] = EventLog(events, d.get("m") or {})
         self.put(logs)
 
@@ -425,5 +428,5 @@ class EntityArrays:
         return {self.keys[c]: self._log(c) for c, _, _ in self._groups()}
 
 
-def _empty(f: int) -> np.ndarray:
-    return np.zeros(0, np.float64 if f in _FLOATS else object)
+def _dtype(f: int) -> Any:
+    return np.float64 if f in _FLOATS else object

@@ -81,18 +81,7 @@ from pipelines.stream.event_time import UNREADABLE, event_time_key, event_times_
 from pipelines.stream.metrics import StreamMetrics
 from pipelines.stream.offline_log import ColumnBlock, OfflineLog
 from pipelines.stream.rules import evaluate, rules
-from pipelines.stream.state import (
-    AMOUNT,
-    COUNTRY,
-    LAT,
-    LON,
-    MCC,
-    TERMINAL,
-    TIME,
-    Event,
-    EventLog,
-    WindowSet,
-)
+from pipelines.stream.state import TIME, VALUES, Event, EventLog, WindowSet
 
 log = logging.getLogger("kestrel.stream")
 GROUP_ID = "kestrel-stream"  # listed in kestrel.topics.CONSUMER_GROUPS
@@ -588,8 +577,7 @@ class StreamProcessor:
         return state.add(event)
 
     def _new_table(self, entity: Entity) -> EntityArrays:
-        slack = self.terminal_slack_us if entity == "terminal" else self.lateness_us
-        return EntityArrays(self.windows[entity], self._kept_us(entity), slack)
+        return EntityArrays(self.windows[entity], self._kept_us(entity), self._slack_us(entity))
 
     def _table(self, entity: Entity, part: int) -> EntityArrays:
         table = self.tables[entity].get(part)
@@ -612,11 +600,15 @@ class StreamProcessor:
             self._table(entity, part).put(logs)
         self._out.clear()
 
+    def _slack_us(self, entity: Entity) -> int:
+        """How far before its entity's latest event an event may still be placed: the
+        lateness (for terminals, the reorder slack)."""
+        return self.terminal_slack_us if entity == "terminal" else self.lateness_us
+
     def _kept_us(self, entity: Entity) -> int:
         """How far behind an entity's latest event its state keeps events: the longest
-        window plus the lateness (or, for terminals, the reorder slack) allowed."""
-        slack = self.terminal_slack_us if entity == "terminal" else self.lateness_us
-        return self.windows[entity].horizon_us + slack
+        window plus the slack."""
+        return self.windows[entity].horizon_us + self._slack_us(entity)
 
     def _evict(self, entity: Entity, state: EventLog) -> None:
         state.evict_before(state.times[-1] - self._kept_us(entity))
@@ -818,9 +810,10 @@ class StreamProcessor:
             return np.array(values, dtype)
 
         txn, card, customer = pick(cols.txn_id), pick(cols.card_id), pick(cols.customer_id)
-        time_us, amount = pick(cols.time_us, np.int64), pick(cols.amount, np.float64)
-        country, terminal, mcc = pick(cols.country), pick(cols.terminal_id), pick(cols.mcc)
-        lat, lon = pick(cols.lat, np.float64), pick(cols.lon, np.float64)
+        time_us, terminal = pick(cols.time_us, np.int64), pick(cols.terminal_id)
+        values = dict(zip(VALUES, (  # by Event field
+            pick(cols.amount, np.float64), pick(cols.country), terminal, pick(cols.mcc),
+            pick(cols.lat, np.float64), pick(cols.lon, np.float64)), strict=True))
         recent_lists = self._recent
         for customer_id, entry in zip(customer.tolist(), recent.entries(cols, accepted),
                                       strict=True):
@@ -831,14 +824,12 @@ class StreamProcessor:
         part_of = np.array(parts, np.int64)
         for part in np.unique(part_of).tolist():
             sel = np.flatnonzero(part_of == part)
-            event = {AMOUNT: amount[sel], COUNTRY: country[sel], TERMINAL: terminal[sel],
-                     MCC: mcc[sel], LAT: lat[sel], LON: lon[sel]}
+            event = {f: column[sel] for f, column in values.items()}
             ids, times = txn[sel], time_us[sel]
             cards, customers = card[sel], customer[sel]
             self._changes[(TRANSACTIONS, part)] += zip(
                 cards.tolist(), customers.tolist(), ids.tolist(), times.tolist(),
-                *[event[f].tolist() for f in (AMOUNT, COUNTRY, TERMINAL, MCC, LAT, LON)],
-                strict=True)
+                *[event[f].tolist() for f in VALUES], strict=True)
             pairs: tuple[tuple[Entity, np.ndarray], ...] = (("card", cards),
                                                              ("customer", customers))
             for entity, keys in pairs:
@@ -866,8 +857,7 @@ class StreamProcessor:
             self._online_blocks[entity].append(applied.latest)
         if not applied.slow:
             return
-        fields = [ids.tolist(), times.tolist(),
-                  *[event[f].tolist() for f in (AMOUNT, COUNTRY, TERMINAL, MCC, LAT, LON)]]
+        fields = [ids.tolist(), times.tolist(), *[event[f].tolist() for f in VALUES]]
         owners = customers.tolist()
         for key, (state, positions) in applied.slow.items():
             for i in positions:

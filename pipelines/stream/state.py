@@ -29,6 +29,7 @@ TERMINAL: Final = 4
 MCC: Final = 5
 LAT: Final = 6
 LON: Final = 7
+VALUES: Final = (AMOUNT, COUNTRY, TERMINAL, MCC, LAT, LON)  # the fields after txn_id and time
 _FIELDS = {"country": COUNTRY, "terminal": TERMINAL, "mcc": MCC}  # distinct-counted
 
 
