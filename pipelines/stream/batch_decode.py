@@ -8,8 +8,8 @@ decoded by msgspec straight into a typed struct — the contract's types, number
 lengths, country / currency / channel sets and its exact field set are checked in C while
 parsing (4.1-4.8 µs per record in all) — and what msgspec cannot check cheaply is checked per
 column, at C speed too: the identifiers' characters (``bytes.translate`` over the column
-joined), the MCCs' digits, and the event times (Arrow: their form, then the day parsed against
-the day written).
+joined), the MCCs' digits, and the event times (``event_time.exact_times_us``: their form and
+date, with array arithmetic on their characters).
 
 The fast path only accepts what it is sure about: a record that fails any check goes through
 :func:`pipelines.stream.records.decode`, the per-record path — so a valid record decodes to
@@ -28,18 +28,13 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from kestrel.errors import EventValidationError
 from kestrel.events import MAX_AMOUNT
 from kestrel.iso import COUNTRIES, CURRENCIES
 from pipelines.stream import records
+from pipelines.stream.event_time import exact_times_us
 
-_STR = pa.string()
-_TIME = (r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]"
-         r":[0-5][0-9](\.[0-9]{6})?Z$")
-_S_TO_US = np.int64(1_000_000)
 # bytes.translate deletes an identifier's characters, so a column of valid identifiers
 # joined translates to b"" (kestrel.events.Identifier also strips whitespace: a padded one
 # takes the per-record path)
@@ -52,7 +47,7 @@ class _Record(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     parsing, never looser (a JSON integer amount is a float here, as in pydantic)."""
 
     txn_id: _Id
-    event_time: str  # its form and date: _times_us
+    event_time: str  # its form and date: event_time.exact_times_us
     customer_id: _Id
     account_id: _Id
     card_id: _Id
@@ -104,19 +99,22 @@ def decode_batch(values: list[bytes | None]) -> TxnColumns:
     n = len(values)
     out = TxnColumns(n)
     decode = _DECODER.decode
-    rows: list[_Record] = []
-    pos: list[int] = []  # each row's position in the batch
     loose: list[int] = []  # positions that take the per-record path
-    for i, value in enumerate(values):
-        try:
-            rows.append(decode(value or b""))
-        except msgspec.DecodeError:  # a ValidationError too
-            loose.append(i)
-            continue
-        pos.append(i)
+    try:  # the common case, every record parses: no per-record bookkeeping
+        rows = [decode(value or b"") for value in values]
+        pos = list(range(n))  # each row's position in the batch
+    except msgspec.DecodeError:  # a ValidationError too
+        rows, pos = [], []
+        for i, value in enumerate(values):
+            try:
+                rows.append(decode(value or b""))
+            except msgspec.DecodeError:
+                loose.append(i)
+                continue
+            pos.append(i)
     cols = _columns(rows)
     ok = _valid(rows, cols)
-    us, dated = _times_us(pa.array(cols["event_time"], _STR))
+    us, dated = exact_times_us(cols["event_time"])
     ok &= dated
     if not ok.all():
         keep = ok.tolist()
@@ -184,29 +182,3 @@ def _ids(text: str) -> bool:
 
 def _digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
-
-
-def _times_us(when: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """µs since the epoch of each time, and which times take the fast path: the canonical
-    form (``_TIME``, not ``.000000``), and a real date: Arrow's strptime rolls 2018-02-30 over
-    to 2018-03-02 instead of failing, so the day parsed must be the day written. Times are
-    read only from rows of that form (a fraction that was not six digits once made the int
-    cast raise for the whole batch)."""
-    form = pc.and_(pc.match_substring_regex(when, _TIME),
-                   pc.invert(pc.ends_with(when, ".000000Z")))
-    if not pc.all(form).as_py():
-        canonical = np.asarray(form)
-        us = np.zeros(len(when), dtype=np.int64)
-        if canonical.any():
-            part, good = _times_us(when.filter(form))
-            us[canonical] = part
-            canonical[canonical] = good
-        return us, canonical
-    seconds = pc.strptime(pc.utf8_slice_codeunits(when, 0, 19), format="%Y-%m-%dT%H:%M:%S",
-                          unit="s", error_is_null=True)
-    written = pc.cast(pc.utf8_slice_codeunits(when, 8, 10), pa.int64())
-    dated = pc.fill_null(pc.equal(pc.day(seconds), written), False)
-    frac = pc.utf8_slice_codeunits(when, 20, 26)
-    micros = pc.cast(pc.if_else(pc.equal(pc.utf8_length(when), 27), frac, "0"), pa.int64())
-    us = pc.add(pc.multiply(pc.cast(seconds, pa.int64()), _S_TO_US), micros)
-    return np.asarray(pc.fill_null(us, 0)), np.asarray(dated)

@@ -12,10 +12,16 @@ offset), or that the processor refuses (before 1970, or dated in the future), is
 record sorts first and never waits for other partitions — it reaches the decoder (and the
 dead-letter topic) in the next batch. This only orders the intake;
 every check happens on the decoded event.
+
+The batch decoder (pipelines/stream/batch_decode.py) reads its decoded times with the same
+arithmetic (``exact_times_us``: 0.3-0.5 µs per time, where Arrow's regex match and strptime
+took 1.2-2.3), keeping only times exactly as the stream writes them.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from datetime import datetime
 
 import numpy as np
@@ -29,16 +35,17 @@ _DIGITS = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]
 _FRACTION = [20, 21, 22, 23, 24, 25]
 _SEPARATORS = {4: b"-", 7: b"-", 10: b"T", 13: b":", 16: b":"}
 _US_PER_S = 1_000_000
+_MONTH_DAYS = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], np.int64)
+# the first "event_time" member's string value (a value that is not a string: none)
+_KEY = re.compile(rb'"event_time"\s*:\s*"([^"]*)"')
 
 
-def event_time_key(value: bytes) -> bytes:
-    """A record's raw ``event_time`` string (b"" when it has none), without decoding it."""
-    i = value.find(b'"event_time"')
-    if i < 0:
-        return b""
-    j = value.find(b'"', value.find(b":", i + 12) + 1)
-    k = value.find(b'"', j + 1)
-    return value[j + 1:k] if j >= 0 and k > j else b""
+def event_time_keys(values: Iterable[bytes]) -> list[bytes]:
+    """Each record's raw ``event_time`` string (b"" when it has none), without decoding
+    it: one regex search per record (0.35 µs; four ``bytes.find`` and slicing in Python
+    were 0.9 µs)."""
+    search = _KEY.search
+    return [m.group(1) if (m := search(value)) else b"" for value in values]
 
 
 def _number(d: np.ndarray, columns: list[int]) -> np.ndarray:
@@ -57,6 +64,30 @@ def _days_from_civil(y: np.ndarray, m: np.ndarray, d: np.ndarray) -> np.ndarray:
     return era * 146_097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719_468
 
 
+def _canonical(b: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """µs since the epoch of times in the stream's form, with or without a six-digit
+    fraction (``b``: each time's character codes, one row of _CANONICAL columns; a longer
+    time is cut, its length says so), and which ones are: that form, a date that exists
+    (2018-02-30 is none: a calendar computation would roll it over to 2018-03-02) from year
+    1 on, a time of day within 23:59:59. The others' values are meaningless."""
+    d = b - ord("0")
+    ok = ((lengths == _CANONICAL) & (b[:, 19] == ord(".")) & (b[:, 26] == ord("Z"))
+          & np.all((d[:, _FRACTION] >= 0) & (d[:, _FRACTION] <= 9), axis=1)) \
+        | ((lengths == _WHOLE_SECOND) & (b[:, 19] == ord("Z")))
+    ok &= np.all((d[:, _DIGITS] >= 0) & (d[:, _DIGITS] <= 9), axis=1)
+    for col, sep in _SEPARATORS.items():
+        ok &= b[:, col] == sep[0]
+    year, month, day = _number(d, _DIGITS[:4]), _number(d, [5, 6]), _number(d, [8, 9])
+    hour, minute, second = _number(d, [11, 12]), _number(d, [14, 15]), _number(d, [17, 18])
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    month_days = _MONTH_DAYS[np.clip(month, 0, 12)] + ((month == 2) & leap)
+    ok &= (year >= 1) & (month >= 1) & (month <= 12) & (day >= 1) & (day <= month_days) \
+        & (hour <= 23) & (minute <= 59) & (second <= 59)
+    fraction = np.where(lengths == _CANONICAL, _number(d, _FRACTION), 0)
+    seconds = _days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
+    return seconds * _US_PER_S + fraction, ok
+
+
 def event_times_us(keys: list[bytes], newest_allowed: int | None = None) -> np.ndarray:
     """µs since the epoch of each raw ``event_time`` (:data:`UNREADABLE` when it is none,
     before 1970, or later than ``newest_allowed``: the processor dead-letters such events,
@@ -67,27 +98,30 @@ def event_times_us(keys: list[bytes], newest_allowed: int | None = None) -> np.n
         return out
     raw = np.array(keys, dtype=f"S{_CANONICAL}")  # longer keys are cut; they are not canonical
     b = raw.view(np.uint8).reshape(n, _CANONICAL).astype(np.int64)
-    lengths = np.fromiter(map(len, keys), np.int64, n)
-    d = b - ord("0")
-    ok = ((lengths == _CANONICAL) & (b[:, 19] == ord(".")) & (b[:, 26] == ord("Z"))
-          & np.all((d[:, _FRACTION] >= 0) & (d[:, _FRACTION] <= 9), axis=1)) \
-        | ((lengths == _WHOLE_SECOND) & (b[:, 19] == ord("Z")))
-    ok &= np.all((d[:, _DIGITS] >= 0) & (d[:, _DIGITS] <= 9), axis=1)
-    for col, sep in _SEPARATORS.items():
-        ok &= b[:, col] == sep[0]
-    year, month, day = _number(d, _DIGITS[:4]), _number(d, [5, 6]), _number(d, [8, 9])
-    hour, minute, second = _number(d, [11, 12]), _number(d, [14, 15]), _number(d, [17, 18])
-    ok &= (month >= 1) & (month <= 12) & (day >= 1) & (day <= 31) & (hour <= 23) \
-        & (minute <= 59) & (second <= 59)
-    fraction = np.where(lengths == _CANONICAL, _number(d, _FRACTION), 0)
-    seconds = _days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
-    out[ok] = (seconds * _US_PER_S + fraction)[ok]
+    us, ok = _canonical(b, np.fromiter(map(len, keys), np.int64, n))
+    out[ok] = us[ok]
     for i in np.flatnonzero(~ok).tolist():
         out[i] = _read(keys[i])
     out[out < 0] = UNREADABLE  # before 1970: dead-lettered too
     if newest_allowed is not None:
         out[out > newest_allowed] = UNREADABLE
     return out
+
+
+def exact_times_us(times: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """µs since the epoch of decoded ``event_time`` strings, and which of them are exactly
+    as ``records.iso`` writes their time (the form of _canonical, the fraction left out
+    when it is zero: ``.000000`` is not). Only those may skip the per-record decoder; the
+    others' values are meaningless."""
+    n = len(times)
+    if not n:
+        return np.zeros(0, np.int64), np.zeros(0, bool)
+    raw = np.array(times, dtype=f"U{_CANONICAL}")  # longer ones are cut: the lengths say so
+    b = raw.view(np.uint32).reshape(n, _CANONICAL).astype(np.int64)
+    lengths = np.fromiter(map(len, times), np.int64, n)
+    us, ok = _canonical(b, lengths)
+    ok &= (lengths != _CANONICAL) | (us % _US_PER_S != 0)
+    return us, ok
 
 
 def _read(key: bytes) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -18,7 +18,7 @@ from kestrel.settings import Settings
 from kestrel.topics import TRANSACTIONS
 from pipelines.features.online_writer import OnlineWriter
 from pipelines.stream import processor, records
-from pipelines.stream.event_time import event_time_key, event_times_us
+from pipelines.stream.event_time import event_time_keys, event_times_us
 from pipelines.stream.processor import MAX_PARTITION_SKEW_US, StreamProcessor
 
 HOUR_US = 3600 * 1_000_000
@@ -192,8 +192,15 @@ def test_event_times_are_read_as_the_decoder_reads_them() -> None:
            b"2018-13-01T00:00:09Z", b"2018-04-01T00:00:09.118047Z" + b"x" * 80,
            b"1969-12-31T23:59:00Z", b"1653-02-10T06:13:20.000001Z"]
     assert event_times_us(odd).tolist() == [T0 + 9_500_000, 0, 0, 0, 0, 0, 0, 0]
-    assert event_time_key(b'{"txn_id":"a","event_time": "2018-04-01T00:00:09Z"}') \
-        == b"2018-04-01T00:00:09Z"
+    # a day that does not exist is none (a calendar computation would roll it over)
+    assert event_times_us([b"2018-02-30T00:00:00Z", b"2019-02-29T00:00:00.000001Z",
+                           b"2020-02-29T00:00:00Z", b"2000-02-29T00:00:00Z"]).tolist() == [
+        0, 0, records.micros(datetime(2020, 2, 29, tzinfo=UTC)),
+        records.micros(datetime(2000, 2, 29, tzinfo=UTC))]
+    assert event_time_keys([b'{"txn_id":"a","event_time": "2018-04-01T00:00:09Z"}',
+                            b'{"event_time":20180401}', b'{"txn_id":"a"}', b"",
+                            b'{"event_time"\n:\t"x","event_time":"y"}']) \
+        == [b"2018-04-01T00:00:09Z", b"", b"", b"", b"x"]
 
 
 def test_a_record_dated_in_the_future_does_not_hold_its_partition(settings: Settings) -> None:
