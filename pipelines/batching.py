@@ -56,20 +56,21 @@ def consume_in_batches(
         msgs = consumer.consume(num_messages=min(10_000, max_records), timeout=poll_s)
         now = time.monotonic()
         added = len(buffer)
-        for m in msgs:
+        failed = [m for m in msgs if m.error() is not None]  # usually none: the records
+        for m in failed:  # are then taken in one step
             err = m.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    if on_eof is not None:
-                        on_eof(m)
-                else:
-                    log.warning("consumer error: %s", err)
-                continue
+            if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                if on_eof is not None:
+                    on_eof(m)
+            else:
+                log.warning("consumer error: %s", err)
+        records = [m for m in msgs if m.error() is None] if failed else msgs
+        if records:
             if not buffer:
                 first_at = now
                 if on_first_record is not None:
                     on_first_record(now)
-            buffer.append(m)
+            buffer += records
         if on_records is not None and len(buffer) > added:
             on_records(buffer[added:])
         if buffer:

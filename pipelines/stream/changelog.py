@@ -5,7 +5,8 @@ the state, not with the batch. Instead (Kafka Streams' changelog + checkpoint), 
 partition:
 
 - the **changelog** (a Redis list) gets one compact blob per batch: the events the batch
-  applied, in the order they were applied — appended in the same MULTI/EXEC as the offsets,
+  applied, in the order they were applied, as columns (:class:`Entries`; blobs of rows, as
+  written before, are read too) — appended in the same MULTI/EXEC as the offsets,
   so the state a committed offset stands for is always in Redis;
 - now and then (every :data:`SNAPSHOT_EVENTS` changelog events) the partition's whole state is
   written as a **snapshot**, and the changelog is emptied, in that same MULTI/EXEC.
@@ -20,8 +21,10 @@ and ``kestrel:stream:<group>:snapshot:<topic>:<p>``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, cast
 
+import numpy as np
 import orjson
 import redis
 
@@ -55,18 +58,62 @@ def group_prefix(group_id: str) -> str:
     return f"kestrel:stream:{group_id}:"
 
 
-def encode_entries(entries: list[tuple[Any, ...]]) -> bytes:
-    return orjson.dumps(entries)
+Column = Sequence[Any] | np.ndarray
+
+
+class Entries:
+    """One partition's changelog entries of a batch, kept and encoded as columns (one per
+    field of an entry): a batch of 20,000 events as one tuple each cost ~0.6 µs per event to
+    build, and its floats more to encode one by one; numpy columns are encoded by orjson
+    directly (object columns as lists)."""
+
+    def __init__(self) -> None:
+        self._blocks: list[Sequence[Column]] = []
+        self._rows: list[tuple[Any, ...]] = []
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add_row(self, row: tuple[Any, ...]) -> None:
+        self._rows.append(row)
+        self._count += 1
+
+    def add_columns(self, columns: Sequence[Column]) -> None:
+        """Entries as columns of equal length (lists or numpy arrays)."""
+        self._close_rows()
+        self._blocks.append(columns)
+        self._count += len(columns[0])
+
+    def _close_rows(self) -> None:
+        if self._rows:
+            self._blocks.append([list(c) for c in zip(*self._rows, strict=True)])
+            self._rows = []
+
+    def encode(self) -> bytes:
+        self._close_rows()
+        columns = [_joined([block[i] for block in self._blocks])
+                   for i in range(len(self._blocks[0]))]
+        return orjson.dumps({"columns": columns}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _joined(parts: list[Column]) -> Column:
+    column = parts[0] if len(parts) == 1 else np.concatenate(
+        [np.asarray(p, dtype=object) if not isinstance(p, np.ndarray) else p for p in parts])
+    if isinstance(column, np.ndarray) and column.dtype == object:
+        return column.tolist()
+    return column
 
 
 def load(client: redis.Redis, group_id: str, topic: str,
-         partition: int) -> tuple[dict[str, Any] | None, list[list[Any]]]:
+         partition: int) -> tuple[dict[str, Any] | None, list[Sequence[Any]]]:
     """(snapshot document or None, changelog entries in order) of one partition."""
     pipe = client.pipeline(transaction=True)
     pipe.get(snapshot_key(group_id, topic, partition))
     pipe.lrange(changelog_key(group_id, topic, partition), 0, -1)
     snap, blobs = cast(tuple[bytes | None, list[bytes]], tuple(pipe.execute()))
-    entries: list[list[Any]] = []
+    entries: list[Sequence[Any]] = []
     for blob in blobs:
-        entries.extend(orjson.loads(blob))
+        doc = orjson.loads(blob)
+        entries.extend(zip(*doc["columns"], strict=True) if isinstance(doc, dict) else doc)
     return (orjson.loads(snap) if snap else None), entries

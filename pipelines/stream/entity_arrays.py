@@ -319,7 +319,6 @@ class EntityArrays:
                   ) -> dict[str, np.ndarray]:
         """The entity's window features as of each queried position (WindowSet.features)."""
         out: dict[str, np.ndarray] = {}
-        prev: dict[int, np.ndarray] = {}
         for micros, group in self.groups:
             lo = first_after(at, at_time - micros)
             for name, kind, f in group:
@@ -328,9 +327,8 @@ class EntityArrays:
                 elif kind == "sum":
                     out[name] = columnar.round2(columnar.window_sum(cols[f], lo, query))
                 else:
-                    if f not in prev:
-                        prev[f] = columnar.prev_same(code, columnar.codes(cols[f]))
-                    out[name] = columnar.window_distinct(prev[f], lo, query)
+                    prev = columnar.prev_same_in_windows(code, cols[f], lo, query)
+                    out[name] = columnar.window_distinct(prev, lo, query)
         if self.entity == "card":
             out["card_last_event_time_us"] = at_time
             out["card_last_lat"] = cols[LAT][query]

@@ -44,7 +44,7 @@ import time
 import uuid
 import zlib
 from bisect import bisect_right
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -54,13 +54,14 @@ from typing import Any, Protocol, cast
 
 import numpy as np
 import orjson
+import pyarrow as pa
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from kestrel import heap
 from kestrel.errors import EventValidationError, FieldError
 from kestrel.kafka import consumer_config, topic_ids
-from kestrel.redis_keys import insight_cache_key, recent_key
+from kestrel.redis_keys import insight_cache_key
 from kestrel.settings import Settings
 from kestrel.topics import (
     ALERTS,
@@ -73,11 +74,11 @@ from kestrel.topics import (
 from kestrel.windows import ENTITIES, ENTITY_KEYS, Entity, stream_view_name
 from pipelines.batching import consume_in_batches, stop_on_signals
 from pipelines.dlq import dead_letter
-from pipelines.features.online_writer import RespTransaction, resp_push_and_trim
+from pipelines.features.online_writer import RespTransaction
 from pipelines.ingest import EventProducer
 from pipelines.stream import batch_decode, changelog, recent, records
 from pipelines.stream.entity_arrays import EntityArrays
-from pipelines.stream.event_time import UNREADABLE, event_time_key, event_times_us
+from pipelines.stream.event_time import UNREADABLE, event_time_keys, event_times_us
 from pipelines.stream.metrics import StreamMetrics
 from pipelines.stream.offline_log import ColumnBlock, OfflineLog
 from pipelines.stream.rules import evaluate, rules
@@ -85,10 +86,7 @@ from pipelines.stream.state import TIME, VALUES, Event, EventLog, WindowSet
 
 log = logging.getLogger("kestrel.stream")
 GROUP_ID = "kestrel-stream"  # listed in kestrel.topics.CONSUMER_GROUPS
-RECENT_KEEP = 20
 TERMINAL_REORDER_SLACK_US = 7 * 86_400 * 1_000_000
-Update = tuple[str, int, str]
-"""A terminal update as `transactions.by-terminal` carries it: (txn_id, time µs, terminal_id)."""
 MAX_PARTITION_SKEW_US = 3600 * 1_000_000
 PARTITION_SHARE_PER_BATCH = 1_000  # at least; more when the batch size allows
 # A partition is paused once the buffer holds this many of its records (in batches' worth:
@@ -115,16 +113,20 @@ def _intake_columns(buffer: Sequence[Message], newest_allowed_us: int
     """Per record: its `transactions` partition (-1 for other topics) and its event time
     in µs (pipelines/stream/event_time.py; 0 for other topics, and for times past
     ``newest_allowed_us``, which are dead-lettered as soon as they are taken)."""
-    parts: list[int] = []
-    keys: list[bytes] = []
-    for m in buffer:
-        if m.topic() == TRANSACTIONS:
-            parts.append(m.partition() or 0)
-            keys.append(event_time_key(m.value() or b""))
-        else:
-            parts.append(-1)
-            keys.append(b"")
-    return np.array(parts, np.int64), event_times_us(keys, newest_allowed_us)
+    parts = np.array([m.partition() or 0 for m in buffer], np.int64)
+    other = np.array([m.topic() != TRANSACTIONS for m in buffer], bool)
+    values = [m.value() or b"" for m in buffer]
+    if other.any():
+        parts[other] = -1
+        values = [b"" if o else v for v, o in zip(values, other.tolist(), strict=True)]
+    return parts, event_times_us(event_time_keys(values), newest_allowed_us)
+
+
+def _last_of_each(topics: list[str], parts: list[int]) -> dict[tuple[str, int], int]:
+    """Per (topic, partition) of a batch: the position of its last record."""
+    keys = np.array(parts, np.int64) * 2 + np.array([t != TRANSACTIONS for t in topics])
+    _, from_end = np.unique(keys[::-1], return_index=True)
+    return {(topics[i], parts[i]): i for i in (len(keys) - 1 - from_end).tolist()}
 
 
 def _concat(blocks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -133,6 +135,24 @@ def _concat(blocks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     if len(blocks) == 1:
         return blocks[0]
     return {name: np.concatenate([block[name] for block in blocks]) for name in blocks[0]}
+
+
+@dataclass
+class _Updates:
+    """Terminal updates as columns: by-terminal partition, txn_id, time µs, terminal_id."""
+
+    part: np.ndarray
+    txn: np.ndarray
+    time: np.ndarray
+    terminal: np.ndarray
+
+    def select(self, mask: np.ndarray) -> _Updates:
+        return _Updates(self.part[mask], self.txn[mask], self.time[mask], self.terminal[mask])
+
+    def then(self, other: _Updates) -> _Updates:
+        return _Updates(*(np.concatenate((a, b)) for a, b in zip(
+            (self.part, self.txn, self.time, self.terminal),
+            (other.part, other.txn, other.time, other.terminal), strict=True)))
 
 
 class OnlineSink(Protocol):
@@ -204,14 +224,19 @@ class StreamProcessor:
         self.columnar = capture is None
         self.metrics = StreamMetrics(group_id, metrics_port)
         self._alerts_by_rule: dict[str, int] = defaultdict(int)
-        self._forward: list[tuple[int, str, str]] = []  # terminal updates of this batch
+        # this batch's terminal updates: (times µs, terminal_ids, txn_ids) blocks, and rows
+        # of the same from the per-event path
+        self._forward: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._forward_rows: list[tuple[int, str, str]] = []
         # online rows of in-order entities, as columns: (keys, {feature: values}, times µs)
         self._online_blocks: dict[Entity, list[tuple[list[str], dict[str, np.ndarray],
                                                      np.ndarray]]] = defaultdict(list)
         # the events this batch applied, per (topic, partition): its changelog entries
-        self._changes: dict[tuple[str, int], list[tuple[Any, ...]]] = defaultdict(list)
+        self._changes: dict[tuple[str, int], changelog.Entries] = defaultdict(changelog.Entries)
         self._since_snapshot: dict[tuple[str, int], int] = {}
-        self._recent: dict[str, list[bytes]] = defaultdict(list)
+        # the customers' recent-transactions entries of this batch (recent.py), in order
+        self._recent_customers: list[str] = []
+        self._recent_docs: list[bytes] = []
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offline-log")
         # a batch's commit (offline staging wait, the fenced Redis transaction, publishing
         # the offline files, metrics) lands here while the next batch is read and applied;
@@ -450,11 +475,11 @@ class StreamProcessor:
         self._waiting = False
         owned, paused, buffered = self._owned, self._paused, self._buffered
         hold_limit = self._hold_limit()
-        for m in msgs:
-            part = m.partition() or 0
-            if part not in owned or m.topic() != TRANSACTIONS:
+        for part, count in Counter([m.partition() or 0 for m in msgs
+                                    if m.topic() == TRANSACTIONS]).items():
+            if part not in owned:
                 continue
-            n = buffered[part] = buffered.get(part, 0) + 1
+            n = buffered[part] = buffered.get(part, 0) + count
             if n >= hold_limit and part not in paused:
                 consumer.pause([TopicPartition(TRANSACTIONS, part)])
                 paused.add(part)
@@ -631,18 +656,20 @@ class StreamProcessor:
         rows: dict[Entity, list[dict[str, Any]]] = defaultdict(list)
         columns: dict[Entity, list[ColumnBlock]] = defaultdict(list)
         online: dict[Entity, dict[str, tuple[dict[str, Any], int]]] = defaultdict(dict)
-        next_offsets = {(m.topic() or "", m.partition() or 0): (m.offset() or 0) + 1
-                        for m in batch}
-        txns = [m for m in batch if m.topic() == TRANSACTIONS]
-        newest = {str(m.partition() or 0): m.timestamp()[1] for m in txns}
-        self._at_end -= {m.partition() or 0 for m in txns}  # they have data again
+        topics = [m.topic() or "" for m in batch]
+        last = _last_of_each(topics, [m.partition() or 0 for m in batch])
+        next_offsets = {key: (batch[i].offset() or 0) + 1 for key, i in last.items()}
+        newest = {str(part): batch[i].timestamp()[1] for (topic, part), i in last.items()
+                  if topic == TRANSACTIONS}
+        self._at_end -= {part for topic, part in last if topic == TRANSACTIONS}  # data again
+        txns = batch if len(last) == len(newest) else [
+            m for m, topic in zip(batch, topics, strict=True) if topic == TRANSACTIONS]
         now = datetime.now(UTC)
         if self.columnar:
-            customers, produced_at = self._apply_columnar(batch, txns, rows, columns, online,
-                                                          producer, now)
+            produced_at = self._apply_columnar(batch, txns, rows, columns, online, producer,
+                                               now)
         else:
-            customers, produced_at = self._apply_per_event(batch, rows, columns, online,
-                                                           producer, now)
+            produced_at = self._apply_per_event(batch, rows, columns, online, producer, now)
         batch_id = f"{time.time_ns() // 1_000_000:013d}-{uuid.uuid4().hex[:6]}"
         timing = self.stats.stage_ms
         t0 = time.perf_counter()
@@ -655,7 +682,7 @@ class StreamProcessor:
         fenced = set(next_offsets) | set(self._changes)
         written = sum(len(v) for v in online.values()) + sum(
             len(keys) for blocks in self._online_blocks.values() for keys, _, _ in blocks)
-        tx = self._build_commit(batch_id, online, customers, next_offsets)
+        tx = self._build_commit(batch_id, online, next_offsets)
         t1 = time.perf_counter()
         producer.flush()  # side effects are out before the commit point
         t2 = time.perf_counter()
@@ -721,13 +748,12 @@ class StreamProcessor:
                          rows: dict[Entity, list[dict[str, Any]]],
                          columns: dict[Entity, list[ColumnBlock]],
                          online: dict[Entity, dict[str, tuple[dict[str, Any], int]]],
-                         producer: EventProducer, now: datetime) -> tuple[set[str], list[int]]:
+                         producer: EventProducer, now: datetime) -> list[int]:
         """The reference path for cards and customers (parity's capture, and what the
         columnar path is tested against): each record decoded and applied on its own, in
         order, to its card and customer checked out as EventLogs (put back at the end).
         Terminal updates are applied at the end of the batch, as in the columnar path
         (terminal state is its own; tests/stream/test_entity_arrays.py holds its reference)."""
-        customers: set[str] = set()
         produced_at: list[int] = []
         for m in batch:
             if m.topic() != TRANSACTIONS:
@@ -739,11 +765,10 @@ class StreamProcessor:
                 self._dead_letter(m, exc, producer)
                 continue
             if self._apply_txn(txn, part, m, producer, rows, online, now):
-                customers.add(txn.customer_id)
                 produced_at.append(m.timestamp()[1])
         self._put_back()
         self._apply_terminals(batch, producer, columns)
-        return customers, produced_at
+        return produced_at
 
     def _dead_letter(self, m: Message, error: EventValidationError,
                      producer: EventProducer) -> None:
@@ -772,28 +797,44 @@ class StreamProcessor:
             TRANSACTIONS, -1) and len(self._owned_terminal) == self._partitions.get(
             TRANSACTIONS_BY_TERMINAL, -1)
 
-    def _route_terminal(self, producer: EventProducer) -> list[tuple[int, str, int, str]]:
+    def _route_terminal(self, producer: EventProducer) -> _Updates | None:
         """The batch's terminal updates, in event-time order (the batch mixes partitions
         that may be apart in event time; terminal state tolerates reordering only within
-        TERMINAL_REORDER_SLACK_US): forwarded to `transactions.by-terminal`, or returned
-        as (partition, txn_id, time µs, terminal_id) to be applied in this batch when
+        TERMINAL_REORDER_SLACK_US; updates of equal time keep their order, which changes
+        no row: a terminal's features are counts): forwarded to
+        `transactions.by-terminal`, or returned to be applied in this batch when
         _local_terminals."""
-        forward, self._forward = sorted(self._forward), []
+        blocks, self._forward = self._forward, []
+        if self._forward_rows:
+            times, terminals, txns = zip(*self._forward_rows, strict=True)
+            blocks.append((np.array(times, np.int64), np.array(terminals, dtype=object),
+                           np.array(txns, dtype=object)))
+            self._forward_rows = []
+        if not blocks:
+            return None
+        time_us = np.concatenate([b[0] for b in blocks])
+        order = np.argsort(time_us, kind="stable")
+        time_us = time_us[order]
+        terminal = np.concatenate([b[1] for b in blocks])[order]
+        txn = np.concatenate([b[2] for b in blocks])[order]
+        encoded = pa.array(terminal, pa.string()).dictionary_encode()
+        known, part_of = self._terminal_part, self.terminal_partition
+        parts = np.array([known[t] if t in known else part_of(t)
+                          for t in encoded.dictionary.to_pylist()], np.int64)[
+            encoded.indices.to_numpy()]
         if self._local_terminals():
-            known, part = self._terminal_part, self.terminal_partition
-            return [(known[terminal_id] if terminal_id in known else part(terminal_id),
-                     txn_id, t, terminal_id) for t, terminal_id, txn_id in forward]
-        for time_us, terminal_id, txn_id in forward:
+            return _Updates(parts, txn, time_us, terminal)
+        for part, t, terminal_id, txn_id in zip(parts.tolist(), time_us.tolist(),
+                                                terminal.tolist(), txn.tolist(), strict=True):
             producer.produce(TRANSACTIONS_BY_TERMINAL, terminal_id,
-                             orjson.dumps([txn_id, time_us, terminal_id]),
-                             partition=self.terminal_partition(terminal_id))
-        return []
+                             orjson.dumps([txn_id, t, terminal_id]), partition=part)
+        return None
 
     def _apply_columnar(self, batch: list[Message], txns: list[Message],
                         rows: dict[Entity, list[dict[str, Any]]],
                         columns: dict[Entity, list[ColumnBlock]],
                         online: dict[Entity, dict[str, tuple[dict[str, Any], int]]],
-                        producer: EventProducer, now: datetime) -> tuple[set[str], list[int]]:
+                        producer: EventProducer, now: datetime) -> list[int]:
         """The batch decoded at once (batch_decode), the sequential checks in one tight
         loop, then per partition each entity type's events at once (_apply_entities)."""
         cols = batch_decode.decode_batch([m.value() for m in txns])
@@ -803,7 +844,7 @@ class StreamProcessor:
         self.stats.applied += len(accepted)
         if not accepted:
             self._apply_terminals(batch, producer, columns)
-            return set(), []
+            return []
 
         def pick(column: list[Any], dtype: Any = object) -> np.ndarray:
             values = column if len(accepted) == cols.n else [column[i] for i in accepted]
@@ -814,29 +855,25 @@ class StreamProcessor:
         values = dict(zip(VALUES, (  # by Event field
             pick(cols.amount, np.float64), pick(cols.country), terminal, pick(cols.mcc),
             pick(cols.lat, np.float64), pick(cols.lon, np.float64)), strict=True))
-        recent_lists = self._recent
-        for customer_id, entry in zip(customer.tolist(), recent.entries(cols, accepted),
-                                      strict=True):
-            recent_lists[customer_id].append(entry)
+        self._recent_customers += customer.tolist()
+        self._recent_docs += recent.entries(cols, accepted)
         produced_at = [txns[i].timestamp()[1] for i in accepted]
-        self._forward = list(zip(time_us.tolist(), terminal.tolist(), txn.tolist(),
-                                 strict=True))
+        self._forward.append((time_us, terminal, txn))
         part_of = np.array(parts, np.int64)
         for part in np.unique(part_of).tolist():
             sel = np.flatnonzero(part_of == part)
             event = {f: column[sel] for f, column in values.items()}
             ids, times = txn[sel], time_us[sel]
             cards, customers = card[sel], customer[sel]
-            self._changes[(TRANSACTIONS, part)] += zip(
-                cards.tolist(), customers.tolist(), ids.tolist(), times.tolist(),
-                *[event[f].tolist() for f in VALUES], strict=True)
+            self._changes[(TRANSACTIONS, part)].add_columns(
+                [cards, customers, ids, times, *[event[f] for f in VALUES]])
             pairs: tuple[tuple[Entity, np.ndarray], ...] = (("card", cards),
                                                              ("customer", customers))
             for entity, keys in pairs:
                 self._apply_entities(entity, part, keys, ids, times, event, customers, rows,
                                      columns, online, producer, now)
         self._apply_terminals(batch, producer, columns)
-        return set(customer.tolist()), produced_at
+        return produced_at
 
     def _apply_entities(self, entity: Entity, part: int, keys: np.ndarray, ids: np.ndarray,
                         times: np.ndarray, event: dict[int, np.ndarray],
@@ -881,33 +918,36 @@ class StreamProcessor:
         terminal_id)."""
         forwarded = [(m.partition() or 0, *orjson.loads(m.value() or b"[]"))
                      for m in batch if m.topic() != TRANSACTIONS]  # through the topic
-        local = self._route_terminal(producer)
+        updates = self._route_terminal(producer)
+        if forwarded:
+            parts, txns, times, terminals = zip(*forwarded, strict=True)
+            through = _Updates(np.array(parts, np.int64), np.array(txns, dtype=object),
+                               np.array(times, np.int64), np.array(terminals, dtype=object))
+            updates = through if updates is None else through.then(updates)
+        if updates is None:
+            return
         # none can repeat when nothing came through the topic and this batch's own txn_ids
         # are distinct (_accept dropped duplicates, but not across partitions)
-        seen: set[tuple[int, str]] | None = set() if forwarded or len(
-            {txn_id for _, txn_id, _, _ in local}) < len(local) else None
-        by_part: dict[int, list[Update]] = defaultdict(list)
-        for updates in (forwarded, local):
-            for part, txn_id, time_us, terminal_id in updates:
-                if seen is not None:
-                    if (part, txn_id) in seen:
-                        continue
-                    seen.add((part, txn_id))
-                by_part[part].append((txn_id, time_us, terminal_id))
-        for part, updates in by_part.items():
+        txn_ids = updates.txn.tolist()
+        if forwarded or len(set(txn_ids)) < len(txn_ids):
+            seen: set[tuple[int, str]] = set()
+            first = [(p, t) not in seen and not seen.add((p, t))  # type: ignore[func-returns-value]
+                     for p, t in zip(updates.part.tolist(), txn_ids, strict=True)]
+            updates = updates.select(np.array(first, bool))
+        for part in np.unique(updates.part).tolist():
+            mine = updates.select(updates.part == part)
             table = self._table("terminal", part)
-            if table.ids:
-                held = table.ids
-                updates = [u for u in updates if u[0] not in held]
-            applied = table.apply([u[2] for u in updates], [u[0] for u in updates],
-                                  np.fromiter([u[1] for u in updates], np.int64, len(updates)))
+            if table.ids and not table.ids.isdisjoint(ids := mine.txn.tolist()):
+                mine = mine.select(np.array([t not in table.ids for t in ids], bool))
+            applied = table.apply(mine.terminal, mine.txn, mine.time)
             placed = int(applied.accepted.sum())
             self.stats.terminal_applied += placed
-            self.stats.late_for_entity += len(updates) - placed
+            self.stats.late_for_entity += len(mine.time) - placed
             if placed:
-                self._changes[(TRANSACTIONS_BY_TERMINAL, part)] += (
-                    updates if placed == len(updates) else
-                    list(compress(updates, applied.accepted.tolist())))
+                if placed < len(mine.time):
+                    mine = mine.select(applied.accepted)
+                self._changes[(TRANSACTIONS_BY_TERMINAL, part)].add_columns(
+                    [mine.txn, mine.time, mine.terminal])
             if applied.rows is not None and applied.latest is not None:
                 columns["terminal"].append(applied.rows)
                 self._online_blocks["terminal"].append(applied.latest)
@@ -917,7 +957,55 @@ class StreamProcessor:
         """The sequential part of applying transactions, for the whole batch: lateness
         against the partition's stream time, then duplicates (this batch, or the
         partition's customer state); returns the positions of the accepted ones, which move
-        the stream time, and their partitions."""
+        the stream time, and their partitions.
+
+        Without duplicates (the common case: every txn_id of the batch distinct and none
+        held) this is array arithmetic per partition — a record is late when it is older
+        than the running maximum of the times before it (the partition's stream time
+        included) minus the lateness; a late record never raises that maximum, so it may
+        count in it. A duplicate may (it does not move the stream time), so a batch with one
+        goes record by record (_accept_in_order, the reference; tests compare the two)."""
+        n = cols.n
+        errors = cols.errors
+        valid = np.ones(n, bool)
+        if errors:
+            valid[list(errors)] = False
+        times = np.array([0 if t is None else t for t in cols.time_us] if errors
+                         else cols.time_us, np.int64)
+        ids = cols.txn_id if not errors else [t for t, v in zip(
+            cols.txn_id, valid.tolist(), strict=True) if v]
+        if len(set(ids)) < len(ids):
+            return self._accept_in_order(txns, cols, producer)
+        parts = np.array([m.partition() or 0 for m in txns], np.int64)
+        newest_allowed = self._newest_allowed_us()
+        refused = valid & ((times < 0) | (times > newest_allowed))
+        candidates = valid & ~refused
+        txn_ids = np.array(cols.txn_id, dtype=object)
+        late = np.zeros(n, bool)
+        moved: dict[int, int] = {}
+        for part in np.unique(parts[candidates]).tolist():
+            idx = np.flatnonzero(candidates & (parts == part))
+            held = self.tables["customer"].get(part)
+            if held is not None and held.ids and not held.ids.isdisjoint(
+                    txn_ids[idx].tolist()):
+                return self._accept_in_order(txns, cols, producer)
+            t = times[idx]
+            now = self.stream_time.get(part, 0)
+            reach = np.maximum.accumulate(np.concatenate(([now], t)))
+            late[idx] = t < reach[:-1] - self.lateness_us
+            moved[part] = max(now, int(reach[-1]))
+        for i in np.flatnonzero(refused).tolist():
+            self._dead_letter(txns[i], self._time_error(int(times[i])), producer)
+        for i in np.flatnonzero(late).tolist():
+            producer.produce(TRANSACTIONS_LATE, txns[i].key(), txns[i].value() or b"")
+        self.stats.late += int(late.sum())
+        self.stream_time.update(moved)
+        accepted = np.flatnonzero(candidates & ~late)
+        return accepted.tolist(), parts[accepted].tolist()
+
+    def _accept_in_order(self, txns: list[Message], cols: batch_decode.TxnColumns,
+                         producer: EventProducer) -> tuple[list[int], list[int]]:
+        """_accept record by record."""
         lateness, stream_time = self.lateness_us, self.stream_time
         held = {part: table.ids for part, table in self.tables["customer"].items()}
         ids, times, custs = cols.txn_id, cols.time_us, cols.customer_id
@@ -1014,8 +1102,9 @@ class StreamProcessor:
             self.capture[txn.txn_id] = served
         for entity, key, state in pairs:
             self._apply(entity, key, state, event, rows, online)
-        self._changes[(TRANSACTIONS, part)].append((txn.card_id, txn.customer_id, *event))
-        self._recent[txn.customer_id].append(recent.encode(recent.RecentEntry(
+        self._changes[(TRANSACTIONS, part)].add_row((txn.card_id, txn.customer_id, *event))
+        self._recent_customers.append(txn.customer_id)
+        self._recent_docs.append(recent.encode(recent.RecentEntry(
             txn_id=txn.txn_id, event_time=records.iso(txn.time_us), amount=txn.amount,
             currency=txn.currency, mcc=txn.mcc, country=txn.country,
             terminal_id=txn.terminal_id, card_id=txn.card_id, channel=txn.channel)))
@@ -1025,7 +1114,7 @@ class StreamProcessor:
                 self.stats.alerts += 1
                 self._alerts_by_rule[rule.name] += 1
                 producer.produce(ALERTS, txn.card_id, orjson.dumps(alert))
-        self._forward.append((txn.time_us, txn.terminal_id, txn.txn_id))
+        self._forward_rows.append((txn.time_us, txn.terminal_id, txn.txn_id))
         self.stats.applied += 1
         return True
 
@@ -1063,7 +1152,7 @@ class StreamProcessor:
 
     def _build_commit(self, batch_id: str,
                       online: dict[Entity, dict[str, tuple[dict[str, Any], int]]],
-                      customers: set[str], next_offsets: dict[tuple[str, int], int]
+                      next_offsets: dict[tuple[str, int], int]
                       ) -> RespTransaction:
         tx = RespTransaction()
         for entity, blocks in self._online_blocks.items():  # one block per partition: one
@@ -1085,15 +1174,15 @@ class StreamProcessor:
                 since = 0
             else:
                 tx.command("RPUSH", changelog.changelog_key(self.group_id, topic, part),
-                           changelog.encode_entries(entries))
+                           entries.encode())
             self._since_snapshot[(topic, part)] = since
         self._changes.clear()
-        if self._recent:  # each customer's list: the last pushed ends up first
-            tx.raw(b"".join([resp_push_and_trim(recent_key(customer_id).encode(),
-                                                docs[-RECENT_KEEP:], RECENT_KEEP)
-                             for customer_id, docs in self._recent.items()]),
-                   2 * len(self._recent))
-        self._recent.clear()
+        customers: list[str] = []
+        if self._recent_docs:
+            payload, commands, customers = recent.push_commands(self._recent_customers,
+                                                                self._recent_docs)
+            tx.raw(payload, commands)
+        self._recent_customers, self._recent_docs = [], []
         mapping: dict[str, str | int] = {"batch": batch_id}
         for topic, topic_id in self._topic_ids.items():
             mapping[f"id:{topic}"] = topic_id

@@ -1,13 +1,18 @@
 """Entries of the customers' recent-transactions lists (pipelines/stream/recent.py): the same
-bytes as a dict of those fields through orjson, which serving/insights.py reads."""
+bytes as a dict of those fields through orjson, which serving/insights.py reads; and the
+commands that push them, grouped per customer."""
 
 from __future__ import annotations
 
 import random
 
 import orjson
+import pytest
+import redis
 
 from kestrel.events import MAX_AMOUNT
+from kestrel.redis_keys import recent_key
+from pipelines.features.online_writer import RespTransaction
 from pipelines.stream import batch_decode, recent
 from tests.stream.test_batch_decode import _values
 
@@ -37,3 +42,29 @@ def test_every_amount_the_contract_allows_is_written_as_orjson_writes_it() -> No
     amounts += [rng.random() * 10.0 ** rng.randint(-300, 0) for _ in range(20_000)]
     for amount in amounts:
         assert recent.encode(amount) == orjson.dumps(amount), amount
+
+
+@pytest.mark.integration
+def test_push_commands_leave_each_customer_with_its_newest_entries_newest_first(
+        redis_url: str) -> None:
+    """Against a real Redis: customers with 1 to 3 × KEEP entries over two batches end with
+    the list a push-and-trim per customer would leave; every customer is listed once."""
+    client = redis.Redis.from_url(redis_url)
+    rng = random.Random(5)
+    customers = [f"C{i:03d}" for i in range(60)]
+    for c in customers:
+        client.delete(recent_key(c))
+    model: dict[str, list[bytes]] = {c: [] for c in customers}
+    for batch in range(2):
+        owners = [rng.choice(customers) for _ in range(rng.randint(400, 900))]
+        docs = [b'{"n":%d,"b":%d}' % (i, batch) for i in range(len(owners))]
+        payload, commands, distinct = recent.push_commands(owners, docs)
+        assert sorted(distinct) == sorted(set(owners)) and commands == 2 * len(distinct)
+        tx = RespTransaction()
+        tx.raw(payload, commands)
+        tx.execute(client)
+        for owner, doc in zip(owners, docs, strict=True):
+            model[owner] = [doc, *model[owner]][:recent.KEEP]
+    for c in customers:
+        assert client.lrange(recent_key(c), 0, -1) == model[c], c
+    assert max(len(v) for v in model.values()) == recent.KEEP  # some were trimmed

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import orjson
 import pandas as pd
 import pytest
@@ -23,8 +24,8 @@ from kestrel.windows import ENTITIES, feature_names, stream_view_name
 from pipelines.features.online_writer import OnlineWriter, RespTransaction
 from pipelines.simulator.config import SimulationConfig
 from pipelines.simulator.to_kafka import stream_to_kafka
-from pipelines.stream import changelog
-from pipelines.stream.processor import RECENT_KEEP, StreamProcessor, offsets_key
+from pipelines.stream import changelog, recent
+from pipelines.stream.processor import StreamProcessor, offsets_key
 from tests.conftest import TEST_SECRET
 from tests.pipelines.events_factory import make_event
 from tests.pipelines.test_archive import produce
@@ -92,14 +93,14 @@ def test_snapshots_and_changelogs_rebuild_the_same_state(
 
 def test_recent_transactions_newest_first_trimmed(fresh_settings: Settings) -> None:
     customer = make_event(0)["customer_id"]
-    events = [{**make_event(i), "customer_id": customer} for i in range(RECENT_KEEP + 5)]
+    events = [{**make_event(i), "customer_id": customer} for i in range(recent.KEEP + 5)]
     other = make_event(999)
     produce(fresh_settings, [*events, other, events[3]])  # a duplicate is not listed twice
     _run(fresh_settings)
     client = redis.Redis.from_url(fresh_settings.redis_url)
     listed = [orjson.loads(v) for v in client.lrange(recent_key(customer), 0, -1)]
-    assert len(listed) == RECENT_KEEP
-    assert [d["txn_id"] for d in listed] == [e["txn_id"] for e in reversed(events)][:RECENT_KEEP]
+    assert len(listed) == recent.KEEP
+    assert [d["txn_id"] for d in listed] == [e["txn_id"] for e in reversed(events)][:recent.KEEP]
     newest, sent = listed[0], events[-1]
     assert set(newest) == {"txn_id", "event_time", "amount", "currency", "mcc", "country",
                            "terminal_id", "card_id", "channel"}
@@ -229,3 +230,28 @@ def test_a_zombie_cannot_commit_for_a_partition_it_lost(fresh_settings: Settings
     assert not worker.is_alive()
     assert errors and "Restart" in str(errors[0])
     assert client.hgetall(offsets_key("z")) == before  # nothing of the batch was committed
+
+
+def test_changelog_entries_as_columns_read_back_as_rows(fresh_settings: Settings) -> None:
+    """A batch's entries go to the changelog as columns (numpy and lists, from the array
+    path; rows, from the per-event path, in the order added); blobs of rows, as written
+    before, are read too: load gives every entry as a row, in order, values intact."""
+    client = redis.Redis.from_url(fresh_settings.redis_url)
+    key = changelog.changelog_key("g", "transactions", 0)
+    rows = [("card_a", "C1", "t1", 10, 1.5, "FR", "T1", "5411", 48.1, 2.2),
+            ("card_b", "C2", "t2", 11, 0.1 + 0.2, "DE", "T2", "5812", -33.9, 151.2)]
+    entries = changelog.Entries()
+    entries.add_row(rows[0])
+    columns = [np.array(["card_c", "card_d"], dtype=object), ["C3", "C4"],
+               np.array(["t3", "t4"], dtype=object), np.array([12, 13], np.int64),
+               np.array([2.675, 1e-7]), ["ES", "PT"], ["T3", "T4"], ["0742", "5411"],
+               np.array([40.4, 38.7]), np.array([-3.7, -9.1])]
+    entries.add_columns(columns)
+    entries.add_row(rows[1])
+    assert len(entries) == 4
+    client.rpush(key, orjson.dumps([list(r) for r in rows]), entries.encode())
+    _, loaded = changelog.load(client, "g", "transactions", 0)
+    expected = [rows[0], rows[1], rows[0], *zip(*[list(c) for c in columns], strict=True),
+                rows[1]]
+    assert [tuple(e) for e in loaded] == [tuple(e) for e in expected]
+    assert all(type(e[3]) is int and type(e[4]) is float for e in loaded)
