@@ -196,16 +196,7 @@ def resp_command(*args: bytes | str | int | float) -> bytes:
         b"$%d\r\n%s\r\n" % (len(a), a) if type(a) is bytes else _arg(a) for a in args])
 
 
-def resp_push_and_trim(key: bytes, values: list[bytes], keep: int) -> bytes:
-    """``LPUSH key *values`` then ``LTRIM key 0 keep-1`` (a list of the newest ``keep``,
-    the last value first), encoded as RESP: two commands."""
-    return b"".join([b"*%d\r\n$5\r\nLPUSH\r\n$%d\r\n%s\r\n" % (len(values) + 2, len(key), key),
-                     *[b"$%d\r\n%s\r\n" % (len(v), v) for v in values],
-                     b"*4\r\n$5\r\nLTRIM\r\n$%d\r\n%s\r\n$1\r\n0\r\n" % (len(key), key),
-                     _bulk(b"%d" % (keep - 1))])
-
-
-def read_replies(conn: Any, count: int) -> list[Any]:
+def read_replies(conn: Any, count: int, received: bytes | bytearray = b"") -> list[Any]:
     """``count`` replies read straight from a redis-py connection's socket into one hiredis
     reader (redis-py's ``read_response`` costs several µs per reply; a stream commit queues
     tens of thousands of commands). Error replies come back as ``ResponseError`` values, not
@@ -218,6 +209,10 @@ def read_replies(conn: Any, count: int) -> list[Any]:
         raise RedisConnectionError("Redis connection closed before its replies were read")
     buf = bytearray(1 << 16)
     replies: list[Any] = []
+    if received:  # read from the socket already (read_transaction)
+        reader.feed(received)  # type: ignore[arg-type]
+        while len(replies) < count and (reply := reader.gets()) is not False:
+            replies.append(reply)
     while len(replies) < count:
         n = sock.recv_into(buf)
         if not n:
@@ -226,6 +221,41 @@ def read_replies(conn: Any, count: int) -> list[Any]:
         while (reply := reader.gets()) is not False:
             replies.append(reply)
     return replies
+
+
+_QUEUED = b"+QUEUED\r\n"
+
+
+def read_transaction(conn: Any, commands: int) -> tuple[list[ResponseError], Any]:
+    """The replies to MULTI, ``commands`` queued commands and EXEC: (the errors among the
+    queued ones, EXEC's reply). While the bytes are exactly ``+OK`` and one ``+QUEUED`` per
+    command they are only compared, not parsed (one hiredis call per reply held the GIL for
+    ~20 ms per stream commit, against the thread applying the next batch); from the first
+    byte that differs (a command refused) every reply is parsed (read_replies)."""
+    expected = b"+OK\r\n" + _QUEUED * commands
+    sock = conn._sock
+    if sock is None:
+        raise RedisConnectionError("Redis connection closed before its replies were read")
+    got = bytearray()
+    while len(got) < len(expected):
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            raise RedisConnectionError("Redis closed the connection before all replies came")
+        start = len(got)
+        got += chunk
+        end = min(len(got), len(expected))
+        if got[start:end] != expected[start:end]:
+            *queued, result = read_replies(conn, commands + 2, got)
+            return [r for r in queued if isinstance(r, ResponseError)], result
+    reader = hiredis.Reader(replyError=ResponseError)
+    reader.feed(got, len(expected), len(got) - len(expected))  # type: ignore[arg-type]
+    buf = bytearray(1 << 16)
+    while (result := reader.gets()) is False:
+        n = sock.recv_into(buf)
+        if not n:
+            raise RedisConnectionError("Redis closed the connection before all replies came")
+        reader.feed(buf, 0, n)  # type: ignore[arg-type]
+    return [], result
 
 
 class RespTransaction:
@@ -282,8 +312,8 @@ class RespTransaction:
                                                 b"*1\r\n$4\r\nEXEC\r\n"])])
             # +OK for MULTI, +QUEUED (or an error) per command, then EXEC's reply: a list,
             # None when a WATCHed key changed, or an error such as EXECABORT
-            *queued, result = read_replies(conn, self.commands + 2)
-            errors = [str(r) for r in queued if isinstance(r, ResponseError)]
+            queued, result = read_transaction(conn, self.commands)
+            errors = [str(r) for r in queued]
             if isinstance(result, ResponseError):
                 raise ResponseError(f"{result}; first queued error: {errors[:1]}")
             if result is None:

@@ -1194,5 +1194,5 @@ class StreamProcessor:
                    *[x for kv in mapping.items() for x in kv])
         schema = self.settings.insight_schema_version
         if customers:
-            tx.command("DEL", *[insight_cache_key(c, schema) for c in customers])
+            tx.command("DEL", *[insight_cache_key(c, schema).encode() for c in customers])
         return tx

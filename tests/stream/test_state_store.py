@@ -156,6 +156,28 @@ def test_resp_transaction_is_all_or_nothing(fresh_settings: Settings) -> None:
     assert client.ping()  # the connection is usable again
 
 
+def test_resp_transaction_replies_over_many_reads(fresh_settings: Settings) -> None:
+    """Tens of thousands of commands: the replies arrive over many socket reads, whether
+    every command was queued (EXEC's reply read after the +QUEUED run) or one in the middle
+    was refused (the replies from there on parsed one by one); the connection stays usable."""
+    client = redis.Redis.from_url(fresh_settings.redis_url)
+    tx = RespTransaction()
+    for i in range(30_000):
+        tx.command("SET", f"many-{i}", b"v" * (i % 50))
+    replies = tx.execute(client)
+    assert replies is not None and len(replies) == 30_000 and client.dbsize() >= 30_000
+    tx = RespTransaction()
+    for i in range(20_000):
+        tx.command("SET", f"never-{i}", b"v")
+    tx.command("NOSUCHCOMMAND", "x")
+    for i in range(10):
+        tx.command("SET", f"never-after-{i}", b"v")
+    with pytest.raises(ResponseError, match=r"NOSUCHCOMMAND|unknown command"):
+        tx.execute(client)
+    assert not client.exists("never-0") and not client.exists("never-after-9")
+    assert client.get("many-7") == b"v" * 7
+
+
 def test_columnar_batches_equal_the_per_event_path(fresh_settings: Settings) -> None:
     """The batch-at-once window computation against the event-by-event one, on simulated
     days (card-testing bursts included, so alert candidates take the per-event path inside a
