@@ -14,6 +14,7 @@ window):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -50,10 +51,18 @@ def prev_same_in_windows(group: np.ndarray, values: np.ndarray, lo: np.ndarray,
     return prev
 
 
+def strings(values: np.ndarray | Sequence[str]) -> pa.Array:
+    """Arrow strings of a column. pyarrow's default path for a numpy object array cost
+    ~0.77 µs per value here, 13 times that of a list; its pandas path (``from_pandas``: only
+    NaN would read differently, as null, and a string column holds none) is as fast as a
+    list's."""
+    return pa.array(values, pa.string(), from_pandas=True)
+
+
 def codes(values: np.ndarray | list[Any]) -> np.ndarray:
     """A code per value, equal for equal values (Arrow's dictionary encoding: C, about half
     the cost of numbering them in a dict)."""
-    return pa.array(values, pa.string()).dictionary_encode().indices.to_numpy().astype(np.int64)
+    return strings(values).dictionary_encode().indices.to_numpy().astype(np.int64)
 
 
 def round2(values: np.ndarray) -> np.ndarray:

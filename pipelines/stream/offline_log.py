@@ -59,7 +59,7 @@ class OfflineLog:
         for entity in ENTITIES:
             schema = self._schemas[entity]
             bare = pa.schema([f for f in schema if f.name != "created"])
-            tables = [pa.table({f.name: pa.array(block[f.name], f.type) for f in bare},
+            tables = [pa.table({f.name: _arrow(block[f.name], f.type) for f in bare},
                                schema=bare) for block in columns.get(entity, [])]
             if rows.get(entity):
                 tables.append(pa.Table.from_pylist(rows[entity], schema=bare))
@@ -145,3 +145,12 @@ class OfflineLog:
                 self.publish(folder.name)
             else:
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+def _arrow(values: Any, type_: pa.DataType) -> pa.Array:
+    """A column as Arrow: a numpy object array (the entity keys) through pyarrow's pandas
+    path (columnar.strings says why); numbers as they are (that path would read NaN as
+    null)."""
+    if isinstance(values, np.ndarray) and values.dtype == object:
+        return pa.array(values, type_, from_pandas=True)
+    return pa.array(values, type_)

@@ -54,7 +54,6 @@ from typing import Any, Protocol, cast
 
 import numpy as np
 import orjson
-import pyarrow as pa
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
@@ -76,7 +75,7 @@ from pipelines.batching import consume_in_batches, stop_on_signals
 from pipelines.dlq import dead_letter
 from pipelines.features.online_writer import RespTransaction
 from pipelines.ingest import EventProducer
-from pipelines.stream import batch_decode, changelog, recent, records
+from pipelines.stream import batch_decode, changelog, columnar, recent, records
 from pipelines.stream.entity_arrays import EntityArrays
 from pipelines.stream.event_time import UNREADABLE, event_time_keys, event_times_us
 from pipelines.stream.metrics import StreamMetrics
@@ -817,7 +816,7 @@ class StreamProcessor:
         time_us = time_us[order]
         terminal = np.concatenate([b[1] for b in blocks])[order]
         txn = np.concatenate([b[2] for b in blocks])[order]
-        encoded = pa.array(terminal, pa.string()).dictionary_encode()
+        encoded = columnar.strings(terminal).dictionary_encode()
         known, part_of = self._terminal_part, self.terminal_partition
         parts = np.array([known[t] if t in known else part_of(t)
                           for t in encoded.dictionary.to_pylist()], np.int64)[
