@@ -272,11 +272,16 @@ class StreamProcessor:
         stored = self._load_offsets()
         self.offline.recover(stored.get("batch"))
         # 64 KiB fetches capped consumption at ~13–19k records/s here (256 KiB: > 100k/s).
-        # Large prefetches let one partition deliver far more than its share before pause()
-        # takes effect; _select holds such records back for a later batch, so a batch still
-        # follows the records' timestamps across partitions.
+        # On a backlog the partitions still arrive unevenly, and _select lets none run more
+        # than MAX_PARTITION_SKEW_US ahead of the slowest: with 256 KiB (~600 records) per
+        # partition fetch, a partition behind delivered a batch's share over several fetches
+        # while the others waited (batches of a few hundred records, empty selections);
+        # 1 MiB: 41-49k events/s against 36-38k on a 300,000-event backlog, 18-19 batches
+        # against 23-24 (4 MiB: 40-41k). Large prefetches let one partition deliver far more
+        # than its share before pause() takes effect; _select holds such records back for a
+        # later batch, so a batch still follows the records' timestamps across partitions.
         consumer = Consumer(consumer_config(self.settings, self.group_id,
-                                            **{"max.partition.fetch.bytes": 262_144,
+                                            **{"max.partition.fetch.bytes": 1_048_576,
                                                "queued.min.messages": 5_000,
                                                "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
                                                "enable.partition.eof": True}))
