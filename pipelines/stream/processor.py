@@ -839,8 +839,8 @@ class StreamProcessor:
                         columns: dict[Entity, list[ColumnBlock]],
                         online: dict[Entity, dict[str, tuple[dict[str, Any], int]]],
                         producer: EventProducer, now: datetime) -> list[int]:
-        """The batch decoded at once (batch_decode), the sequential checks in one tight
-        loop, then per partition each entity type's events at once (_apply_entities)."""
+        """The batch decoded at once (batch_decode), the sequential checks per partition
+        (_accept), then per partition each entity type's events at once (_apply_entities)."""
         cols = batch_decode.decode_batch([m.value() for m in txns])
         for i, exc in cols.errors.items():
             self._dead_letter(txns[i], exc, producer)
@@ -935,9 +935,12 @@ class StreamProcessor:
         txn_ids = updates.txn.tolist()
         if forwarded or len(set(txn_ids)) < len(txn_ids):
             seen: set[tuple[int, str]] = set()
-            first = [(p, t) not in seen and not seen.add((p, t))  # type: ignore[func-returns-value]
-                     for p, t in zip(updates.part.tolist(), txn_ids, strict=True)]
-            updates = updates.select(np.array(first, bool))
+            first = np.ones(len(txn_ids), bool)
+            for i, key in enumerate(zip(updates.part.tolist(), txn_ids, strict=True)):
+                if key in seen:
+                    first[i] = False
+                seen.add(key)
+            updates = updates.select(first)
         for part in np.unique(updates.part).tolist():
             mine = updates.select(updates.part == part)
             table = self._table("terminal", part)
