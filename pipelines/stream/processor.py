@@ -54,6 +54,7 @@ from typing import Any, Protocol, cast
 
 import numpy as np
 import orjson
+import pyarrow as pa
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
@@ -235,7 +236,7 @@ class StreamProcessor:
         self._since_snapshot: dict[tuple[str, int], int] = {}
         # the customers' recent-transactions entries of this batch (recent.py), in order
         self._recent_customers: list[str] = []
-        self._recent_docs: list[bytes] = []
+        self._recent_docs: list[pa.Array] = []
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offline-log")
         # a batch's commit (offline staging wait, the fenced Redis transaction, publishing
         # the offline files, metrics) lands here while the next batch is read and applied;
@@ -860,7 +861,7 @@ class StreamProcessor:
             pick(cols.amount, np.float64), pick(cols.country), terminal, pick(cols.mcc),
             pick(cols.lat, np.float64), pick(cols.lon, np.float64)), strict=True))
         self._recent_customers += customer.tolist()
-        self._recent_docs += recent.entries(cols, accepted)
+        self._recent_docs.append(recent.entries(cols, accepted))
         produced_at = [txns[i].timestamp()[1] for i in accepted]
         self._forward.append((time_us, terminal, txn))
         part_of = np.array(parts, np.int64)
@@ -1111,10 +1112,10 @@ class StreamProcessor:
             self._apply(entity, key, state, event, rows, online)
         self._changes[(TRANSACTIONS, part)].add_row((txn.card_id, txn.customer_id, *event))
         self._recent_customers.append(txn.customer_id)
-        self._recent_docs.append(recent.encode(recent.RecentEntry(
+        self._recent_docs.append(recent.entry(
             txn_id=txn.txn_id, event_time=records.iso(txn.time_us), amount=txn.amount,
             currency=txn.currency, mcc=txn.mcc, country=txn.country,
-            terminal_id=txn.terminal_id, card_id=txn.card_id, channel=txn.channel)))
+            terminal_id=txn.terminal_id, card_id=txn.card_id, channel=txn.channel))
         for rule in self.rules:
             alert = evaluate(txn.card_id, txn.customer_id, card, rule, now)
             if alert is not None:
@@ -1186,8 +1187,8 @@ class StreamProcessor:
         self._changes.clear()
         customers: list[str] = []
         if self._recent_docs:
-            payload, commands, customers = recent.push_commands(self._recent_customers,
-                                                                self._recent_docs)
+            payload, commands, customers = recent.push_commands(
+                self._recent_customers, pa.concat_arrays(self._recent_docs))
             tx.raw(payload, commands)
         self._recent_customers, self._recent_docs = [], []
         mapping: dict[str, str | int] = {"batch": batch_id}

@@ -2,9 +2,14 @@
 serving/insights.py reads them): one JSON object per applied transaction, the fields below in
 this order.
 
-Encoded by msgspec from a struct: about a fifth of the cost of building a dict per event and
+Encoded by msgspec from structs: about a fifth of the cost of building a dict per event and
 ``orjson.dumps`` of it (0.6 vs 2.9 µs), with the same bytes for every amount the contract
 allows (0 < amount ≤ 1,000,000; the two differ only from 1e16 on, ``1e16`` vs ``1e+16``).
+A batch's entries are encoded in one call, as one JSON array, and cut into entries where each
+object starts (``{`` occurs nowhere else: every string field is an identifier, a time, a code
+or a digit string); one call per entry cost 0.74 µs per event, one call for all 0.29. The
+entries, the commands pushing them and their RESP framing then stay in Arrow arrays, so no
+Python object is made per entry or per command (0.59 + 0.86 µs per event before).
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from typing import Any
 
 import msgspec
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from kestrel.redis_keys import recent_key
 from pipelines.stream import columnar
@@ -21,9 +28,12 @@ from pipelines.stream.batch_decode import TxnColumns
 
 KEEP = 20
 """Entries a customer's list keeps (the newest)."""
+_KEY_PREFIX = recent_key("").encode()
+_LAST = b"%d" % (KEEP - 1)
+_TRIM_TAIL = b"\r\n$1\r\n0\r\n$%d\r\n%s\r\n" % (len(_LAST), _LAST)
 
 
-class RecentEntry(msgspec.Struct):
+class RecentEntry(msgspec.Struct, gc=False):
     txn_id: str
     event_time: str  # records.iso of the event time
     amount: float
@@ -38,44 +48,71 @@ class RecentEntry(msgspec.Struct):
 encode = msgspec.json.Encoder().encode
 
 
-def entries(cols: TxnColumns, positions: Sequence[int]) -> list[bytes]:
+def entries(cols: TxnColumns, positions: Sequence[int]) -> pa.BinaryArray:
     """The entries of the batch's records at ``positions`` (the accepted ones), in order."""
     fields: list[Sequence[Any]] = [
         cols.txn_id, cols.event_time, cols.amount, cols.currency, cols.mcc, cols.country,
         cols.terminal_id, cols.card_id, cols.channel]
     if len(positions) != cols.n:  # some were refused: their rows may hold None
         fields = [[column[i] for i in positions] for column in fields]
-    return list(map(encode, map(RecentEntry, *fields)))
+    structs = list(map(RecentEntry, *fields))
+    blob = encode(structs)  # [{...},{...}]
+    starts = np.flatnonzero(np.frombuffer(blob, np.uint8) == ord("{"))
+    if len(starts) != len(structs):  # a "{" inside a value: not from a valid event
+        return pa.array(map(encode, structs), pa.binary())
+    # each entry with the byte after it ("," or the closing "]"), then without it
+    offsets = np.append(starts, len(blob)).astype(np.int32)
+    spans = pa.Array.from_buffers(pa.binary(), len(structs),
+                                  [None, pa.py_buffer(offsets), pa.py_buffer(blob)])
+    return pc.binary_slice(spans, 0, -1)
 
 
-def push_commands(customers: Sequence[str], docs: Sequence[bytes]) -> tuple[bytes, int, list[str]]:
+def entry(**fields: Any) -> pa.BinaryArray:
+    """One entry (the per-event path), as :func:`entries` gives them."""
+    return pa.array([encode(RecentEntry(**fields))], pa.binary())
+
+
+def _text(values: Any) -> pa.Array:
+    """Numbers as their decimal digits, binary."""
+    return pc.cast(pc.cast(values, pa.string()), pa.binary())
+
+
+def push_commands(customers: Sequence[str], docs: pa.Array
+                  ) -> tuple[bytes, int, list[str]]:
     """``LPUSH`` each customer's entries (``docs[i]`` is ``customers[i]``'s, in order of
     arrival: the last ends up first) and ``LTRIM`` the list to :data:`KEEP`, as RESP: the
     payload, its number of commands and the distinct customers. Grouped with array
-    operations; per customer only its two command heads are formatted (a function call, a
-    join and a list per customer cost ~1 µs per event at ~4.5 events per customer)."""
+    operations, formatted with Arrow's element-wise joins: one array of pieces (per
+    customer its LPUSH head, its kept entries, its LTRIM) put in order with one ``take``,
+    whose data is the payload."""
     encoded = columnar.strings(customers).dictionary_encode()
     code = encoded.indices.to_numpy().astype(np.int64)
-    distinct: list[str] = encoded.dictionary.to_pylist()
+    distinct = encoded.dictionary
+    m = len(distinct)
     order = np.argsort(code, kind="stable")  # by customer, in order of arrival
     by_customer = code[order]
-    counts = np.bincount(code, minlength=len(distinct))
+    counts = np.bincount(code, minlength=m)
     first = np.cumsum(counts) - counts  # each customer's first position in ``order``
     from_end = counts[by_customer] - (np.arange(len(order)) - first[by_customer])
-    newest = from_end <= KEEP  # older entries would be trimmed anyway
+    taken = order[from_end <= KEEP]  # older entries would be trimmed anyway
     kept = np.minimum(counts, KEEP)
-    # pieces per customer: its LPUSH head, its kept entries, its LTRIM
+    keys = pc.binary_join_element_wise(_KEY_PREFIX, pc.cast(distinct, pa.binary()), b"")
+    key_len = _text(pc.binary_length(keys))
+    heads = pc.binary_join_element_wise(b"*", _text(pa.array(kept + 2)), b"\r\n$5\r\nLPUSH\r\n$",
+                                        key_len, b"\r\n", keys, b"\r\n", b"")
+    trims = pc.binary_join_element_wise(b"*4\r\n$5\r\nLTRIM\r\n$", key_len, b"\r\n", keys,
+                                        _TRIM_TAIL, b"")
+    bulk = pc.binary_join_element_wise(b"$", _text(pc.binary_length(docs)), b"\r\n", docs,
+                                       b"\r\n", b"")
+    # where each piece goes: a customer's head, then its kept entries in order, then its trim
     head_at = np.cumsum(kept + 2) - (kept + 2)
-    pieces = np.empty(len(distinct) * 2 + int(kept.sum()), dtype=object)
-    keys = [recent_key(c).encode() for c in distinct]
-    pieces[head_at] = [b"*%d\r\n$5\r\nLPUSH\r\n$%d\r\n%s\r\n" % (k + 2, len(key), key)
-                       for k, key in zip(kept.tolist(), keys, strict=True)]
-    last = b"%d" % (KEEP - 1)
-    pieces[head_at + kept + 1] = [
-        b"*4\r\n$5\r\nLTRIM\r\n$%d\r\n%s\r\n$1\r\n0\r\n$%d\r\n%s\r\n"
-        % (len(key), key, len(last), last) for key in keys]
-    taken = order[newest]
     rank = np.arange(len(taken)) - (np.cumsum(kept) - kept)[code[taken]]
-    pieces[head_at[code[taken]] + 1 + rank] = [
-        b"$%d\r\n%s\r\n" % (len(d), d) for d in np.asarray(docs, dtype=object)[taken].tolist()]
-    return b"".join(pieces.tolist()), 2 * len(distinct), distinct
+    source = np.empty(2 * m + len(taken), np.int64)
+    source[head_at] = np.arange(m)
+    source[head_at + kept + 1] = m + np.arange(m)
+    source[head_at[code[taken]] + 1 + rank] = 2 * m + taken
+    pieces = pa.concat_arrays([heads, trims, bulk]).take(pa.array(source))
+    offsets = np.frombuffer(pieces.buffers()[1], np.int32)[
+        pieces.offset:pieces.offset + len(pieces) + 1]
+    payload = pieces.buffers()[2][int(offsets[0]):int(offsets[-1])].to_pybytes()
+    return payload, 2 * m, distinct.to_pylist()

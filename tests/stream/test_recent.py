@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 
 import orjson
+import pyarrow as pa
 import pytest
 import redis
 
@@ -29,9 +30,20 @@ def test_entries_of_a_batch_with_refused_records_are_those_of_the_accepted_ones(
     cols = batch_decode.decode_batch(_values(2_000, seed=7))
     assert cols.errors  # some records were refused: their rows hold None
     accepted = [i for i in range(cols.n) if i not in cols.errors]
-    got = recent.entries(cols, accepted)
+    got = recent.entries(cols, accepted).to_pylist()
     assert got == [_as_dict(cols, i) for i in accepted]
     assert orjson.loads(got[0])["txn_id"] == cols.txn_id[accepted[0]]
+
+
+def test_an_entry_with_a_brace_in_a_value_is_still_cut_right() -> None:
+    """The batch is cut into entries where each object starts; a "{" inside a value (no
+    valid event has one) makes each entry be encoded on its own instead."""
+    cols = batch_decode.decode_batch(_values(50, seed=11))
+    accepted = [i for i in range(cols.n) if i not in cols.errors]
+    cols.txn_id[accepted[3]] = "tx-{odd}"
+    got = recent.entries(cols, accepted).to_pylist()
+    assert got == [_as_dict(cols, i) for i in accepted]
+    assert orjson.loads(got[3])["txn_id"] == "tx-{odd}"
 
 
 def test_every_amount_the_contract_allows_is_written_as_orjson_writes_it() -> None:
@@ -58,7 +70,7 @@ def test_push_commands_leave_each_customer_with_its_newest_entries_newest_first(
     for batch in range(2):
         owners = [rng.choice(customers) for _ in range(rng.randint(400, 900))]
         docs = [b'{"n":%d,"b":%d}' % (i, batch) for i in range(len(owners))]
-        payload, commands, distinct = recent.push_commands(owners, docs)
+        payload, commands, distinct = recent.push_commands(owners, pa.array(docs, pa.binary()))
         assert sorted(distinct) == sorted(set(owners)) and commands == 2 * len(distinct)
         tx = RespTransaction()
         tx.raw(payload, commands)
