@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from kestrel.windows import feature_names, stream_view_name
 from pipelines.features.online_writer import (
@@ -14,6 +15,7 @@ from pipelines.features.online_writer import (
     RespTransaction,
     _bulk,
     _timestamp_bytes,
+    decimal_rows,
     resp_double,
     resp_double_array,
     resp_int64,
@@ -69,3 +71,55 @@ def test_add_columns_queues_the_same_bytes_from_arrays_and_lists(tmp_path: Path)
     writer.add_columns(from_lists, keys, {k: v.tolist() for k, v in arrays.items()},
                        times.tolist())
     assert from_arrays._parts == from_lists._parts and from_arrays._parts
+
+
+@pytest.mark.parametrize("ttl", [0, 3600])
+def test_add_columns_queues_the_bytes_of_add_row_by_row(tmp_path: Path, ttl: int) -> None:
+    """The bulk path (rows read out of one byte matrix) against the per-row path, on keys of
+    varied lengths (non-ASCII ones too), missing values, integers of every varint length and
+    times with and without a fraction; with and without a key TTL (EXPIRE per row)."""
+    settings = make_settings(tmp_path / "var", **(
+        {"feast_online_key_ttl_seconds": ttl} if ttl else {}))
+    for entity in ("card", "customer", "terminal"):
+        writer = OnlineWriter(settings, dedup=False).view(stream_view_name(entity))
+        names = feature_names(entity)
+        rng = random.Random(len(entity) + ttl)
+        n = 400
+        keys = [rng.choice(["c", f"card_{rng.getrandbits(128):032x}", f"kü-{i}",
+                            "x" * rng.randint(1, 80)]) for i in range(n)]
+        columns: dict[str, list[int | float | None]] = {}
+        for name in names:
+            ints = rng.choice([*EDGE_INTS, 0, 3, 200])
+            columns[name] = [None if rng.random() < 0.05 else
+                             (rng.choice([ints, rng.randint(0, 20_000)]) if "count" in name
+                              or name.endswith("_us") or "distinct" in name
+                              else rng.choice([float("nan"), rng.uniform(-1e6, 1e6)]))
+                             for _ in range(n)]
+        times = [rng.choice([1_522_540_809_000_000, 1_522_540_809_118_047,
+                             rng.randint(300_000_000 * 10**6, 2**34 * 10**6)])
+                 for _ in range(n)]
+        bulk, per_row = RespTransaction(), RespTransaction()
+        queued = writer.add_columns(bulk, keys, columns, times)
+        writer.add(per_row, [(k, {name: columns[name][i] for name in names}, times[i])
+                             for i, k in enumerate(keys)])
+        assert b"".join(bulk._parts) == b"".join(per_row._parts), entity
+        assert queued == bulk.commands == per_row.commands == n * (2 if ttl else 1)
+        # numpy columns (the stream's): NaN for a missing double, 0 for a missing integer
+        arrays = {name: np.array([float("nan") if v is None else v for v in values])
+                  if any(isinstance(v, float) for v in values)
+                  else np.array([0 if v is None else v for v in values], dtype=np.int64)
+                  for name, values in columns.items()}
+        from_arrays, reference = RespTransaction(), RespTransaction()
+        writer.add_columns(from_arrays, keys, arrays, np.array(times))
+        writer.add(reference, [(k, {name: arrays[name][i].item() for name in names}, times[i])
+                               for i, k in enumerate(keys)])
+        assert b"".join(from_arrays._parts) == b"".join(reference._parts), entity
+    empty = RespTransaction()
+    assert writer.add_columns(empty, [], {name: [] for name in names}, []) == 0
+
+
+def test_decimal_rows_are_the_digits_of_each_number() -> None:
+    values = np.array([0, 7, 9, 10, 99, 100, 12_345, 10**17, 2**62], dtype=np.int64)
+    matrix, lengths = decimal_rows(values)
+    assert [bytes(row[:length]) for row, length in zip(matrix, lengths, strict=True)] == [
+        b"%d" % v for v in values.tolist()]
