@@ -17,9 +17,11 @@ from confluent_kafka import Message
 from kestrel.settings import Settings
 from kestrel.topics import TRANSACTIONS
 from pipelines.features.online_writer import OnlineWriter
-from pipelines.stream import processor, records
+from pipelines.stream import batch_decode, processor, records
 from pipelines.stream.event_time import event_time_keys, event_times_us
 from pipelines.stream.processor import MAX_PARTITION_SKEW_US, StreamProcessor
+from tests.pipelines.events_factory import make_event
+from tests.stream.test_batch_decode import _values
 
 HOUR_US = 3600 * 1_000_000
 T0 = 1_522_540_800_000_000  # 2018-04-01T00:00:00Z
@@ -213,3 +215,38 @@ def test_a_record_dated_in_the_future_does_not_hold_its_partition(settings: Sett
     buffer = [future, *[_record(1, i, T0 + i) for i in range(1, 4)]]
     take, hold = proc._select(buffer)
     assert [m.offset() for m in take] == [0, 1, 2, 3] and hold == []
+
+
+def test_the_intake_parses_each_record_once_and_orders_by_the_times_in_the_raw_json() -> None:
+    """_intake_columns parses the records (batch_decode.parse) and takes their event times
+    from that; a record that does not parse, or whose time is not in the stream's form, has
+    it read from the raw JSON. The times equal those read from the raw JSON for every
+    record (the reference: event_time_keys + event_times_us), records of another topic are
+    partition -1 and time 0, times past the newest allowed are 0; and a batch decoded from
+    the intake's parse equals one decoded from scratch."""
+    values = _values(800, seed=21)
+    rng = random.Random(21)
+    for i in rng.sample(range(len(values)), 20):  # future and pre-1970 times
+        event = make_event(i)
+        event["event_time"] = rng.choice(["2099-01-01T00:00:00.500000Z", "1969-12-31T23:59:59Z"])
+        values[i] = orjson.dumps(event)
+    buffer = [Message(topic=TRANSACTIONS if i % 50 else "transactions.by-terminal",
+                      partition=i % 4, offset=i, value=v) for i, v in enumerate(values)]
+    newest_allowed = T0 + 400 * 24 * HOUR_US
+    parts, times, parsed = processor._intake_columns(buffer, newest_allowed)
+    other = [m.topic() != TRANSACTIONS for m in buffer]
+    expected = event_times_us(event_time_keys([b"" if o else v or b"" for v, o in zip(
+        values, other, strict=True)]), newest_allowed)
+    assert times.tolist() == expected.tolist()
+    assert parts.tolist() == [-1 if o else i % 4 for i, o in enumerate(other)]
+    assert all(r is None for r, o in zip(parsed, other, strict=True) if o)
+    assert 0 < sum(r is None for r in parsed) < len(parsed) // 5  # both paths taken
+    assert (times == 0).sum() > len(values) // 50  # other topics, unreadable, refused
+    txns = [i for i, o in enumerate(other) if not o]
+    from_intake = batch_decode.decode_batch([values[i] for i in txns],
+                                            [parsed[i] for i in txns])
+    from_scratch = batch_decode.decode_batch([values[i] for i in txns])
+    assert {i: str(e) for i, e in from_intake.errors.items()} == {
+        i: str(e) for i, e in from_scratch.errors.items()} and from_intake.errors
+    from_intake.errors = from_scratch.errors = {}  # exceptions compare by identity
+    assert from_intake == from_scratch and from_intake.slow
