@@ -49,7 +49,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from itertools import compress
+from itertools import compress, pairwise
 from typing import Any, Protocol, cast
 
 import numpy as np
@@ -144,6 +144,23 @@ def _intake_columns(buffer: Sequence[Message], newest_allowed_us: int
                                      newest_allowed_us)
     times[(times < 0) | (times > newest_allowed_us)] = UNREADABLE
     return parts, times, parsed
+
+
+def _split(items: list[Any], holding: np.ndarray) -> tuple[list[Any], list[Any]]:
+    """``items`` where ``holding`` is False, and where it is True, each in order. A buffer
+    holds long runs of one partition's records (a poll's worth), so it is copied as slices
+    run by run; item by item (``compress``) only when the runs are short."""
+    edges = np.flatnonzero(holding[1:] != holding[:-1]) + 1
+    if len(edges) * 16 > len(items):
+        return (list(compress(items, (~holding).tolist())),
+                list(compress(items, holding.tolist())))
+    bounds = [0, *edges.tolist(), len(items)]
+    runs: tuple[list[Any], list[Any]] = ([], [])
+    held = bool(holding[0]) if len(items) else False
+    for lo, hi in pairwise(bounds):
+        runs[held].extend(items[lo:hi])
+        held = not held
+    return runs
 
 
 def _last_of_each(topics: list[str], parts: list[int]) -> dict[tuple[str, int], int]:
@@ -434,10 +451,10 @@ class StreamProcessor:
         txns = int(txn.sum())
         quota = txns  # records at exactly the cutoff that may still be taken
         if txns > limit:
-            eligible = np.sort(times[txn & (times <= cutoff)])
-            if len(eligible) > limit:
-                cutoff = int(eligible[limit - 1])
-                quota = limit - int(np.searchsorted(eligible, cutoff, side="left"))
+            eligible = times[txn & (times <= cutoff)]
+            if len(eligible) > limit:  # the limit-th oldest (a partial sort)
+                cutoff = int(np.partition(eligible, limit - 1)[limit - 1])
+                quota = limit - int(np.count_nonzero(eligible < cutoff))
         share = self._share()
         rank = np.zeros(len(parts), np.int64)  # position among its partition's records
         for idx in members.values():
@@ -463,12 +480,11 @@ class StreamProcessor:
             holding[idx[idx >= first_held[p]]] = True
         if not holding.any():
             return buffer, []
-        taking, keeping = (~holding).tolist(), holding.tolist()
-        take, hold = list(compress(buffer, taking)), list(compress(buffer, keeping))
+        take, hold = _split(buffer, holding)
         if not take and not too_far.any():  # never stall on records out of order in a
             return buffer, []  # partition
-        self._taken_parsed = list(compress(parsed, taking))
-        self._held = (hold, parts[holding], times[holding], list(compress(parsed, keeping)))
+        self._taken_parsed, held_parsed = _split(parsed, holding)
+        self._held = (hold, parts[holding], times[holding], held_parsed)
         self._waiting = not take
         return take, hold
 

@@ -10,6 +10,7 @@ import random
 from collections import Counter
 from datetime import UTC, datetime
 
+import numpy as np
 import orjson
 import pytest
 from confluent_kafka import Message
@@ -250,3 +251,13 @@ def test_the_intake_parses_each_record_once_and_orders_by_the_times_in_the_raw_j
         i: str(e) for i, e in from_scratch.errors.items()} and from_intake.errors
     from_intake.errors = from_scratch.errors = {}  # exceptions compare by identity
     assert from_intake == from_scratch and from_intake.slow
+
+
+def test_split_copies_runs_or_items_and_gives_what_compress_gives() -> None:
+    rng = np.random.default_rng(4)
+    for n, run in [(0, 1), (1, 1), (500, 1), (5_000, 400), (5_000, 40), (20_000, 3_000)]:
+        items = list(range(n))
+        holding = np.repeat(rng.random(n // run + 1) < 0.5, run)[:n]
+        taken, kept = processor._split(items, holding)
+        assert taken == [i for i in items if not holding[i]]
+        assert kept == [i for i in items if holding[i]]
