@@ -655,7 +655,8 @@ class StreamProcessor:
         return state.add(event)
 
     def _new_table(self, entity: Entity) -> EntityArrays:
-        return EntityArrays(self.windows[entity], self._kept_us(entity), self._slack_us(entity))
+        return EntityArrays(self.windows[entity], self._kept_us(entity), self._slack_us(entity),
+                            keep_ids=entity != "card")  # duplicates: customers, terminals
 
     def _table(self, entity: Entity, part: int) -> EntityArrays:
         table = self.tables[entity].get(part)
