@@ -32,7 +32,7 @@ import numpy as np
 from kestrel.errors import EventValidationError
 from kestrel.events import MAX_AMOUNT
 from kestrel.iso import COUNTRIES, CURRENCIES
-from pipelines.stream import records
+from pipelines.stream import columnar, records
 from pipelines.stream.event_time import exact_times_us
 
 # bytes.translate deletes an identifier's characters, so a column of valid identifiers
@@ -113,29 +113,75 @@ def parse(values: Sequence[bytes | None]) -> list[_Record | None]:
     return parsed
 
 
-def event_times(parsed: Sequence[_Record]) -> tuple[np.ndarray, np.ndarray]:
-    """µs since the epoch of parsed records' event times, and which are exactly as the
-    stream writes them (event_time.exact_times_us: only those take the fast path)."""
-    return exact_times_us([r.event_time for r in parsed])
+NOT_EXACT = np.iinfo(np.int64).min
+"""In ``Parsed.exact_us``: no time in the stream's own form (never a time: those are from
+year 1 on)."""
 
 
-def decode_batch(values: list[bytes | None],
-                 parsed: Sequence[_Record | None] | None = None) -> TxnColumns:
-    """``parsed`` (optional): :func:`parse` of ``values``, done by the intake."""
+@dataclass
+class Parsed:
+    """Records parsed on arrival, aligned with them: each one's struct (None: it did not
+    parse, or is of another topic) and its event time in µs when exactly in the stream's
+    form (event_time.exact_times_us), else NOT_EXACT."""
+
+    rows: list[_Record | None]
+    exact_us: np.ndarray
+
+    @classmethod
+    def of(cls, values: Sequence[bytes | None]) -> Parsed:
+        rows = parse(values)
+        exact = np.full(len(rows), NOT_EXACT, np.int64)
+        done = [i for i, r in enumerate(rows) if r is not None]
+        if done:
+            us, ok = exact_times_us([r.event_time for r in rows if r is not None])
+            exact[np.array(done)[ok]] = us[ok]
+        return cls(rows, exact)
+
+    @classmethod
+    def none(cls, n: int) -> Parsed:
+        return cls([None] * n, np.full(n, NOT_EXACT, np.int64))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def then(self, other: Parsed) -> Parsed:
+        return Parsed(self.rows + other.rows, np.concatenate((self.exact_us, other.exact_us)))
+
+    def split(self, holding: np.ndarray) -> tuple[Parsed, Parsed]:
+        """Where ``holding`` is False, and where it is True."""
+        taken, kept = columnar.split(self.rows, holding)
+        return Parsed(taken, self.exact_us[~holding]), Parsed(kept, self.exact_us[holding])
+
+    def select(self, keep: Sequence[bool]) -> Parsed:
+        return Parsed([r for r, k in zip(self.rows, keep, strict=True) if k],
+                      self.exact_us[np.asarray(keep, bool)])
+
+    @classmethod
+    def scatter(cls, n: int, at: np.ndarray, part: Parsed) -> Parsed:
+        """``part`` placed at positions ``at`` of n records (the others: not parsed)."""
+        out = cls.none(n)
+        for i, r in zip(at.tolist(), part.rows, strict=True):
+            out.rows[i] = r
+        out.exact_us[at] = part.exact_us
+        return out
+
+
+def decode_batch(values: list[bytes | None], parsed: Parsed | None = None) -> TxnColumns:
+    """``parsed`` (optional): the intake's :class:`Parsed` of ``values``."""
     n = len(values)
     out = TxnColumns(n)
     if parsed is None or len(parsed) != n:
-        parsed = parse(values)
-    loose = [i for i, row in enumerate(parsed) if row is None]  # the per-record path
+        parsed = Parsed.of(values)
+    loose = [i for i, row in enumerate(parsed.rows) if row is None]  # the per-record path
     if loose:
-        pos = [i for i, row in enumerate(parsed) if row is not None]  # each row's position
-        rows = [row for row in parsed if row is not None]
+        pos = [i for i, row in enumerate(parsed.rows) if row is not None]  # their positions
+        rows = [row for row in parsed.rows if row is not None]
     else:
-        pos, rows = list(range(n)), cast(list[_Record], parsed)
+        pos, rows = list(range(n)), cast(list[_Record], parsed.rows)
     cols = _columns(rows)
     ok = _valid(rows, cols)
-    us, dated = exact_times_us(cols["event_time"])
-    ok &= dated
+    us = parsed.exact_us[pos] if loose else parsed.exact_us
+    ok &= us != NOT_EXACT
     if not ok.all():
         keep = ok.tolist()
         loose.extend(i for i, k in zip(pos, keep, strict=True) if not k)

@@ -49,7 +49,6 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from itertools import compress, pairwise
 from typing import Any, Protocol, cast
 
 import numpy as np
@@ -109,11 +108,11 @@ _NO_INTS = np.zeros(0, np.int64)
 
 
 def _intake_columns(buffer: Sequence[Message], newest_allowed_us: int
-                    ) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+                    ) -> tuple[np.ndarray, np.ndarray, batch_decode.Parsed]:
     """Per record: its `transactions` partition (-1 for other topics), its event time in µs
     (0 for other topics, and for times past ``newest_allowed_us``, which are dead-lettered
-    as soon as they are taken), and the record parsed (batch_decode.parse; None for other
-    topics and for a record the fast decoder does not take).
+    as soon as they are taken), and the record parsed (batch_decode.Parsed; not parsed for
+    other topics).
 
     Each record is parsed here, once, and its batch decodes from that (_commit_batch): the
     event time comes with it, where reading it from the raw JSON first (one regex search
@@ -126,41 +125,20 @@ def _intake_columns(buffer: Sequence[Message], newest_allowed_us: int
     values = [m.value() or b"" for m in buffer]
     if other.any():
         parts[other] = -1
+        at = np.flatnonzero(~other)
         values = [b"" if o else v for v, o in zip(values, other.tolist(), strict=True)]
-    parsed: list[Any] = batch_decode.parse(values)
-    if other.any():
-        parsed = [None if o else r for r, o in zip(parsed, other.tolist(), strict=True)]
-    times = np.full(n, UNREADABLE, np.int64)
-    done = np.array([r is not None for r in parsed], bool)
-    if done.any():
-        at = np.flatnonzero(done)
-        us, dated = batch_decode.event_times(
-            parsed if len(at) == n else [parsed[i] for i in at.tolist()])
-        times[at[dated]] = us[dated]
-        done[at[~dated]] = False
-    rest = np.flatnonzero(~done & ~other)
+        parsed = batch_decode.Parsed.scatter(
+            n, at, batch_decode.Parsed.of([values[i] for i in at.tolist()]))
+    else:
+        parsed = batch_decode.Parsed.of(values)
+    exact = parsed.exact_us != batch_decode.NOT_EXACT
+    times = np.where(exact, parsed.exact_us, UNREADABLE)
+    rest = np.flatnonzero(~exact & ~other)
     if len(rest):
         times[rest] = event_times_us(event_time_keys([values[i] for i in rest.tolist()]),
                                      newest_allowed_us)
     times[(times < 0) | (times > newest_allowed_us)] = UNREADABLE
     return parts, times, parsed
-
-
-def _split(items: list[Any], holding: np.ndarray) -> tuple[list[Any], list[Any]]:
-    """``items`` where ``holding`` is False, and where it is True, each in order. A buffer
-    holds long runs of one partition's records (a poll's worth), so it is copied as slices
-    run by run; item by item (``compress``) only when the runs are short."""
-    edges = np.flatnonzero(holding[1:] != holding[:-1]) + 1
-    if len(edges) * 16 > len(items):
-        return (list(compress(items, (~holding).tolist())),
-                list(compress(items, holding.tolist())))
-    bounds = [0, *edges.tolist(), len(items)]
-    runs: tuple[list[Any], list[Any]] = ([], [])
-    held = bool(holding[0]) if len(items) else False
-    for lo, hi in pairwise(bounds):
-        runs[held].extend(items[lo:hi])
-        held = not held
-    return runs
 
 
 def _last_of_each(topics: list[str], parts: list[int]) -> dict[tuple[str, int], int]:
@@ -296,10 +274,10 @@ class StreamProcessor:
         self._at_end: set[int] = set()
         self._buffered: dict[int, int] = {}  # per partition: its records in the buffer
         # the records _select held back, with their partitions and event times (read once)
-        self._held: tuple[list[Message], np.ndarray, np.ndarray, list[Any]] = (
-            [], _NO_INTS, _NO_INTS, [])
+        self._held: tuple[list[Message], np.ndarray, np.ndarray, batch_decode.Parsed] = (
+            [], _NO_INTS, _NO_INTS, batch_decode.Parsed.none(0))
         # the records of the batch _select last took, parsed at intake (aligned with it)
-        self._taken_parsed: list[Any] | None = None
+        self._taken_parsed: batch_decode.Parsed | None = None
         # _select took nothing (every record waits for a partition behind) and nothing that
         # could change that has happened since: a record, an end of partition, a pause
         self._waiting = False
@@ -426,18 +404,18 @@ class StreamProcessor:
         """
         limit = self.settings.stream_batch_records
         held, held_parts, held_times, held_parsed = self._held
-        self._taken_parsed = []
+        self._taken_parsed = batch_decode.Parsed.none(0)
         if self._waiting and not self._stop and len(buffer) == len(held) and held \
                 and buffer[0] is held[0] and buffer[-1] is held[-1]:
             return [], buffer  # the same answer as last time, without scanning again
         self._waiting = False
-        self._held = ([], _NO_INTS, _NO_INTS, [])
+        self._held = ([], _NO_INTS, _NO_INTS, batch_decode.Parsed.none(0))
         reuse = len(held) if held and len(buffer) >= len(held) and buffer[0] is held[0] \
             and buffer[len(held) - 1] is held[-1] else 0  # held last time: they lead
         parts, times, parsed = _intake_columns(buffer[reuse:], self._newest_allowed_us())
         if reuse:
             parts, times = np.concatenate((held_parts, parts)), np.concatenate((held_times, times))
-            parsed = held_parsed + parsed
+            parsed = held_parsed.then(parsed)
         self._taken_parsed = parsed  # unless some are held back (below)
         txn = parts >= 0
         if self._stop or not txn.any():
@@ -480,10 +458,10 @@ class StreamProcessor:
             holding[idx[idx >= first_held[p]]] = True
         if not holding.any():
             return buffer, []
-        take, hold = _split(buffer, holding)
+        take, hold = columnar.split(buffer, holding)
         if not take and not too_far.any():  # never stall on records out of order in a
             return buffer, []  # partition
-        self._taken_parsed, held_parsed = _split(parsed, holding)
+        self._taken_parsed, held_parsed = parsed.split(holding)
         self._held = (hold, parts[holding], times[holding], held_parsed)
         self._waiting = not take
         return take, hold
@@ -701,7 +679,8 @@ class StreamProcessor:
 
     # --- one batch ----------------------------------------------------------------------
     def _commit_batch(self, buffer: list[Message], consumer: Consumer,
-                      producer: EventProducer, parsed: list[Any] | None = None) -> None:
+                      producer: EventProducer, parsed: batch_decode.Parsed | None = None
+                      ) -> None:
         """Apply and commit ``buffer`` (emptied). ``parsed``: its records as the intake
         parsed them (aligned with it; None: not parsed yet, as on revoke)."""
         if not buffer:
@@ -723,8 +702,7 @@ class StreamProcessor:
         txns = batch if len(last) == len(newest) else [
             m for m, topic in zip(batch, topics, strict=True) if topic == TRANSACTIONS]
         if parsed is not None and txns is not batch:
-            parsed = [r for r, topic in zip(parsed, topics, strict=True)
-                      if topic == TRANSACTIONS]
+            parsed = parsed.select([topic == TRANSACTIONS for topic in topics])
         now = datetime.now(UTC)
         if self.columnar:
             produced_at = self._apply_columnar(batch, txns, rows, columns, online, producer,
@@ -896,7 +874,7 @@ class StreamProcessor:
                         columns: dict[Entity, list[ColumnBlock]],
                         online: dict[Entity, dict[str, tuple[dict[str, Any], int]]],
                         producer: EventProducer, now: datetime,
-                        parsed: list[Any] | None = None) -> list[int]:
+                        parsed: batch_decode.Parsed | None = None) -> list[int]:
         """The batch decoded at once (batch_decode; from ``parsed``, the intake's parse of
         ``txns``, when given), the sequential checks per partition (_accept), then per
         partition each entity type's events at once (_apply_entities)."""

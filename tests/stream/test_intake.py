@@ -18,7 +18,7 @@ from confluent_kafka import Message
 from kestrel.settings import Settings
 from kestrel.topics import TRANSACTIONS
 from pipelines.features.online_writer import OnlineWriter
-from pipelines.stream import batch_decode, processor, records
+from pipelines.stream import batch_decode, columnar, processor, records
 from pipelines.stream.event_time import event_time_keys, event_times_us
 from pipelines.stream.processor import MAX_PARTITION_SKEW_US, StreamProcessor
 from tests.pipelines.events_factory import make_event
@@ -240,12 +240,14 @@ def test_the_intake_parses_each_record_once_and_orders_by_the_times_in_the_raw_j
         values, other, strict=True)]), newest_allowed)
     assert times.tolist() == expected.tolist()
     assert parts.tolist() == [-1 if o else i % 4 for i, o in enumerate(other)]
-    assert all(r is None for r, o in zip(parsed, other, strict=True) if o)
-    assert 0 < sum(r is None for r in parsed) < len(parsed) // 5  # both paths taken
+    assert all(r is None for r, o in zip(parsed.rows, other, strict=True) if o)
+    assert 0 < sum(r is None for r in parsed.rows) < len(parsed) // 5  # both paths taken
+    exact = parsed.exact_us != batch_decode.NOT_EXACT
+    assert 0 < (~exact & ~np.array(other)).sum() < exact.sum()  # times read both ways
     assert (times == 0).sum() > len(values) // 50  # other topics, unreadable, refused
     txns = [i for i, o in enumerate(other) if not o]
-    from_intake = batch_decode.decode_batch([values[i] for i in txns],
-                                            [parsed[i] for i in txns])
+    from_intake = batch_decode.decode_batch([values[i] for i in txns], batch_decode.Parsed(
+        [parsed.rows[i] for i in txns], parsed.exact_us[txns]))
     from_scratch = batch_decode.decode_batch([values[i] for i in txns])
     assert {i: str(e) for i, e in from_intake.errors.items()} == {
         i: str(e) for i, e in from_scratch.errors.items()} and from_intake.errors
@@ -258,6 +260,6 @@ def test_split_copies_runs_or_items_and_gives_what_compress_gives() -> None:
     for n, run in [(0, 1), (1, 1), (500, 1), (5_000, 400), (5_000, 40), (20_000, 3_000)]:
         items = list(range(n))
         holding = np.repeat(rng.random(n // run + 1) < 0.5, run)[:n]
-        taken, kept = processor._split(items, holding)
+        taken, kept = columnar.split(items, holding)
         assert taken == [i for i in items if not holding[i]]
         assert kept == [i for i in items if holding[i]]
