@@ -42,6 +42,8 @@ from typing import Any
 
 import hiredis
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from feast import FeatureStore, FeatureView, RepoConfig
 from feast.infra.online_stores.helpers import _mmh3, compute_versioned_name
 from feast.infra.online_stores.redis import RedisOnlineStoreConfig
@@ -193,6 +195,39 @@ def resp_command(*args: bytes | str | int | float) -> bytes:
     """One command encoded as RESP (an array of bulk strings)."""
     return b"*%d\r\n" % len(args) + b"".join([
         b"$%d\r\n%s\r\n" % (len(a), a) if type(a) is bytes else _arg(a) for a in args])
+
+
+def arrow_decimal(values: Any) -> pa.Array:
+    """Integers (Arrow or numpy) as their decimal digits, an Arrow binary array."""
+    return pc.cast(pc.cast(values, pa.string()), pa.binary())
+
+
+def arrow_bulk(values: pa.Array) -> pa.Array:
+    """Each binary value as a RESP bulk string, with Arrow's element-wise join."""
+    return pc.binary_join_element_wise(b"$", arrow_decimal(pc.binary_length(values)), b"\r\n",
+                                       values, b"\r\n", b"")
+
+
+def arrow_bytes(values: pa.Array) -> bytes:
+    """A binary array's values concatenated: its data buffer, between its first and last
+    offsets."""
+    offsets = np.frombuffer(values.buffers()[1], np.int32)[
+        values.offset:values.offset + len(values) + 1]
+    return values.buffers()[2][int(offsets[0]):int(offsets[-1])].to_pybytes() \
+        if len(values) else b""
+
+
+def resp_keys_command(command: bytes, key: Callable[[str], str], ids: pa.Array) -> bytes:
+    """One ``command`` (DEL, say) whose arguments are ``key(i)`` for every id of ``ids``
+    (strings), as RESP, built with Arrow: ``key`` must put its argument once, anywhere."""
+    marker = "\x00"
+    parts = key(marker).split(marker)
+    if len(parts) != 2:
+        raise ValueError(f"{getattr(key, '__name__', key)!r} must use its argument once")
+    keys = pc.binary_join_element_wise(parts[0].encode(), pc.cast(ids, pa.binary()),
+                                       parts[1].encode(), b"")
+    return (b"*%d\r\n" % (len(ids) + 1) + _bulk(command)
+            + arrow_bytes(arrow_bulk(keys)))
 
 
 def read_replies(conn: Any, count: int, received: bytes | bytearray = b"") -> list[Any]:

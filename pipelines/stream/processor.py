@@ -49,6 +49,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Protocol, cast
 
 import numpy as np
@@ -73,7 +74,7 @@ from kestrel.topics import (
 from kestrel.windows import ENTITIES, ENTITY_KEYS, Entity, stream_view_name
 from pipelines.batching import consume_in_batches, stop_on_signals
 from pipelines.dlq import dead_letter
-from pipelines.features.online_writer import RespTransaction
+from pipelines.features.online_writer import RespTransaction, resp_keys_command
 from pipelines.ingest import EventProducer
 from pipelines.stream import batch_decode, changelog, columnar, recent, records
 from pipelines.stream.entity_arrays import EntityArrays
@@ -1221,7 +1222,7 @@ class StreamProcessor:
                            entries.encode())
             self._since_snapshot[(topic, part)] = since
         self._changes.clear()
-        customers: list[str] = []
+        customers: pa.Array | None = None
         if self._recent_docs:
             payload, commands, customers = recent.push_commands(
                 self._recent_customers, pa.concat_arrays(self._recent_docs))
@@ -1237,6 +1238,7 @@ class StreamProcessor:
         tx.command("HSET", offsets_key(self.group_id),
                    *[x for kv in mapping.items() for x in kv])
         schema = self.settings.insight_schema_version
-        if customers:
-            tx.command("DEL", *[insight_cache_key(c, schema).encode() for c in customers])
+        if customers is not None and len(customers):
+            tx.raw(resp_keys_command(b"DEL", partial(insight_cache_key, schema=schema),
+                                     customers), 1)
         return tx

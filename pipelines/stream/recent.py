@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kestrel.redis_keys import recent_key
+from pipelines.features.online_writer import arrow_bulk, arrow_bytes, arrow_decimal
 from pipelines.stream import columnar
 from pipelines.stream.batch_decode import TxnColumns
 
@@ -72,16 +73,11 @@ def entry(**fields: Any) -> pa.BinaryArray:
     return pa.array([encode(RecentEntry(**fields))], pa.binary())
 
 
-def _text(values: Any) -> pa.Array:
-    """Numbers as their decimal digits, binary."""
-    return pc.cast(pc.cast(values, pa.string()), pa.binary())
-
-
 def push_commands(customers: Sequence[str], docs: pa.Array
-                  ) -> tuple[bytes, int, list[str]]:
+                  ) -> tuple[bytes, int, pa.Array]:
     """``LPUSH`` each customer's entries (``docs[i]`` is ``customers[i]``'s, in order of
     arrival: the last ends up first) and ``LTRIM`` the list to :data:`KEEP`, as RESP: the
-    payload, its number of commands and the distinct customers. Grouped with array
+    payload, its number of commands and the distinct customers (strings). Grouped with array
     operations, formatted with Arrow's element-wise joins: one array of pieces (per
     customer its LPUSH head, its kept entries, its LTRIM) put in order with one ``take``,
     whose data is the payload."""
@@ -97,13 +93,13 @@ def push_commands(customers: Sequence[str], docs: pa.Array
     taken = order[from_end <= KEEP]  # older entries would be trimmed anyway
     kept = np.minimum(counts, KEEP)
     keys = pc.binary_join_element_wise(_KEY_PREFIX, pc.cast(distinct, pa.binary()), b"")
-    key_len = _text(pc.binary_length(keys))
-    heads = pc.binary_join_element_wise(b"*", _text(pa.array(kept + 2)), b"\r\n$5\r\nLPUSH\r\n$",
-                                        key_len, b"\r\n", keys, b"\r\n", b"")
+    key_len = arrow_decimal(pc.binary_length(keys))
+    heads = pc.binary_join_element_wise(b"*", arrow_decimal(pa.array(kept + 2)),
+                                        b"\r\n$5\r\nLPUSH\r\n$", key_len, b"\r\n", keys,
+                                        b"\r\n", b"")
     trims = pc.binary_join_element_wise(b"*4\r\n$5\r\nLTRIM\r\n$", key_len, b"\r\n", keys,
                                         _TRIM_TAIL, b"")
-    bulk = pc.binary_join_element_wise(b"$", _text(pc.binary_length(docs)), b"\r\n", docs,
-                                       b"\r\n", b"")
+    bulk = arrow_bulk(docs)
     # where each piece goes: a customer's head, then its kept entries in order, then its trim
     head_at = np.cumsum(kept + 2) - (kept + 2)
     rank = np.arange(len(taken)) - (np.cumsum(kept) - kept)[code[taken]]
@@ -112,7 +108,4 @@ def push_commands(customers: Sequence[str], docs: pa.Array
     source[head_at + kept + 1] = m + np.arange(m)
     source[head_at[code[taken]] + 1 + rank] = 2 * m + taken
     pieces = pa.concat_arrays([heads, trims, bulk]).take(pa.array(source))
-    offsets = np.frombuffer(pieces.buffers()[1], np.int32)[
-        pieces.offset:pieces.offset + len(pieces) + 1]
-    payload = pieces.buffers()[2][int(offsets[0]):int(offsets[-1])].to_pybytes()
-    return payload, 2 * m, distinct.to_pylist()
+    return arrow_bytes(pieces), 2 * m, distinct

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from kestrel.windows import feature_names, stream_view_name
@@ -16,10 +17,12 @@ from pipelines.features.online_writer import (
     _bulk,
     _timestamp_bytes,
     decimal_rows,
+    resp_command,
     resp_double,
     resp_double_array,
     resp_int64,
     resp_int64_array,
+    resp_keys_command,
     resp_timestamps,
     timestamp_parts,
 )
@@ -123,3 +126,12 @@ def test_decimal_rows_are_the_digits_of_each_number() -> None:
     matrix, lengths = decimal_rows(values)
     assert [bytes(row[:length]) for row, length in zip(matrix, lengths, strict=True)] == [
         b"%d" % v for v in values.tolist()]
+
+
+def test_a_command_over_keys_built_with_arrow_is_resp_command() -> None:
+    ids = ["c1", "kü", "x" * 300, ""]
+    got = resp_keys_command(b"DEL", lambda i: f"insight:user:{i}:v3", pa.array(ids))
+    assert got == resp_command("DEL", *[f"insight:user:{i}:v3" for i in ids])
+    assert resp_keys_command(b"DEL", str, pa.array([], pa.string())) == resp_command("DEL")
+    with pytest.raises(ValueError, match="once"):
+        resp_keys_command(b"DEL", lambda i: f"{i}{i}", pa.array(ids))
