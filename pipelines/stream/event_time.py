@@ -1,9 +1,12 @@
-"""Event times of buffered records, read for the intake (``StreamProcessor._select``).
+"""Event times as µs since the epoch, read with array arithmetic, for the intake
+(``StreamProcessor._select``) and the batch decoder.
 
-The intake orders records across partitions by event time before they are decoded, so it
-reads only the ``event_time`` field of the raw JSON, and turns a whole buffer's worth into
-µs since the epoch with array arithmetic: comparing, sorting and taking maxima of 100,000+
-strings per batch in Python (or as numpy byte strings) cost more than the rest of the intake.
+The intake orders records across partitions by event time. It parses each record as it
+arrives (pipelines/stream/batch_decode.py ``Parsed``) and reads the parsed times with
+``exact_times_us``; a record that does not parse, or whose time is not exactly in the
+stream's form, has its ``event_time`` read from the raw JSON here (``event_time_keys`` +
+``event_times_us``). Comparing, sorting and taking maxima of 100,000+ time strings per batch
+in Python (or as numpy byte strings) cost more than the rest of the intake.
 
 Times in the form the stream itself emits (``2018-04-01T00:00:09.118047Z``, or without the
 fraction) are read vectorised; any other form goes through ``datetime.fromisoformat``, as
@@ -13,9 +16,9 @@ record sorts first and never waits for other partitions — it reaches the decod
 dead-letter topic) in the next batch. This only orders the intake;
 every check happens on the decoded event.
 
-The batch decoder (pipelines/stream/batch_decode.py) reads its decoded times with the same
-arithmetic (``exact_times_us``: 0.3-0.5 µs per time, where Arrow's regex match and strptime
-took 1.2-2.3), keeping only times exactly as the stream writes them.
+``exact_times_us`` (0.3-0.5 µs per time, where Arrow's regex match and strptime took
+1.2-2.3) keeps only times exactly as the stream writes them; only those records take the
+batch decoder's fast path.
 """
 
 from __future__ import annotations

@@ -274,7 +274,8 @@ class StreamProcessor:
         self._paused: set[int] = set()
         self._at_end: set[int] = set()
         self._buffered: dict[int, int] = {}  # per partition: its records in the buffer
-        # the records _select held back, with their partitions and event times (read once)
+        # the records _select held back, with their partitions, event times and parse (each
+        # record is parsed once, on arrival)
         self._held: tuple[list[Message], np.ndarray, np.ndarray, batch_decode.Parsed] = (
             [], _NO_INTS, _NO_INTS, batch_decode.Parsed.none(0))
         # the records of the batch _select last took, parsed at intake (aligned with it)
