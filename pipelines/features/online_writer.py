@@ -217,17 +217,22 @@ def arrow_bytes(values: pa.Array) -> bytes:
         if len(values) else b""
 
 
-def resp_keys_command(command: bytes, key: Callable[[str], str], ids: pa.Array) -> bytes:
-    """One ``command`` (DEL, say) whose arguments are ``key(i)`` for every id of ``ids``
-    (strings), as RESP, built with Arrow: ``key`` must put its argument once, anywhere."""
+def arrow_keys(key: Callable[[str], str], ids: pa.Array) -> pa.Array:
+    """``key(i)`` for every id of ``ids`` (strings), as binary, built with Arrow from the
+    key function's template: ``key`` must put its argument once, anywhere."""
     marker = "\x00"
     parts = key(marker).split(marker)
     if len(parts) != 2:
         raise ValueError(f"{getattr(key, '__name__', key)!r} must use its argument once")
-    keys = pc.binary_join_element_wise(parts[0].encode(), pc.cast(ids, pa.binary()),
+    return pc.binary_join_element_wise(parts[0].encode(), pc.cast(ids, pa.binary()),
                                        parts[1].encode(), b"")
+
+
+def resp_keys_command(command: bytes, key: Callable[[str], str], ids: pa.Array) -> bytes:
+    """One ``command`` (DEL, say) whose arguments are ``key(i)`` for every id of ``ids``
+    (arrow_keys), as RESP."""
     return (b"*%d\r\n" % (len(ids) + 1) + _bulk(command)
-            + arrow_bytes(arrow_bulk(keys)))
+            + arrow_bytes(arrow_bulk(arrow_keys(key, ids))))
 
 
 def read_replies(conn: Any, count: int, received: bytes | bytearray = b"") -> list[Any]:
@@ -527,8 +532,8 @@ class ViewWriter:
         return queued
 
     def _resp_keys(self, keys: Sequence[str]) -> list[bytes | Ragged]:
-        """The pieces of each key's RESP bulk string: "$<length>\r\n", the serialized entity
-        key (prefix, u32 length, value) and the project, "\r\n"."""
+        """The pieces of each key's RESP bulk string: "$<length>\\r\\n", the serialized
+        entity key (prefix, u32 length, value) and the project, "\\r\\n"."""
         n = len(keys)
         try:  # identifiers are ASCII: numpy encodes them all at once
             value: Ragged = (_byte_matrix(np.array(keys, dtype="S")),
@@ -622,7 +627,7 @@ def _resp_column(values: Column, encode: Callable[[FeatureValue], bytes]) -> Rag
 
 def _rows_as_bytes(rows: Ragged) -> list[bytes]:
     """The rows of a Ragged matrix as bytes: every row is written left-aligned and ends in
-    "\r\n", so only padding is a trailing zero byte (numpy's fixed-width bytes drop exactly
+    "\\r\\n", so only padding is a trailing zero byte (numpy's fixed-width bytes drop exactly
     those, in C)."""
     out = rows[0]
     return out.view(f"S{out.shape[1]}").ravel().tolist()

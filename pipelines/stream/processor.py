@@ -127,7 +127,6 @@ def _intake_columns(buffer: Sequence[Message], newest_allowed_us: int
     if other.any():
         parts[other] = -1
         at = np.flatnonzero(~other)
-        values = [b"" if o else v for v, o in zip(values, other.tolist(), strict=True)]
         parsed = batch_decode.Parsed.scatter(
             n, at, batch_decode.Parsed.of([values[i] for i in at.tolist()]))
     else:

@@ -23,13 +23,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kestrel.redis_keys import recent_key
-from pipelines.features.online_writer import arrow_bulk, arrow_bytes, arrow_decimal
+from pipelines.features.online_writer import arrow_bulk, arrow_bytes, arrow_decimal, arrow_keys
 from pipelines.stream import columnar
 from pipelines.stream.batch_decode import TxnColumns
 
 KEEP = 20
 """Entries a customer's list keeps (the newest)."""
-_KEY_PREFIX = recent_key("").encode()
 _LAST = b"%d" % (KEEP - 1)
 _TRIM_TAIL = b"\r\n$1\r\n0\r\n$%d\r\n%s\r\n" % (len(_LAST), _LAST)
 
@@ -92,7 +91,7 @@ def push_commands(customers: Sequence[str], docs: pa.Array
     from_end = counts[by_customer] - (np.arange(len(order)) - first[by_customer])
     taken = order[from_end <= KEEP]  # older entries would be trimmed anyway
     kept = np.minimum(counts, KEEP)
-    keys = pc.binary_join_element_wise(_KEY_PREFIX, pc.cast(distinct, pa.binary()), b"")
+    keys = arrow_keys(recent_key, distinct)
     key_len = arrow_decimal(pc.binary_length(keys))
     heads = pc.binary_join_element_wise(b"*", arrow_decimal(pa.array(kept + 2)),
                                         b"\r\n$5\r\nLPUSH\r\n$", key_len, b"\r\n", keys,
