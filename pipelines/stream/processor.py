@@ -304,6 +304,10 @@ class StreamProcessor:
         # against 23-24 (4 MiB: 40-41k). Large prefetches let one partition deliver far more
         # than its share before pause() takes effect; _select holds such records back for a
         # later batch, so a batch still follows the records' timestamps across partitions.
+        # The local broker (Tansu 0.6) fills a fetch response from the first partition of
+        # the request up to the request's overall limit, so partitions arrive one at a time
+        # in runs of 10,000-30,000 records; how the per-partition setting acts here (through
+        # librdkafka) was not traced, and the 1 MiB figures above were taken on noisy runs.
         consumer = Consumer(consumer_config(self.settings, self.group_id,
                                             **{"max.partition.fetch.bytes": 1_048_576,
                                                "queued.min.messages": 5_000,
