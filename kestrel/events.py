@@ -11,12 +11,14 @@ On the wire an event is a JSON object; times are ISO-8601 UTC strings ending in 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -31,6 +33,7 @@ from pydantic import (
 
 from kestrel.errors import EventValidationError, FieldError, UnsupportedSchemaVersion
 from kestrel.iso import COUNTRIES, CURRENCIES
+from kestrel.pan import pan_like
 
 SCHEMA_VERSION: Literal[1] = 1
 SUPPORTED_SCHEMA_VERSIONS = frozenset({SCHEMA_VERSION})
@@ -38,16 +41,41 @@ MAX_AMOUNT = 1_000_000.0
 CHANNELS = ("pos", "ecom", "atm")
 LABEL_SOURCES = ("investigator", "chargeback", "simulator")
 
+PAN_LIKE_REASON = ("looks like a card number (12 or more digits); send a token, or the "
+                   "number as card_number to have it tokenized")
+
+
+def no_pan(value: str) -> str:
+    """Refuse a PAN-like value (kestrel.pan); the error never echoes it."""
+    if pan_like(value):
+        raise ValueError(PAN_LIKE_REASON)
+    return value
+
+
 Identifier = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=64,
                       pattern=r"^[A-Za-z0-9_.:\-]+$"),
+    AfterValidator(no_pan),
 ]
+"""An id: letters, digits and ``_.:-``, never PAN-like. Other producers' tokens
+(``card-x-…``, ``card_…``) are fine; what looks like a card number is refused."""
+Subject = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=256,
+                      pattern=r"^[^\x00-\x1f\x7f]+$"),
+    AfterValidator(no_pan),
+]
+"""Who did something, as an identity provider names them (``auth0|x``, ``a@bank.com``)."""
+FreeText = Annotated[str, StringConstraints(max_length=500), AfterValidator(no_pan)]
 Mcc = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}$")]
 
 
 def _to_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00, 9999-12-31T23:59-01:00
+        raise ValueError("is out of the range of representable UTC times") from None
 
 
 class _TransactionFields(BaseModel):
@@ -164,8 +192,8 @@ class LabelEvent(BaseModel):
     txn_id: Identifier
     is_fraud: StrictBool
     source: Literal["investigator", "chargeback", "simulator"]
-    analyst_id: Identifier | None = None
-    reason: Annotated[str, StringConstraints(max_length=500)] | None = None
+    analyst_id: Subject | None = None
+    reason: FreeText | None = None
     labelled_at: AwareDatetime
 
     @field_validator("labelled_at")
@@ -181,6 +209,46 @@ class LabelEvent(BaseModel):
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
+
+
+# --- accepted event times ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TimeBounds:
+    """The event times accepted anywhere: from ``earliest`` to now plus ``ahead``
+    (settings ``event_time_earliest`` and ``event_time_ahead_seconds``). Outside them an HTTP
+    request gets 400 and a consumer sends the record to the DLQ: no lake partition for the
+    year 1 or 9999, no window state pinned in the future."""
+
+    earliest: datetime
+    ahead: timedelta
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> TimeBounds:
+        return cls(settings.event_time_earliest.astimezone(UTC),
+                   timedelta(seconds=settings.event_time_ahead))
+
+    def reason(self, t: datetime, now: datetime | None = None) -> str | None:
+        """Why ``t`` is refused, or None."""
+        if t < self.earliest:
+            return f"is before {self.earliest:%Y-%m-%d} (KESTREL_EVENT_TIME_EARLIEST)"
+        latest = (now or datetime.now(UTC)) + self.ahead
+        if t > latest:
+            return (f"is more than {self.ahead.total_seconds():.0f} s in the future "
+                    "(KESTREL_EVENT_TIME_AHEAD_SECONDS)")
+        return None
+
+    def check(self, events: Sequence[Any], prefix: str = "") -> None:
+        """Raise one EventValidationError naming every event whose time is refused."""
+        now = datetime.now(UTC)
+        errors = []
+        for i, ev in enumerate(events):
+            why = self.reason(ev.event_time, now)
+            if why is not None:
+                errors.append(FieldError(f"{prefix}[{i}].event_time" if prefix
+                                         else "event_time", why))
+        if errors:
+            raise EventValidationError(errors)
 
 
 # --- errors ---------------------------------------------------------------------------------

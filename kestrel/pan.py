@@ -1,10 +1,24 @@
-"""Card numbers (PANs): tokenization and redaction.
+"""Card numbers (PANs): how one is recognised, tokenized and redacted — one definition.
 
 A raw card number never leaves the ingest process. It is replaced by a keyed HMAC token
 (``card_id``): the same card always gets the same token, so per-card features work, but the
 token cannot be reversed or brute-forced without the key (``KESTREL_PAN_TOKEN_KEY``).
-``redact_pans`` scrubs anything that looks like a card number out of text we must keep
-(dead-letter payloads, log lines).
+
+What counts as a card number is decided once, by :func:`canonical`: the text is put in NFKC
+form, every decimal digit character (Unicode category Nd: ASCII, Arabic-Indic, Devanagari,
+full-width …) becomes its ASCII digit, and every space or dash character (categories Zs, Pd:
+the en dash, the no-break space …) becomes a separator. A **PAN-like** value is one holding a
+run of at least 12 digits once separators are removed (a run longer than 19 still contains
+one of 12–19). Three users of that one definition:
+
+- :func:`pan_like` refuses such values in identifiers and free text at every entry point
+  (no Luhn check: a mistyped card number is still a card number);
+- :meth:`CardTokenizer.token` gives one token per card, however its digits were written;
+- :func:`redact_pans` replaces every such run in text that must be kept (logs, dead-letter
+  payloads and reasons).
+
+Kestrel's own tokens are ``card_`` plus 32 letters (the HMAC's hex digits spelled with the
+letters g–p), so no token is ever PAN-like itself.
 """
 
 from __future__ import annotations
@@ -12,17 +26,41 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import unicodedata
 
 TOKEN_PREFIX = "card_"
-_SEPARATORS = re.compile(r"[ -]")
-# A card number as people write it: 12–19 digits in a row, or in the usual groups
-# (4-4-4-4[-3], 4-6-5) separated by one space or dash. Ids like "tx-42-0000-000018" are not.
-_PAN_LIKE = re.compile(
-    r"(?<![0-9])(?:[0-9]{12,19}"
-    r"|[0-9]{4}(?:[ -][0-9]{4}){2,3}(?:[ -]?[0-9]{1,3})?"
-    r"|[0-9]{4}[ -][0-9]{6}[ -][0-9]{4,5})(?![0-9])"
-)
 REDACTED = "[PAN REDACTED]"
+MIN_RUN = 12
+MAX_PAN_DIGITS = 19
+# On canonical text: a digit, then 11 or more digits each after any number of separators.
+_RUN = re.compile(r"[0-9](?:[ \-]*[0-9]){%d,}" % (MIN_RUN - 1))
+_NOT_DIGIT_OR_SEPARATOR = re.compile(r"[^0-9 \-]")
+_HEX_AS_LETTERS = str.maketrans("0123456789abcdef", "ghijklmnopabcdef")
+
+
+def _canonical_char(ch: str) -> str:
+    """One character of NFKC text, as :func:`canonical` maps it."""
+    if ch.isascii():
+        return ch
+    category = unicodedata.category(ch)
+    if category == "Nd":
+        return chr(48 + unicodedata.decimal(ch))
+    if category in ("Zs", "Pd"):
+        return " "
+    return ch
+
+
+def canonical(text: str) -> str:
+    """``text`` in NFKC form with every decimal digit as ASCII and every space or dash
+    character as a space (ASCII ``-`` stays): the form every PAN check reads."""
+    if text.isascii():  # NFKC leaves ASCII as it is; the common case costs one call
+        return text
+    return "".join(map(_canonical_char, unicodedata.normalize("NFKC", text)))
+
+
+def pan_like(text: str) -> bool:
+    """Whether ``text`` holds a run of 12 or more digits, separators removed."""
+    return _RUN.search(canonical(text)) is not None
 
 
 def luhn_valid(digits: str) -> bool:
@@ -37,9 +75,13 @@ def luhn_valid(digits: str) -> bool:
 
 
 def normalize_pan(pan: str) -> str:
-    """Digits only; raises ValueError (never echoing the number) when it is not a PAN."""
-    digits = _SEPARATORS.sub("", pan.strip())
-    if not digits.isdigit() or not 12 <= len(digits) <= 19:
+    """The card number's ASCII digits; raises ValueError (never echoing the number) when it
+    is not one: 12 to 19 digits in any script, spaces and dashes of any kind allowed."""
+    text = canonical(pan).strip()
+    if _NOT_DIGIT_OR_SEPARATOR.search(text):
+        raise ValueError("card_number must be 12 to 19 digits (spaces and dashes allowed)")
+    digits = text.replace(" ", "").replace("-", "")
+    if not MIN_RUN <= len(digits) <= MAX_PAN_DIGITS:
         raise ValueError("card_number must be 12 to 19 digits (spaces and dashes allowed)")
     if not luhn_valid(digits):
         raise ValueError("card_number fails the Luhn check")
@@ -57,14 +99,11 @@ class CardTokenizer:
     def token(self, pan: str) -> str:
         digits = normalize_pan(pan)
         mac = hmac.new(self._key, digits.encode(), hashlib.sha256).hexdigest()
-        return TOKEN_PREFIX + mac[:32]
+        return TOKEN_PREFIX + mac[:32].translate(_HEX_AS_LETTERS)
 
 
 def redact_pans(text: str) -> str:
-    """Replace every Luhn-valid card-number-shaped digit run by a marker."""
-
-    def _sub(m: re.Match[str]) -> str:
-        digits = _SEPARATORS.sub("", m.group(0))
-        return REDACTED if luhn_valid(digits) else m.group(0)
-
-    return _PAN_LIKE.sub(_sub, text)
+    """``text`` (in canonical form) with every PAN-like run replaced by a marker. Redact
+    whole texts: a payload cut first could end inside a card number and keep its start."""
+    out = canonical(text)
+    return _RUN.sub(REDACTED, out) if _RUN.search(out) else out

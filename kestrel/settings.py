@@ -5,9 +5,12 @@ the working directory); nothing else in the project reads ``os.environ``. The ob
 frozen: a process sees one configuration for its whole life, which keeps the stream, the
 archiver and the services from disagreeing halfway through a run.
 
-Secrets (``pan_token_key``, ``jwt_secret``) are only ever taken from the environment. In the
-``dev`` environment a missing secret is generated once and kept under ``var/secrets/`` so that
-``make demo`` works on a fresh machine; in any other environment a missing secret is an error.
+Secrets (``pan_token_key``, ``jwt_secret``, ``audit_key``) are only ever taken from the
+environment. The environment (``KESTREL_ENV``) defaults to ``prod``: there a missing secret is
+an error and every process refuses to start without it. ``dev`` (a laptop: ``make demo``)
+generates a missing secret once and keeps it under ``var/secrets/``; ``test`` is what the test
+suite runs as: secrets are given explicitly, as in production, but development conveniences
+(``kestrel token``, long-lived tokens) stay on.
 """
 
 from __future__ import annotations
@@ -15,26 +18,31 @@ from __future__ import annotations
 import os
 import secrets as _secrets
 from functools import lru_cache
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kestrel.errors import ConfigError
 
 MIN_SECRET_LENGTH = 32
+SecretName = Literal["pan_token_key", "jwt_secret", "audit_key"]
+MAX_TOKEN_TTL_SECONDS = 24 * 3600
 
 
 class Settings(BaseSettings):
     """Kestrel settings; see the README's settings table for each one."""
 
     model_config = SettingsConfigDict(
-        env_prefix="KESTREL_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="KESTREL_", env_file=".env", extra="ignore", frozen=True,
+        populate_by_name=True,
     )
 
     env: Literal["dev", "test", "prod"] = Field(
-        "dev", description="Deployment environment; secrets must be set explicitly outside dev."
+        "prod", description="Deployment environment: `prod` (default) refuses to start without "
+        "its secrets; `dev` generates them under var/ (a laptop); `test` is the test suite's."
     )
     var_dir: Path = Field(
         Path("var"), description="Runtime files: lake, logs, pid files, registries."
@@ -102,6 +110,14 @@ class Settings(BaseSettings):
         600, ge=0, description="Events older than the partition's stream time minus this "
         "go to `transactions.late`."
     )
+    event_time_earliest: datetime = Field(
+        datetime(2000, 1, 1, tzinfo=UTC), description="Earliest event_time accepted anywhere "
+        "(HTTP 400; consumers send older records to the DLQ)."
+    )
+    event_time_ahead_seconds: int | None = Field(
+        None, ge=0, description="How far past now an event_time may lie (unset: the allowed "
+        "lateness)."
+    )
     alert_velocity_count: int = Field(
         8, ge=2, description="Velocity rule: transactions of one card within 10 minutes."
     )
@@ -153,15 +169,38 @@ class Settings(BaseSettings):
     max_batch_events: int = Field(
         10_000, ge=1, description="Largest batch POST /v1/events/transactions accepts (413)."
     )
+    max_body_bytes: int = Field(
+        64 * 1024, ge=1024, description="Largest body of a one-event request (one "
+        "transaction, one label): 413 as soon as more arrives."
+    )
+    max_batch_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest body of a batch request: 413 as soon "
+        "as more arrives."
+    )
 
     # --- Secrets (environment only) ------------------------------------------------------
     pan_token_key: SecretStr | None = Field(
         None, description="HMAC key that turns card numbers into card_id tokens."
     )
     jwt_secret: SecretStr | None = Field(
-        None, description="HS256 secret for API bearer tokens (development auth)."
+        None, description="HS256 secret for API bearer tokens (development auth; off when a "
+        "JWKS URL is set)."
+    )
+    audit_key: SecretStr | None = Field(
+        None, description="HMAC key that anchors each audit file's hash chain."
     )
     jwt_issuer: str = Field("kestrel", description="`iss` claim required on API tokens.")
+    jwt_audience: str | None = Field(
+        None, description="`aud` claim required on API tokens (unset: not checked)."
+    )
+    jwt_customer_claim: str = Field(
+        "customer_id", description="Claim of a bot token that names the one customer it may "
+        "read (identity providers may use another name)."
+    )
+    token_ttl_seconds: int = Field(
+        3600, ge=1, le=MAX_TOKEN_TTL_SECONDS, description="Longest lifetime of an API token: "
+        "`kestrel token` mints no longer, the service refuses tokens whose exp - iat is longer."
+    )
     jwt_jwks_url: str | None = Field(
         None, description="JWKS URL of the identity provider; RS256 tokens are verified "
         "with its keys (production auth)."
@@ -190,13 +229,23 @@ class Settings(BaseSettings):
         300, ge=1, description="TTL of the insight cache entries `insight:user:{id}:v{N}`."
     )
     rate_limit_per_second: float = Field(
-        2000.0, ge=0, description="Per-tenant token bucket refill rate (requests/s; 0: off)."
+        2000.0, ge=0, description="Per-client token bucket refill rate (requests/s; 0: off)."
     )
     rate_limit_burst: float = Field(
-        4000.0, ge=1, description="Per-tenant token bucket size (requests)."
+        4000.0, ge=1, description="Per-client token bucket size (requests)."
     )
-    rate_limit_tenants: str | None = Field(
-        None, description="Per-tenant overrides, `tenant=rate:burst,...`."
+    rate_limit_clients: str | None = Field(
+        None, validation_alias=AliasChoices("KESTREL_RATE_LIMIT_CLIENTS",
+                                            "KESTREL_RATE_LIMIT_TENANTS"),
+        description="Per-client overrides, `client=rate:burst,...` (KESTREL_RATE_LIMIT_TENANTS "
+        "is accepted as an alias)."
+    )
+    rate_limit_event_cost: float = Field(
+        0.1, gt=0, description="Tokens one event of a batch costs (a batch costs at least 1, "
+        "at most the burst)."
+    )
+    rate_limit_explain_factor: float = Field(
+        3.0, ge=1, description="Cost multiplier of a batch scored with `reasons=all`."
     )
     alert_consumer: bool = Field(
         True, description="`kestrel serve` runs the consumer of `alerts` into the alert store."
@@ -230,7 +279,36 @@ class Settings(BaseSettings):
             return self.mlflow_tracking_uri
         return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
 
-    def secret(self, name: Literal["pan_token_key", "jwt_secret"]) -> bytes:
+    @property
+    def event_time_ahead(self) -> int:
+        """Seconds an event_time may lie in the future."""
+        if self.event_time_ahead_seconds is None:
+            return self.allowed_lateness_seconds
+        return self.event_time_ahead_seconds
+
+    def required_secrets(self) -> tuple[SecretName, ...]:
+        """The secrets a deployment needs: the JWT secret only when no identity provider
+        verifies tokens."""
+        names: tuple[SecretName, ...] = ("pan_token_key", "audit_key")
+        if not (self.jwt_jwks_url or self.jwt_public_key_file):
+            names += ("jwt_secret",)
+        return names
+
+    def check_secrets(self) -> None:
+        """Refuse to go on without the deployment's secrets outside dev (every process calls
+        this at start): one error naming each missing setting."""
+        if self.env == "dev":
+            return
+        missing = [n for n in self.required_secrets() if getattr(self, n) is None]
+        if missing:
+            names = ", ".join(f"KESTREL_{n.upper()}" for n in missing)
+            raise ConfigError(
+                f"{names} not set: with KESTREL_ENV={self.env} every secret must come from the "
+                "environment (KESTREL_ENV=dev is for a laptop: it generates them under var/)")
+        for name in self.required_secrets():
+            self.secret(name)  # length checks
+
+    def secret(self, name: SecretName) -> bytes:
         """The secret's bytes; in dev a missing one is generated once under var/secrets."""
         value: SecretStr | None = getattr(self, name)
         if value is not None:

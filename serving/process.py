@@ -13,21 +13,24 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import get_args
 
 import httpx
 
 from kestrel.errors import ServiceError
-from kestrel.settings import Settings
+from kestrel.settings import SecretName, Settings
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """This process's environment with ``settings`` spelled out as KESTREL_* variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KESTREL_")}
-    for name, value in settings.model_dump(exclude={"pan_token_key", "jwt_secret"}).items():
+    secrets = get_args(SecretName)
+    for name, value in settings.model_dump(exclude=set(secrets)).items():
         if value is not None:  # unset stays unset
             env[f"KESTREL_{name.upper()}"] = str(value)
-    for secret in ("pan_token_key", "jwt_secret"):
-        env[f"KESTREL_{secret.upper()}"] = settings.secret(secret).decode()
+    for secret in secrets:
+        if getattr(settings, secret) is not None or settings.env == "dev":
+            env[f"KESTREL_{secret.upper()}"] = settings.secret(secret).decode()
     return env
 
 

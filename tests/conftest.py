@@ -23,7 +23,8 @@ TEST_SECRET = "test-secret-0123456789abcdef-0123456789"
 def make_settings(var_dir: Path, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "env": "test", "var_dir": var_dir, "pan_token_key": TEST_SECRET,
-        "jwt_secret": TEST_SECRET + "-jwt", "kafka_bootstrap": "127.0.0.1:1",
+        "jwt_secret": TEST_SECRET + "-jwt", "audit_key": TEST_SECRET + "-audit",
+        "kafka_bootstrap": "127.0.0.1:1",
         "redis_url": "redis://127.0.0.1:1/0", "stream_metrics_port": 0,
     }
     values.update(overrides)

@@ -80,7 +80,7 @@ def _tables(txns: Txns, population: Population, id_prefix: str,
     n = len(txns)
     midnight_us = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) * 10**6
     numbers = pc.utf8_lpad(pa.array(np.arange(n)).cast(pa.string()), width=6, padding="0")
-    txn_id = pc.binary_join_element_wise(f"{id_prefix}-{day:%Y%m%d}-", numbers, "")
+    txn_id = pc.binary_join_element_wise(f"{id_prefix}.{day:%Y%m%d}.", numbers, "")
     devices = pa.concat_arrays([customers.devices, pa.array(txns.new_devices, pa.string())])
     device_index = pa.array(txns.device, mask=txns.device == NO_DEVICE)
     terminal = pa.array(txns.terminal)

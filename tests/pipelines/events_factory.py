@@ -18,7 +18,7 @@ def make_event(i: int, day: int = 0, prefix: str = "tx") -> dict[str, Any]:
         .replace("+00:00", "Z"),
         "customer_id": f"C{i % 500:05d}",
         "account_id": f"A{i % 500:05d}",
-        "card_id": f"card_{i % 700:032x}",
+        "card_id": f"card_{'k' * 26}{i % 700:06x}",
         "terminal_id": f"T{i % 900:05d}",
         "mcc": "5411",
         "amount": round(1 + (i % 997) * 0.37, 2),

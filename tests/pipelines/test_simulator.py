@@ -210,8 +210,8 @@ def test_day_batches_follow_the_lake_contract(tiny_batches):
         assert truth.schema.field("scenario").type == pa.int8()
         assert truth["txn_id"].equals(txns["txn_id"])
         ids = txns["txn_id"].to_pylist()
-        prefix = f"{TINY.txn_id_prefix}-{batch.day:%Y%m%d}"
-        assert ids == [f"{prefix}-{i:06d}" for i in range(len(ids))]
+        prefix = f"{TINY.txn_id_prefix}.{batch.day:%Y%m%d}"
+        assert ids == [f"{prefix}.{i:06d}" for i in range(len(ids))]
         times = txns["event_time"].to_pylist()
         assert times == sorted(times)
         midnight = datetime(batch.day.year, batch.day.month, batch.day.day, tzinfo=UTC)
@@ -255,7 +255,7 @@ def test_no_card_number_in_any_output(tiny_batches):
                 assert not [m for m in pan.findall(text) if luhn_valid(m)], name
                 assert redact_pans(text) == text, name
                 if name == "txn_id":
-                    assert all(re.fullmatch(r"tx-[0-9a-f]{8}-\d{8}-\d{6}", v) for v in values)
+                    assert all(re.fullmatch(r"tx-[0-9a-f]{8}\.\d{8}\.\d{6}", v) for v in values)
     card_ids = set(tiny_batches[0].transactions["card_id"].to_pylist())
     assert all(c.startswith("card_") and len(c) == 37 for c in card_ids)
 
