@@ -35,6 +35,9 @@ MAX_PAN_DIGITS = 19
 # On canonical text: a digit, then 11 or more digits each after any number of separators.
 _RUN = re.compile(r"[0-9](?:[ \-]*[0-9]){%d,}" % (MIN_RUN - 1))
 _NOT_DIGIT_OR_SEPARATOR = re.compile(r"[^0-9 \-]")
+# ascii_pan_like: separators deleted and every digit made "0", a run is 12 "0"s in a row
+_DIGITS_AS_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
+_ZERO_RUN = b"0" * MIN_RUN
 _HEX_AS_LETTERS = str.maketrans("0123456789abcdef", "ghijklmnopabcdef")
 
 
@@ -61,6 +64,16 @@ def canonical(text: str) -> str:
 def pan_like(text: str) -> bool:
     """Whether ``text`` holds a run of 12 or more digits, separators removed."""
     return _RUN.search(canonical(text)) is not None
+
+
+def ascii_pan_like(text: bytes) -> bool:
+    """:func:`pan_like` for ASCII text given as bytes (:func:`canonical` leaves ASCII as it
+    is), at C speed: one ``bytes.translate`` and one substring search, where the regex
+    backtracks on every short digit run (identifiers are full of them: ~40 ns per character
+    against ~2). For many values at once, join them with a byte that is neither a digit nor
+    a separator (NUL): the whole holds a run only if one of them does. A non-ASCII byte
+    breaks a run here, so text that may not be ASCII needs :func:`pan_like`."""
+    return _ZERO_RUN in text.translate(_DIGITS_AS_ZERO, b" -")
 
 
 def luhn_valid(digits: str) -> bool:
