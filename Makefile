@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DAYS ?= 3
+# Kestrel runs as production unless told otherwise (secrets required, `kestrel token` off);
+# the demo and the test suite are a laptop: development mode, secrets generated under var/.
+export KESTREL_ENV ?= dev
 
 .PHONY: install demo test test-unit lint typecheck bench clean down dagster
 

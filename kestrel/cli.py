@@ -36,6 +36,7 @@ def _settings() -> Settings:
 
     settings = get_settings()
     configure_logging(settings.log_level)
+    settings.check_secrets()  # outside dev, no command runs without the deployment's secrets
     return settings
 
 
@@ -521,18 +522,34 @@ def serve(
     os.execve(sys.executable, cmd, {**os.environ, "BENTOML_HOME": str(home)})
 
 
+class Role(StrEnum):
+    scorer = "scorer"
+    bot = "bot"
+    investigator = "investigator"
+    admin = "admin"
+
+
 @app.command()
 def token(
-    role: Annotated[str, typer.Option(help="scorer | bot | investigator | admin")],
-    tenant: Annotated[str, typer.Option(help="Tenant the caller belongs to")] = "demo",
-    ttl: Annotated[int, typer.Option(min=60, help="Lifetime in seconds")] = 3600,
+    role: Annotated[Role, typer.Option(help="What the token may do")],
+    client: Annotated[str, typer.Option(
+        "--client", "--tenant", help="The calling client (rate limits, audit, metrics)")] = "demo",
+    customer: Annotated[str | None, typer.Option(
+        help="The one customer a bot token may read (required with --role bot)")] = None,
+    subject: Annotated[str | None, typer.Option(
+        help="The token's subject, e.g. an analyst id (default: role plus a random suffix)")
+    ] = None,
+    ttl: Annotated[int | None, typer.Option(
+        min=60, help="Lifetime in seconds (default and most: KESTREL_TOKEN_TTL_SECONDS)")
+    ] = None,
 ) -> None:
-    """Mint a development bearer token (HS256, KESTREL_JWT_SECRET)."""
-    from serving.auth import AuthError, mint_token
+    """Mint a development bearer token (HS256, KESTREL_JWT_SECRET); off in production."""
+    from kestrel.errors import KestrelError
+    from serving.auth import mint_token
 
     try:
-        typer.echo(mint_token(_settings(), role, tenant, ttl))
-    except AuthError as exc:
+        typer.echo(mint_token(_settings(), role.value, client, ttl, subject, customer))
+    except KestrelError as exc:
         _fail(exc)
 
 

@@ -63,3 +63,17 @@ class BatchTooLarge(KestrelError):
 
 class LakeError(KestrelError):
     """The Parquet lake is missing, unreadable or inconsistent."""
+
+
+class NotFound(KestrelError):
+    """The thing asked for does not exist (HTTP 404)."""
+
+
+class BodyTooLarge(KestrelError):
+    """A request body is longer than its route accepts (HTTP 413, answered as soon as the
+    limit is passed, before the rest is read)."""
+
+    def __init__(self, limit: int, setting: str):
+        self.limit = limit
+        super().__init__(f"the request body is larger than {limit} bytes; send less "
+                         f"({setting} sets the limit)")

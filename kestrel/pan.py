@@ -33,7 +33,7 @@ REDACTED = "[PAN REDACTED]"
 MIN_RUN = 12
 MAX_PAN_DIGITS = 19
 # On canonical text: a digit, then 11 or more digits each after any number of separators.
-_RUN = re.compile(r"[0-9](?:[ \-]*[0-9]){%d,}" % (MIN_RUN - 1))
+_RUN = re.compile(rf"[0-9](?:[ \-]*[0-9]){{{MIN_RUN - 1},}}")
 _NOT_DIGIT_OR_SEPARATOR = re.compile(r"[^0-9 \-]")
 # ascii_pan_like: separators deleted and every digit made "0", a run is 12 "0"s in a row
 _DIGITS_AS_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)

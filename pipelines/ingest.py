@@ -21,7 +21,13 @@ from confluent_kafka import KafkaError, Message, Producer
 from pydantic import TypeAdapter, ValidationError
 
 from kestrel.errors import BatchTooLarge, EventValidationError, FieldError, ServiceUnavailable
-from kestrel.events import LabelEvent, TransactionEvent, TransactionIn, field_errors
+from kestrel.events import (
+    LabelEvent,
+    TimeBounds,
+    TransactionEvent,
+    TransactionIn,
+    field_errors,
+)
 from kestrel.kafka import producer_config
 from kestrel.pan import CardTokenizer
 from kestrel.settings import Settings
@@ -221,14 +227,22 @@ def _reject_duplicate_ids(events: Sequence[TransactionIn | TransactionEvent]) ->
 class Ingestor:
     """Validate → tokenize → publish, and wait for the broker's acknowledgement."""
 
-    def __init__(self, producer: EventProducer, tokenizer: CardTokenizer, max_batch: int):
+    def __init__(self, producer: EventProducer, tokenizer: CardTokenizer, max_batch: int,
+                 bounds: TimeBounds):
         self.producer = producer
         self.tokenizer = tokenizer
         self.max_batch = max_batch
+        self.bounds = bounds
 
-    def ingest(self, body: bytes, timeout: float = 10.0) -> list[str]:
-        """Publish every event of the body; returns the accepted txn_ids in order."""
+    def ingest(self, body: bytes, timeout: float = 10.0,
+               admit: Callable[[int], None] | None = None) -> list[str]:
+        """Publish every event of the body; returns the accepted txn_ids in order.
+        ``admit(n)`` is called with the number of valid events before anything is published
+        (the rate limiter charges the batch there; raising stops it)."""
         incoming, prefix = parse_transactions(body, self.max_batch)
+        self.bounds.check(incoming, prefix)
+        if admit is not None:
+            admit(len(incoming))
         token = self.tokenizer.token
         records = _converted(incoming, prefix,
                              lambda item: (item.customer_id, item.to_wire(token)))

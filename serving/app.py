@@ -7,13 +7,16 @@ and are BentoML's own endpoints, see serving/service.py):
 |---|---|
 | ``POST /v1/events/transactions`` | scorer |
 | ``POST /v1/score``, ``POST /v1/score/batch`` | scorer |
-| ``GET /v1/users/{customer_id}/insights``, ``GET /v1/insights/top-spenders`` | bot, investigator |
+| ``GET /v1/users/{customer_id}/insights`` | bot (its own customer only), investigator |
+| ``GET /v1/insights/top-spenders`` | investigator |
 | ``GET /v1/alerts``, ``POST /v1/labels`` | investigator |
 
-Every authenticated call passes the tenant's rate limit and leaves an access audit record.
-Errors follow one shape, ``{"error": code, "message": text, "errors": [{path, reason}]}``:
-400 invalid input, 401/403 auth, 404 unknown, 413 batch too large, 429 rate limited (with
-Retry-After), 503 a store or the broker unavailable.
+Every authenticated call passes the client's rate limit (a batch costs in proportion to its
+size) and leaves an access audit record. A URL holding a card number is refused before any of
+that (serving/screen.py); bodies are capped while they are read. Errors follow one shape and
+one table (serving/http_errors.py): 400 invalid input with every field's path, 401/403 auth,
+404 unknown, 413 body or batch too large, 429 rate limited (with Retry-After), 503 a store or
+the broker unavailable.
 """
 
 from __future__ import annotations
@@ -28,63 +31,70 @@ from urllib.parse import parse_qsl
 import orjson
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from redis.exceptions import RedisError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from kestrel import heap
-from kestrel.errors import (
-    BatchTooLarge,
-    EventValidationError,
-    FieldError,
-    KestrelError,
-    ServiceUnavailable,
+from kestrel.errors import EventValidationError, FieldError, NotFound, ServiceUnavailable
+from kestrel.events import (
+    FreeText,
+    Identifier,
+    LabelEvent,
+    TimeBounds,
+    TransactionIn,
+    field_errors,
 )
-from kestrel.events import LabelEvent, TransactionIn, field_errors
 from kestrel.settings import Settings, get_settings
 from kestrel.topics import LABELS
 from pipelines.ingest import parse_events
-from serving import metrics
-from serving.auth import Authenticator, AuthError, Forbidden, Principal
+from serving import http_errors, metrics
+from serving.auth import Authenticator, Principal
 from serving.decisions import Explain
 from serving.insights import FIELDS
-from serving.ratelimit import RateLimited
 from serving.runtime import Runtime
+from serving.screen import Screen, read_body
 
 log = logging.getLogger("kestrel.serving")
-MAX_EVENT_BYTES = 4096  # generous per-event budget for the request-size check
 
+# route area → roles that may call it (admin may call everything); a bot reads insights of
+# its own customer only (Authenticator.authorize_customer)
 ROLE_MATRIX: dict[str, tuple[str, ...]] = {
     "ingest": ("scorer",),
     "score": ("scorer",),
     "insights": ("bot", "investigator"),
+    "top_spenders": ("investigator",),
     "alerts": ("investigator",),
     "labels": ("investigator",),
 }
-
-
-class NotFound(KestrelError):
-    """The thing asked for does not exist (HTTP 404)."""
+# the error statuses each route answers besides 400/401/403/429 (serving/http_errors.py)
+ERROR_STATUSES: dict[str, tuple[int, ...]] = {
+    "/v1/events/transactions": (413, 503),
+    "/v1/score": (413,),
+    "/v1/score/batch": (413,),
+    "/v1/users/{customer_id}/insights": (404, 503),
+    "/v1/insights/top-spenders": (404, 503),
+    "/v1/alerts": (503,),
+    "/v1/labels": (413, 503),
+}
+PUBLIC = frozenset({"/v1/ready"})
+_CUSTOMER = TypeAdapter(Identifier)
 
 
 class LabelIn(BaseModel):
     """An investigator's verdict; source, analyst and time are filled in by the service."""
 
     model_config = ConfigDict(extra="forbid")
-    txn_id: str = Field(min_length=1, max_length=64)
+    txn_id: Identifier
     is_fraud: bool
-    reason: str | None = Field(None, max_length=500)
-    alert_id: str | None = Field(None, description="Closes this alert in the queue.")
+    reason: FreeText | None = None
+    alert_id: Identifier | None = Field(None, description="Closes this alert in the queue.")
 
 
-def _error(status: int, code: str, message: str, errors: list[dict[str, str]] | None = None,
-           headers: dict[str, str] | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"error": code, "message": message}
-    if errors is not None:
-        body["errors"] = errors
-    return JSONResponse(body, status_code=status, headers=headers)
+def _customer_id(value: str) -> str:
+    try:
+        return _CUSTOMER.validate_python(value)
+    except ValidationError as exc:
+        raise EventValidationError(field_errors(exc, "customer_id")) from None
 
 
 def _json(doc: Any, status: int = 200) -> Response:
@@ -131,7 +141,7 @@ class Observe:
             if principal is not None:
                 self.runtime().audit.record("access", {
                     "at": datetime.now(UTC), "sub": principal.subject, "role": principal.role,
-                    "tenant": principal.tenant, "method": scope["method"], "route": path,
+                    "client": principal.client, "method": scope["method"], "route": path,
                     "path": scope["path"], "status": status, "ms": round(elapsed * 1000, 3)})
 
 
@@ -200,6 +210,7 @@ class DirectRoutes:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    settings.check_secrets()  # outside dev the service does not start without its secrets
     app = FastAPI(title="Kestrel", version="0.2.0",
                   description="Real-time fraud decisions, customer insights, alerts and labels.")
     auth = Authenticator(settings)
@@ -219,59 +230,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         principal = auth.principal(request.headers.get("authorization"))
         request.state.principal = principal
         auth.authorize(principal, ROLE_MATRIX[area])
-        rt().limiter.check(principal.tenant)
+        rt().limiter.check(principal.client)
         return principal
 
+    bounds = TimeBounds.from_settings(settings)
+    http_errors.install(app)
+    app.openapi = http_errors.document(app, ERROR_STATUSES, PUBLIC)  # type: ignore[method-assign]
     direct: list[tuple[str, APIRoute, dict[str, Any]]] = []  # filled once the routes exist
     app.state.direct_routes = direct
     app.add_middleware(DirectRoutes, routes=direct, handlers=app.exception_handlers)
-    app.add_middleware(Observe, runtime=rt)  # added last: the outer one
-
-    @app.exception_handler(RequestValidationError)
-    async def _bad_parameters(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"path": ".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0]),
-                   "reason": e["msg"]} for e in exc.errors()]
-        return _error(400, "invalid_request", "invalid request parameters", errors)
-
-    @app.exception_handler(EventValidationError)
-    async def _invalid(_: Request, exc: EventValidationError) -> JSONResponse:
-        return _error(400, "invalid_event", str(exc), [e.as_dict() for e in exc.errors])
-
-    @app.exception_handler(BatchTooLarge)
-    async def _too_large(_: Request, exc: BatchTooLarge) -> JSONResponse:
-        return _error(413, "batch_too_large", str(exc))
-
-    @app.exception_handler(AuthError)
-    async def _unauthenticated(_: Request, exc: AuthError) -> JSONResponse:
-        return _error(401, "unauthenticated", str(exc), headers={"WWW-Authenticate": "Bearer"})
-
-    @app.exception_handler(Forbidden)
-    async def _forbidden(_: Request, exc: Forbidden) -> JSONResponse:
-        return _error(403, "forbidden", str(exc))
-
-    @app.exception_handler(NotFound)
-    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
-        return _error(404, "not_found", str(exc))
-
-    @app.exception_handler(RateLimited)
-    async def _limited(_: Request, exc: RateLimited) -> JSONResponse:
-        metrics.RATE_LIMITED.labels("tenant").inc()
-        return _error(429, "rate_limited", str(exc),
-                      headers={"Retry-After": str(exc.retry_after)})
-
-    @app.exception_handler(ServiceUnavailable)
-    async def _unavailable(_: Request, exc: ServiceUnavailable) -> JSONResponse:
-        return _error(503, "unavailable", str(exc), headers={"Retry-After": "1"})
-
-    @app.exception_handler(RedisError)
-    async def _redis_down(_: Request, exc: RedisError) -> JSONResponse:
-        return _error(503, "unavailable", f"Redis is unavailable ({type(exc).__name__}); "
-                      "retry shortly", headers={"Retry-After": "1"})
-
-    @app.exception_handler(KestrelError)
-    async def _other(_: Request, exc: KestrelError) -> JSONResponse:
-        log.exception("unhandled Kestrel error")
-        return _error(500, "internal", str(exc))
+    app.add_middleware(Observe, runtime=rt)
+    app.add_middleware(Screen)  # added last: the outermost, before audit and logs
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:  # no auth, like BentoML's health routes
@@ -288,42 +257,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/v1/events/transactions", status_code=202, tags=["ingest"],
         summary="Publish one transaction, or a batch of up to 10,000",
         openapi_extra={"requestBody": _ingest_body_schema()},
-        responses={400: {"description": "invalid events, with every field error"},
-                   401: {"description": "missing or invalid bearer token"},
-                   403: {"description": "role may not ingest"},
-                   413: {"description": "batch too large"},
-                   429: {"description": "tenant over its rate limit"},
-                   503: {"description": "broker unavailable"}},
     )
     async def ingest(request: Request) -> dict[str, Any]:
-        guard(request, "ingest")
-        length = int(request.headers.get("content-length") or 0)
-        if length > settings.max_batch_events * MAX_EVENT_BYTES:
-            raise BatchTooLarge(length // MAX_EVENT_BYTES, settings.max_batch_events)
-        body = await request.body()
-        accepted = await run_in_threadpool(rt().ingestor().ingest, body)
+        principal = guard(request, "ingest")
+        body = await read_body(request, settings.max_batch_body_bytes,
+                               "KESTREL_MAX_BATCH_BODY_BYTES")
+        limiter = rt().limiter
+
+        def admit(events: int) -> None:
+            limiter.check(principal.client, limiter.batch_cost(principal.client, events))
+
+        accepted = await run_in_threadpool(rt().ingestor().ingest, body, 10.0, admit)
         return {"accepted": len(accepted), "txn_ids": accepted}
 
     # --- decisioning -------------------------------------------------------------------------
 
-    score_responses: dict[int | str, dict[str, Any]] = {
-        400: {"description": "invalid transaction, with every field error"},
-        401: {"description": "missing or invalid bearer token"},
-        403: {"description": "role may not score"},
-        429: {"description": "tenant over its rate limit"}}
-
     @app.post("/v1/score", tags=["decisioning"],
               summary="Decide one transaction: allow, challenge or decline",
-              openapi_extra={"requestBody": _ingest_body_schema(None)},
-              responses=score_responses)
+              openapi_extra={"requestBody": _ingest_body_schema(None)})
     async def score(request: Request) -> Response:
         t0 = time.perf_counter()
         guard(request, "score")
-        body = await request.body()
+        body = await read_body(request, settings.max_body_bytes, "KESTREL_MAX_BODY_BYTES")
         events, prefix = parse_events(body, 1, rt().tokenizer.token)
         if prefix:
             raise EventValidationError([FieldError("$", "send one transaction object; use "
                                                    "/v1/score/batch for several")])
+        bounds.check(events)
         # in the event loop, not a thread: a decision is ~1 ms of CPU under the GIL, and the
         # hop to a worker thread and back cost about as much again; Redis waits at most
         # the score budget (the scoring client's socket timeout).
@@ -332,40 +292,44 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post("/v1/score/batch", tags=["decisioning"],
               summary="Decide up to 10,000 transactions in one call",
-              openapi_extra={"requestBody": _ingest_body_schema("events", one=False)},
-              responses={**score_responses, 413: {"description": "batch too large"}})
+              openapi_extra={"requestBody": _ingest_body_schema("events", one=False)})
     async def score_batch(request: Request, reasons: Annotated[Explain, Query(
             description="`flagged` (default): reasons for the challenged and declined "
                         "decisions only; `all`: for every decision (exact SHAP, about seven "
                         "times the cost of the score)")] = "flagged") -> Response:
         t0 = time.perf_counter()
-        guard(request, "score")
-        body = await request.body()
+        principal = guard(request, "score")
+        body = await read_body(request, settings.max_batch_body_bytes,
+                               "KESTREL_MAX_BATCH_BODY_BYTES")
         with heap.paused():  # its objects die with the request: no collection in between
-            answer = await run_in_threadpool(decide_batch, body, t0, reasons)
+            answer = await run_in_threadpool(decide_batch, body, t0, reasons, principal)
         return Response(answer, media_type="application/json")
 
-    def decide_batch(body: bytes, t0: float, reasons: Explain) -> bytes:
-        """Parse and decide a batch, in one worker thread. Only the response's bytes leave
-        it: the batch's objects are freed before collection resumes, so the first young
+    def decide_batch(body: bytes, t0: float, reasons: Explain, principal: Principal) -> bytes:
+        """Parse, charge and decide a batch, in one worker thread. Only the response's bytes
+        leave it: the batch's objects are freed before collection resumes, so the first young
         collection after it does not walk them (~15 ms a batch when they were still held)."""
         events, prefix = parse_events(body, settings.max_batch_events, rt().tokenizer.token)
         if not prefix:
             raise EventValidationError([FieldError("events", "send {\"events\": [...]}")])
+        bounds.check(events, prefix)
+        limiter = rt().limiter
+        limiter.check(principal.client, limiter.batch_cost(principal.client, len(events),
+                                                           reasons == "all"))
         return rt().batch_decider.score(events, t0, reasons).batch_body()
 
     # --- insights --------------------------------------------------------------------------
 
     @app.get("/v1/users/{customer_id}/insights", tags=["insights"],
-             summary="Spend, trends, categories, recent transactions, alerts, risk level",
-             responses={404: {"description": "unknown customer"},
-                        503: {"description": "Redis unavailable"}})
+             summary="Spend, trends, categories, recent transactions, alerts, risk level")
     async def insights(request: Request, customer_id: str,
                        fresh: bool = Query(False, description="Bypass the cache"),
                        fields: str | None = Query(
                            None, description=f"Comma-separated subset of {', '.join(FIELDS)}"),
                        ) -> Response:
-        guard(request, "insights")
+        principal = guard(request, "insights")
+        customer_id = _customer_id(customer_id)
+        auth.authorize_customer(principal, customer_id)
         wanted = [f.strip() for f in fields.split(",") if f.strip()] if fields else None
         unknown = sorted(set(wanted or ()) - set(FIELDS))
         if unknown:
@@ -388,11 +352,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         headers={"X-Cache": cache})
 
     @app.get("/v1/insights/top-spenders", tags=["insights"],
-             summary="The day's top spenders (from the batch insight tables)",
-             responses={404: {"description": "no ranking for that day"}})
+             summary="The day's top spenders (from the batch insight tables)")
     async def top_spenders(request: Request, date_: Annotated[date, Query(alias="date")],
                            n: int = Query(10, ge=1, le=100)) -> Response:
-        guard(request, "insights")
+        guard(request, "top_spenders")
         rows = rt().insights.top_spenders(date_.isoformat(), n)
         if rows is None:
             raise NotFound(f"no top spenders for {date_.isoformat()}; run `kestrel features "
@@ -405,7 +368,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def alerts(request: Request,
                      status: str = Query("open", pattern="^(open|closed|all)$"),
                      limit: int = Query(50, ge=1, le=500),
-                     offset: int = Query(0, ge=0)) -> Response:
+                     offset: int = Query(0, ge=0, le=1_000_000)) -> Response:
         guard(request, "alerts")
         page, total = rt().alerts.page(None if status == "all" else status, offset, limit)
         nxt = offset + len(page) if offset + len(page) < total else None
@@ -418,13 +381,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   "application/json": {"schema": LabelIn.model_json_schema()}}}})
     async def labels(request: Request) -> Response:
         principal = guard(request, "labels")
+        body = await read_body(request, settings.max_body_bytes, "KESTREL_MAX_BODY_BYTES")
         try:
-            label_in = LabelIn.model_validate_json(await request.body())
+            label_in = LabelIn.model_validate_json(body)
         except ValidationError as exc:
             raise EventValidationError(field_errors(exc)) from None
         try:
             label = LabelEvent(txn_id=label_in.txn_id, is_fraud=label_in.is_fraud,
-                               source="investigator", analyst_id=principal.subject[:64],
+                               source="investigator", analyst_id=principal.subject,
                                reason=label_in.reason, labelled_at=datetime.now(UTC))
         except ValidationError as exc:
             raise EventValidationError(field_errors(exc)) from None

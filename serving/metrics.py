@@ -37,8 +37,8 @@ INSIGHT_CACHE = bentoml.metrics.Counter(
     documentation="Insight cache lookups: hit, miss, bypass (fresh=true)",
     labelnames=["result"])
 RATE_LIMITED = bentoml.metrics.Counter(
-    name="kestrel_rate_limited_total", documentation="Requests refused with 429, by tenant",
-    labelnames=["tenant"])
+    name="kestrel_rate_limited_total", documentation="Requests refused with 429, by client",
+    labelnames=["client"])
 
 
 def exposition() -> bytes:

@@ -1,12 +1,13 @@
-"""Per-tenant token buckets in Redis: one Lua script, atomic across workers and replicas.
+"""Per-client token buckets in Redis: one Lua script, atomic across workers and replicas.
 
-Each tenant has a bucket of ``burst`` tokens refilled at ``rate`` tokens per second
-(``KESTREL_RATE_LIMIT_PER_SECOND`` / ``KESTREL_RATE_LIMIT_BURST``; per-tenant overrides in
-``KESTREL_RATE_LIMIT_TENANTS`` as ``tenant=rate:burst,...``). The script reads Redis' own
-clock (TIME), so replicas with skewed clocks agree. A request that finds the bucket empty
-gets 429 with ``Retry-After`` (seconds until one token is back). If Redis is unreachable the
-limiter lets the call through (fail open) and counts it: scoring must not stop because the
-limiter's store is down.
+Each client (the token's ``client`` claim) has a bucket of ``burst`` tokens refilled at
+``rate`` tokens per second (``KESTREL_RATE_LIMIT_PER_SECOND`` / ``KESTREL_RATE_LIMIT_BURST``;
+per-client overrides in ``KESTREL_RATE_LIMIT_CLIENTS`` as ``client=rate:burst,...``). A call
+costs one token; a batch costs in proportion to its size (:meth:`RateLimiter.batch_cost`).
+The script reads Redis' own clock (TIME), so replicas with skewed clocks agree. A request
+that finds the bucket empty gets 429 with ``Retry-After`` (seconds until one token is back).
+If Redis is unreachable the limiter lets the call through (fail open) and counts it: scoring
+must not stop because the limiter's store is down.
 """
 
 from __future__ import annotations
@@ -46,11 +47,12 @@ return {allowed, wait}
 
 
 class RateLimited(KestrelError):
-    """The tenant's bucket is empty (HTTP 429)."""
+    """The client's bucket is empty (HTTP 429)."""
 
-    def __init__(self, tenant: str, retry_after: int):
-        super().__init__(f"tenant {tenant!r} is over its request rate; retry after "
+    def __init__(self, client: str, retry_after: int):
+        super().__init__(f"client {client!r} is over its request rate; retry after "
                          f"{retry_after} s")
+        self.client = client
         self.retry_after = retry_after
 
 
@@ -66,11 +68,11 @@ def parse_overrides(text: str | None) -> dict[str, Limit]:
         if not part.strip():
             continue
         try:
-            tenant, spec = part.split("=", 1)
+            client, spec = part.split("=", 1)
             rate, burst = spec.split(":", 1)
-            out[tenant.strip()] = Limit(float(rate), float(burst))
+            out[client.strip()] = Limit(float(rate), float(burst))
         except ValueError:
-            raise ConfigError(f"KESTREL_RATE_LIMIT_TENANTS: {part!r} is not tenant=rate:burst"
+            raise ConfigError(f"KESTREL_RATE_LIMIT_CLIENTS: {part!r} is not client=rate:burst"
                               ) from None
     return out
 
@@ -78,17 +80,27 @@ def parse_overrides(text: str | None) -> dict[str, Limit]:
 class RateLimiter:
     def __init__(self, settings: Settings, redis: Redis):
         self.default = Limit(settings.rate_limit_per_second, settings.rate_limit_burst)
-        self.overrides = parse_overrides(settings.rate_limit_tenants)
+        self.overrides = parse_overrides(settings.rate_limit_clients)
+        self.event_cost = settings.rate_limit_event_cost
+        self.explain_factor = settings.rate_limit_explain_factor
         self.redis = redis
         self._script = redis.register_script(_LUA)
         self.failed_open = 0
 
-    def check(self, tenant: str, cost: int = 1) -> None:
-        limit = self.overrides.get(tenant, self.default)
-        if limit.rate <= 0:
+    def batch_cost(self, client: str, events: int, explain_all: bool = False) -> float:
+        """What a batch of ``events`` costs beyond the call's first token: ``events`` times
+        KESTREL_RATE_LIMIT_EVENT_COST (times KESTREL_RATE_LIMIT_EXPLAIN_FACTOR when every
+        decision is explained), at most the client's burst, so a batch can always pass."""
+        limit = self.overrides.get(client, self.default)
+        cost = events * self.event_cost * (self.explain_factor if explain_all else 1.0)
+        return max(0.0, min(limit.burst, cost) - 1.0)
+
+    def check(self, client: str, cost: float = 1) -> None:
+        limit = self.overrides.get(client, self.default)
+        if limit.rate <= 0 or cost <= 0:
             return
         try:
-            allowed, wait_ms = self._script(keys=[f"kestrel:ratelimit:{tenant}"],
+            allowed, wait_ms = self._script(keys=[f"kestrel:ratelimit:{client}"],
                                             args=[limit.rate, limit.burst, cost])
         except RedisError as exc:
             self.failed_open += 1
@@ -96,4 +108,4 @@ class RateLimiter:
                 log.warning("rate limiter store unavailable, letting calls through: %s", exc)
             return
         if not allowed:
-            raise RateLimited(tenant, max(1, math.ceil(int(wait_ms) / 1000)))
+            raise RateLimited(client, max(1, math.ceil(int(wait_ms) / 1000)))

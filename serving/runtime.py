@@ -17,6 +17,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from kestrel.errors import ServiceUnavailable
+from kestrel.events import TimeBounds
 from kestrel.kafka import broker_answers
 from kestrel.pan import CardTokenizer
 from kestrel.settings import Settings
@@ -94,7 +95,8 @@ class Runtime:
     def ingestor(self) -> Ingestor:
         if self._ingestor is None:
             self._ingestor = Ingestor(self.producer(), self.tokenizer,
-                                      self.settings.max_batch_events)
+                                      self.settings.max_batch_events,
+                                      TimeBounds.from_settings(self.settings))
         return self._ingestor
 
     def readiness(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ FORMS = [
     "4111-1111-1111-1111",
     "4111\u20131111\u20131111\u20131111",  # en dash (Pd)
     "4111\u00a01111\u00a01111\u00a01111",  # no-break space (Zs)
-    "\uff14\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11",  # full width
+    "".join(chr(0xFF10 + int(d)) for d in PAN),  # full width (NFKC maps them)
     "".join(chr(0x0660 + int(d)) for d in PAN),  # Arabic-Indic digits (NFKC keeps them)
     "".join(chr(0x0966 + int(d)) for d in PAN),  # Devanagari digits
     " ".join(["".join(chr(0x06F0 + int(d)) for d in PAN[i:i + 4]) for i in range(0, 16, 4)]),

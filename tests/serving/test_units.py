@@ -131,7 +131,7 @@ def test_compose_partial_sources() -> None:
 def test_rate_limit_overrides() -> None:
     assert parse_overrides("a=1:2, b=0.5:10") == {"a": Limit(1.0, 2.0), "b": Limit(0.5, 10.0)}
     assert parse_overrides(None) == {}
-    with pytest.raises(ConfigError, match="tenant=rate:burst"):
+    with pytest.raises(ConfigError, match="client=rate:burst"):
         parse_overrides("oops")
 
 
@@ -145,7 +145,8 @@ def test_rs256_tokens_verified_with_keys_from_a_jwks_url(tmp_path: Path) -> None
     import jwt
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    from serving.auth import Authenticator, AuthError
+    from kestrel.errors import EventValidationError
+    from serving.auth import Authenticator, AuthError, mint_token
     from tests.conftest import make_settings
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -165,18 +166,38 @@ def test_rs256_tokens_verified_with_keys_from_a_jwks_url(tmp_path: Path) -> None
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        settings = make_settings(tmp_path, env="prod", jwt_secret=None,
+        # production: an identity provider's JWKS; HS256 off although a secret is set
+        settings = make_settings(tmp_path, env="prod", jwt_audience="kestrel-api",
                                  jwt_jwks_url=f"http://127.0.0.1:{server.server_port}/jwks")
         auth = Authenticator(settings)
         now = int(time.time())
-        claims = {"sub": "svc", "role": "bot", "tenant": "t", "iss": "kestrel", "iat": now,
-                  "exp": now + 60}
-        token = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "k1"})
-        assert auth.principal(f"Bearer {token}").role == "bot"
-        # no HS256 in production without a configured secret
-        hs = jwt.encode(claims, "x" * 40, algorithm="HS256")
+        claims = {"sub": "auth0|5f1c2", "role": "investigator", "client": "console",
+                  "aud": "kestrel-api", "iss": "kestrel", "iat": now, "exp": now + 600}
+
+        def rs(**over: object) -> str:
+            return "Bearer " + jwt.encode({**claims, **over}, key, algorithm="RS256",
+                                          headers={"kid": "k1"})
+
+        who = auth.principal(rs())
+        assert (who.subject, who.role, who.client) == ("auth0|5f1c2", "investigator", "console")
+        assert auth.principal(rs(sub="a@bank.com", tenant="t", client=None)).client == "t"
+        hs = jwt.encode(claims, settings.secret("jwt_secret"), algorithm="HS256")
         with pytest.raises(AuthError, match="not accepted"):
             auth.principal(f"Bearer {hs}")
+        with pytest.raises(AuthError, match="(?i)audience"):
+            auth.principal(rs(aud="someone-else"))
+        with pytest.raises(AuthError, match="longer than 3600"):
+            auth.principal(rs(exp=now + 7200))
+        with pytest.raises(AuthError, match="customer"):
+            auth.principal(rs(role="bot"))
+        assert auth.principal(rs(role="bot", customer_id="C7")).customer == "C7"
+        with pytest.raises(EventValidationError) as info:
+            auth.principal(rs(sub="4111-1111-1111-1111"))
+        assert info.value.errors[0].path == "authorization.sub"
+        assert "4111" not in str(info.value)
+        # `kestrel token` mints nothing in production
+        with pytest.raises(ConfigError, match="KESTREL_ENV=prod"):
+            mint_token(settings, "admin", "ops")
     finally:
         server.shutdown()
 

@@ -1,0 +1,170 @@
+"""One table from errors to HTTP answers, and the OpenAPI spec made to say the same.
+
+Every 4xx and 5xx the service gives has one shape, :class:`ErrorBody`:
+``{"error": code, "message": text, "errors": [{"path", "reason"}]}``. Invalid input is 400
+(FastAPI's 422 never appears, in answers or in the spec); 401 carries
+``WWW-Authenticate: Bearer``; 429 and 503 carry ``Retry-After``. :func:`document` rewrites the
+generated spec so that each route lists the statuses it can answer with that body and the
+bearer scheme it needs (the API fuzz test checks the service against it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from redis.exceptions import RedisError
+
+from kestrel.errors import (
+    BatchTooLarge,
+    BodyTooLarge,
+    EventValidationError,
+    KestrelError,
+    NotFound,
+    ServiceUnavailable,
+)
+from serving import metrics
+from serving.auth import AuthError, Forbidden
+from serving.ratelimit import RateLimited
+
+log = logging.getLogger("kestrel.serving")
+
+
+class FieldProblem(BaseModel):
+    path: str = Field(description="Where in the request, e.g. `events[3].amount`, "
+                      "`query.offset`, `path`, `authorization.sub`.")
+    reason: str = Field(description="What is wrong; never echoes the value.")
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer."""
+
+    error: str = Field(description="Machine-readable code, e.g. `invalid_event`.",
+                       examples=["invalid_event"])
+    message: str = Field(description="What went wrong and what to do.")
+    errors: list[FieldProblem] | None = Field(
+        None, description="Every field error (400 only).")
+
+
+def error_response(status: int, code: str, message: str,
+                   errors: list[dict[str, str]] | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": code, "message": message}
+    if errors is not None:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _parameters(_: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = [{"path": ".".join(str(p) for p in e["loc"]) or "$",
+               "reason": e["msg"]} for e in exc.errors()]
+    return error_response(400, "invalid_request", "invalid request parameters", errors)
+
+
+def _limited(_: Request, exc: RateLimited) -> JSONResponse:
+    metrics.RATE_LIMITED.labels(exc.client).inc()
+    return error_response(429, "rate_limited", str(exc),
+                          headers={"Retry-After": str(exc.retry_after)})
+
+
+def _internal(_: Request, exc: KestrelError) -> JSONResponse:
+    log.exception("unhandled Kestrel error")
+    return error_response(500, "internal", str(exc))
+
+
+Handler = Callable[[Request, Any], JSONResponse]
+# exception class → handler; the most specific class wins (FastAPI walks the MRO)
+HANDLERS: dict[type[Exception], Handler] = {
+    RequestValidationError: _parameters,
+    EventValidationError: lambda _, e: error_response(
+        400, "invalid_event", str(e), [x.as_dict() for x in e.errors]),
+    BatchTooLarge: lambda _, e: error_response(413, "batch_too_large", str(e)),
+    BodyTooLarge: lambda _, e: error_response(413, "body_too_large", str(e)),
+    AuthError: lambda _, e: error_response(401, "unauthenticated", str(e),
+                                           headers={"WWW-Authenticate": "Bearer"}),
+    Forbidden: lambda _, e: error_response(403, "forbidden", str(e)),
+    NotFound: lambda _, e: error_response(404, "not_found", str(e)),
+    RateLimited: _limited,
+    ServiceUnavailable: lambda _, e: error_response(503, "unavailable", str(e),
+                                                    headers={"Retry-After": "1"}),
+    RedisError: lambda _, e: error_response(
+        503, "unavailable", f"Redis is unavailable ({type(e).__name__}); retry shortly",
+        headers={"Retry-After": "1"}),
+    KestrelError: _internal,
+}
+
+
+def install(app: FastAPI) -> None:
+    """Register every handler of the table on ``app``."""
+    for exc_class, handler in HANDLERS.items():
+        app.add_exception_handler(exc_class, _asynced(handler))
+
+
+def _asynced(handler: Handler) -> Callable[[Request, Any], Any]:
+    async def handle(request: Request, exc: Any) -> JSONResponse:
+        return handler(request, exc)
+    return handle
+
+
+# --- the spec ---------------------------------------------------------------------------------
+
+DESCRIPTIONS = {
+    "400": "Invalid input: every field error with its path",
+    "401": "Missing, invalid or expired bearer token",
+    "403": "The token's role or customer may not do this",
+    "404": "Nothing found",
+    "413": "Request body or batch too large",
+    "429": "The client is over its request rate (see Retry-After)",
+    "503": "A store or the broker is unavailable (see Retry-After)",
+}
+_ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
+
+
+def document(app: FastAPI, statuses: dict[str, tuple[int, ...]],
+             public: frozenset[str]) -> Callable[[], dict[str, Any]]:
+    """An ``app.openapi`` that describes the answers as they are: ``statuses`` names the
+    error statuses per path (besides 400 and, unless ``public``, 401/403/429), every one with
+    :class:`ErrorBody`; 422 is gone; protected routes need the bearer scheme."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        spec = original()
+        components = spec.setdefault("components", {})
+        schemas = components.setdefault("schemas", {})
+        schemas["ErrorBody"] = ErrorBody.model_json_schema(
+            ref_template="#/components/schemas/{model}")
+        schemas["FieldProblem"] = FieldProblem.model_json_schema()
+        schemas["ErrorBody"].pop("$defs", None)
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        components["securitySchemes"] = {"bearer": {
+            "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+            "description": "A JWT with `role` and `client` claims (`kestrel token` in "
+                           "development, the identity provider in production)."}}
+        for path, operations in spec["paths"].items():
+            for operation in operations.values():
+                _describe(operation, path, statuses.get(path, ()), path in public)
+        app.openapi_schema = spec
+        return spec
+
+    return openapi
+
+
+def _describe(operation: dict[str, Any], path: str, extra: tuple[int, ...],
+              public: bool) -> None:
+    responses = operation.setdefault("responses", {})
+    responses.pop("422", None)
+    codes = {400, *extra} if public else {400, 401, 403, 429, *extra}
+    if not public:
+        operation["security"] = [{"bearer": []}]
+    for code in sorted(str(c) for c in codes):
+        entry = responses.setdefault(code, {})
+        entry.setdefault("description", DESCRIPTIONS.get(code, "Error"))
+        entry["content"] = {"application/json": {"schema": _ERROR_REF}}
