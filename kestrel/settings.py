@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import os
 import secrets as _secrets
-from functools import lru_cache
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
