@@ -1,7 +1,10 @@
 """Dead-letter records: an invalid event is kept, with the reason, and never stops a consumer.
 
 The payload is stored as text with every card-number-like digit run redacted, so a client
-that sent a raw PAN where it should not have cannot get it into Kafka through the DLQ.
+that sent a raw PAN where it should not have cannot get it into Kafka through the DLQ. The
+whole text is redacted before it is cut to MAX_PAYLOAD_CHARS (cut first, a number across the
+cut would keep its start), and so are the reason and every error's path and reason: they
+can quote the input (an unknown field's name, an unsupported schema_version).
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ def dead_letter(
     consumer: str,
 ) -> tuple[str, bytes]:
     """The (key, value) of the DLQ record for one rejected input record."""
-    text = (raw or b"").decode("utf-8", errors="replace")[:MAX_PAYLOAD_CHARS]
+    text = redact_pans((raw or b"").decode("utf-8", errors="replace"))[:MAX_PAYLOAD_CHARS]
     value = {
-        "reason": str(error),
-        "errors": [e.as_dict() for e in error.errors],
+        "reason": redact_pans(str(error)),
+        "errors": [{"path": redact_pans(e.path), "reason": redact_pans(e.reason)}
+                   for e in error.errors],
         "source": {"topic": source_topic, "partition": partition, "offset": offset},
         "consumer": consumer,
         "rejected_at": datetime.now(UTC).isoformat(),
-        "payload": redact_pans(text),
+        "payload": text,
     }
     return f"{source_topic}:{partition}:{offset}", orjson.dumps(value)
