@@ -3,7 +3,9 @@
 Pydantic validation costs more than everything else the stream does with an event, so valid
 records take a hand-written check of the same contract (kestrel.events.TransactionEvent), and
 only a record that fails it goes through pydantic — to get the field errors for the DLQ, or
-to accept it if the quick check was stricter than the contract (e.g. an integer amount).
+to accept it if the quick check was stricter than the contract (e.g. an integer amount). A
+PAN-like identifier (kestrel.pan) fails the quick check, so pydantic refuses it with its
+reason. Event times are checked against kestrel.events.TimeBounds by the processor.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import orjson
 from kestrel.errors import EventValidationError, FieldError
 from kestrel.events import MAX_AMOUNT, decode_transaction
 from kestrel.iso import COUNTRIES, CURRENCIES
+from kestrel.pan import ascii_pan_like
 
 _REQUIRED = frozenset({"txn_id", "event_time", "customer_id", "account_id", "card_id",
                        "terminal_id", "mcc", "amount", "currency", "country", "lat", "lon",
@@ -76,7 +79,11 @@ def _quick(obj: dict[str, object]) -> Txn | None:
     if _IDS.fullmatch(ids) is None:
         return None
     device = obj.get("device_id")
-    if device is not None and not _ident(device):
+    if device is not None:
+        if not _ident(device):
+            return None
+        ids += "\x00" + device  # type: ignore[operator]
+    if ascii_pan_like(ids.encode()):  # ASCII (checked above); NUL breaks a run
         return None
     when = obj["event_time"]
     if not isinstance(when, str):

@@ -115,3 +115,51 @@ def test_records_at_the_edges_of_the_contract_decode_as_one_by_one() -> None:
     assert {0, 1, 2, 6, 7, 10, 12, 14, 30, 32} <= decoded  # valid, whichever path took them
     assert cols.txn_id[32] == "tx-dup" and cols.amount[1] == 5.0
     assert 19 in cols.errors  # Arabic-Indic digits are digits to str.isdigit, not to the contract
+
+
+PAN_FORMS = ["4111111111111111", "4111-1111-1111-1111", "4111 1111 1111 1111",
+             "4111\u20131111\u20131111\u20131111",
+             "".join(chr(0x660 + int(d)) for d in "4111111111111111"),  # Arabic-Indic
+             "c-4111-1111-1111", "T411111111111x"]  # inside an id, 12 digits
+ID_FIELDS = ("txn_id", "customer_id", "account_id", "card_id", "terminal_id", "device_id")
+
+
+def _pan_values() -> tuple[list[bytes | None], list[tuple[str, str]]]:
+    """Valid records with, between them, one record per identifier and PAN form (the
+    form alone, and inside an otherwise valid id); which (field, form) each planted one is."""
+    values: list[bytes | None] = []
+    planted: list[tuple[str, str]] = []
+    i = 0
+    for name in ID_FIELDS:
+        for form in PAN_FORMS:
+            values.append(orjson.dumps(make_event(i)))
+            values.append(orjson.dumps({**make_event(i + 1), name: form}))
+            planted.append((name, form))
+            i += 2
+    return values, planted
+
+
+def test_pan_like_identifiers_are_refused_by_the_batch_and_by_the_reference() -> None:
+    values, planted = _pan_values()
+    cols = batch_decode.decode_batch(values)
+    reference = _reference(values)
+    assert _rows(cols) == reference
+    assert set(cols.errors) == set(range(1, len(values), 2))  # every planted one, only them
+    for (name, form), i in zip(planted, range(1, len(values), 2), strict=True):
+        error = cols.errors[i]
+        assert [e.path for e in error.errors] == [name], (name, form)
+        assert not any(form in str(e) for e in error.errors)  # never echoed
+    assert cols.slow == 0  # nothing valid left the fast path
+
+
+def test_the_column_check_finds_the_one_record_among_many() -> None:
+    """The PAN check runs per column joined: one planted PAN-like id among 2,000 valid
+    records refuses that record only, wherever it sits, and a run never spans two ids."""
+    values = [orjson.dumps(make_event(i)) for i in range(2000)]
+    values[1234] = orjson.dumps({**make_event(1234), "terminal_id": "T4111-1111-1111"})
+    # the end of one id and the start of the next make 12 digits: not a PAN-like id
+    values[5] = orjson.dumps({**make_event(5), "customer_id": "C-411111"})
+    values[6] = orjson.dumps({**make_event(6), "customer_id": "111111-C"})
+    cols = batch_decode.decode_batch(values)
+    assert set(cols.errors) == {1234} and cols.slow == 0
+    assert [e.path for e in cols.errors[1234].errors] == ["terminal_id"]
