@@ -43,7 +43,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
 
 
 def auth(settings: Settings, role: str = "scorer") -> dict[str, str]:
-    return {"authorization": f"Bearer {mint_token(settings, role, 'acme')}"}
+    token = mint_token(settings, role, "acme", customer="C1" if role == "bot" else None)
+    return {"authorization": f"Bearer {token}"}
 
 
 def with_pan(event: dict) -> dict:  # type: ignore[type-arg]
