@@ -182,7 +182,8 @@ def run(settings: Settings, quick: bool, console: Console) -> BenchResult:
                  "distinct_customers": min(batch_size, CUSTOMERS),
                  "seconds": [round(x, 3) for x in runs]})
 
-            bot = {"authorization": f"Bearer {mint_token(own, 'bot', 'bench')}"}
+            # an investigator reads any customer (a bot token is scoped to one)
+            bot = {"authorization": f"Bearer {mint_token(own, 'investigator', 'bench')}"}
             ids = [f"C{i:04d}" for i in range(200 if quick else CUSTOMERS)]
             with httpx.Client(headers=bot, timeout=30) as client:
                 for cid in ids:  # warm the cache

@@ -175,10 +175,10 @@ def _print_curls(settings: Settings, console: Console, card: dict[str, str] | No
     from serving.auth import mint_token
 
     base = f"http://{settings.serve_host}:{settings.serve_port}"
-    scorer = mint_token(settings, "scorer", "demo", 3600)
-    bot = mint_token(settings, "bot", "demo", 3600)
-    investigator = mint_token(settings, "investigator", "demo", 3600)
     customer = card["customer_id"] if card else "C000001"
+    scorer = mint_token(settings, "scorer", "demo")
+    bot = mint_token(settings, "bot", "demo", customer=customer)  # reads this customer only
+    investigator = mint_token(settings, "investigator", "demo")
     txn: dict[str, Any] = {}
     if card:
         rows = read_table(settings.lake_dir, "transactions",
@@ -196,14 +196,14 @@ def _print_curls(settings: Settings, console: Console, card: dict[str, str] | No
             "lon": txn.get("lon", 2.35), "channel": txn.get("channel", "pos")}
     day = when.date().isoformat()
     console.print("\n[bold]Try the API[/bold] (tokens valid 1 h; `kestrel token --role R` "
-                  "mints more):")
+                  "mints more, `--customer C` for a bot):")
     console.print(
         f"export SCORER={scorer}\nexport BOT={bot}\nexport INVESTIGATOR={investigator}\n"
         f"curl -s -X POST {base}/v1/score -H \"Authorization: Bearer $SCORER\" "
         f"-H 'Content-Type: application/json' -d '{orjson.dumps(body).decode()}'\n"
         f"curl -s '{base}/v1/users/{customer}/insights' -H \"Authorization: Bearer $BOT\"\n"
         f"curl -s '{base}/v1/insights/top-spenders?date={day}&n=5' "
-        f"-H \"Authorization: Bearer $BOT\"\n"
+        f"-H \"Authorization: Bearer $INVESTIGATOR\"\n"
         f"curl -s '{base}/v1/alerts?status=open&limit=5' "
         f"-H \"Authorization: Bearer $INVESTIGATOR\"\n"
         f"curl -s {base}/openapi.json | head -c 300; curl -s {base}/metrics | head",
