@@ -553,6 +553,60 @@ def token(
         _fail(exc)
 
 
+# --- audit ----------------------------------------------------------------------------------
+
+audit_app = typer.Typer(help="The tamper-evident audit log (var/audit, serving/audit.py).",
+                        no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+class AuditKind(StrEnum):
+    decisions = "decisions"
+    access = "access"
+
+
+_AUDIT_VERIFY_HELP = (
+    "Check every audit file's hash chain and its anchor (an HMAC under KESTREL_AUDIT_KEY), "
+    "one line per file.\n\n"
+    "ok: the chain and its anchor verify (records after the anchor only while their writer "
+    "runs).\n\n"
+    "broken at record N line L: tampering is evident (a record edited, removed, inserted or "
+    "reordered; records cut off the end, or appended after the file was closed; a wrong "
+    "key).\n\n"
+    "unanchored at record N line L: records after the last anchor and their writer gone "
+    "without closing the file (a crash, or records appended without the key).\n\n"
+    "Exit status: 0 every file ok, 1 any file broken, 3 none broken but some unanchored."
+)
+
+
+@audit_app.command("verify", help=_AUDIT_VERIFY_HELP)
+def audit_verify(
+    day: Annotated[str | None, typer.Option(
+        help="Only the files of this day, YYYY-MM-DD (UTC; default: every day)")] = None,
+    kind: Annotated[AuditKind | None, typer.Option(
+        help="Only this kind of record (default: every kind)")] = None,
+) -> None:
+    from serving.audit_chain import Status, verify
+
+    settings = _settings()
+    when = _day(day, "day")
+    root = settings.var_dir / "audit"
+    reports = verify(root, settings.secret("audit_key"),
+                     when.isoformat() if when else None, [kind.value] if kind else None)
+    for report in reports:
+        typer.echo(report.text())
+    counts = {s: sum(r.status is s for r in reports) for s in Status}
+    if not reports:
+        typer.echo(f"no audit files under {root}" + (f" for {when}" if when else ""))
+        return
+    typer.echo(f"{len(reports)} files: {counts[Status.ok]} ok, {counts[Status.broken]} "
+               f"broken, {counts[Status.unanchored]} unanchored")
+    if counts[Status.broken]:
+        raise typer.Exit(1)
+    if counts[Status.unanchored]:
+        raise typer.Exit(3)
+
+
 # --- benchmarks and demo --------------------------------------------------------------------
 
 @app.command()
