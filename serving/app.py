@@ -111,8 +111,9 @@ def _ingest_body_schema(batch_key: str | None = "events", one: bool = True) -> d
 
 
 class Observe:
-    """Latency metric and access audit of every HTTP call, as plain ASGI middleware
-    (Starlette's BaseHTTPMiddleware costs more per request than a whole decision)."""
+    """Latency metric of every HTTP call and access audit of every authenticated call and
+    every 401 / 403, as plain ASGI middleware (Starlette's BaseHTTPMiddleware costs more per
+    request than a whole decision)."""
 
     def __init__(self, app: Any, runtime: Any):
         self.app = app
@@ -138,11 +139,13 @@ class Observe:
             path = getattr(scope.get("route"), "path", "unmatched")
             metrics.REQUEST_SECONDS.labels(path, scope["method"], str(status)).observe(elapsed)
             principal: Principal | None = (scope.get("state") or {}).get("principal")
-            if principal is not None:
+            if principal is not None or status in (401, 403):  # refusals too, never the token
                 self.runtime().audit.record("access", {
-                    "at": datetime.now(UTC), "sub": principal.subject, "role": principal.role,
-                    "client": principal.client, "method": scope["method"], "route": path,
-                    "path": scope["path"], "status": status, "ms": round(elapsed * 1000, 3)})
+                    "at": datetime.now(UTC), "sub": getattr(principal, "subject", None),
+                    "role": getattr(principal, "role", None),
+                    "client": getattr(principal, "client", getattr(principal, "tenant", None)),
+                    "method": scope["method"], "route": path, "path": scope["path"],
+                    "status": status, "ms": round(elapsed * 1000, 3)})
 
 
 class DirectRoutes:
