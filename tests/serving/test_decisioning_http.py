@@ -34,6 +34,7 @@ from tests.pipelines.test_archive import read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PAN = "4111111111111111"
+BOT42: dict[str, Any] = {"role": "bot", "customer": "C0042"}  # an assistant for C0042
 
 
 class Stack:
@@ -50,8 +51,10 @@ class Stack:
         return httpx.post(self.url + path, content=orjson.dumps(doc), headers=self.headers(role),
                           timeout=60, **kw)
 
-    def get(self, path: str, role: str = "investigator", **kw: Any) -> httpx.Response:
-        return httpx.get(self.url + path, headers=self.headers(role), timeout=30, **kw)
+    def get(self, path: str, role: str = "investigator", customer: str = "C0001",
+            **kw: Any) -> httpx.Response:
+        return httpx.get(self.url + path, headers=self.headers(role, customer=customer),
+                         timeout=30, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +127,7 @@ def test_quiet_card_is_allowed_and_scoring_is_deterministic(stack: Stack) -> Non
     assert busy["action"] == "decline" and busy["reasons"][0]["feature"] == "card_txn_count_1h"
     assert _strip_latency(busy) == _strip_latency(batch["decisions"][1])
     r = stack.post("/v1/score/batch?reasons=some", {"events": [ev]})
-    assert r.status_code == 400 and r.json()["errors"][0]["path"] == "reasons"
+    assert r.status_code == 400 and r.json()["errors"][0]["path"] == "query.reasons"
 
 
 def test_rules_block_countries_and_limit_amounts(stack: Stack) -> None:
@@ -283,7 +286,7 @@ def _seed_insights(stack: Stack) -> Redis:
 def test_insights_compose_cache_and_invalidate(stack: Stack) -> None:
     redis = _seed_insights(stack)
     redis.delete(insight_cache_key("C0042", 1))
-    r = stack.get("/v1/users/C0042/insights", role="bot")
+    r = stack.get("/v1/users/C0042/insights", **BOT42)
     assert r.status_code == 200 and r.headers["x-cache"] == "miss"
     doc = r.json()
     assert doc["today"] == "2018-06-02" and doc["spend_today"] == 15.0
@@ -293,35 +296,35 @@ def test_insights_compose_cache_and_invalidate(stack: Stack) -> None:
     # 115 this week against 10 the week before, no open alert: elevated
     assert doc["trend"]["vs_previous_7d"] == 10.5 and doc["risk_level"] == "elevated"
     assert doc["trend"]["month_over_month"] == 0.5
-    assert stack.get("/v1/users/C0042/insights", role="bot").headers["x-cache"] == "hit"
+    assert stack.get("/v1/users/C0042/insights", **BOT42).headers["x-cache"] == "hit"
     # a change the cache does not know about stays invisible until the stream invalidates
     redis.set("kestrel:insights:customer:C0042", orjson.dumps(
         {"as_of": "2018-06-01", "daily": [], "monthly": []}))
-    assert stack.get("/v1/users/C0042/insights", role="bot").json()["spend_7d"] == 115.0
-    fresh = stack.get("/v1/users/C0042/insights?fresh=true", role="bot")
+    assert stack.get("/v1/users/C0042/insights", **BOT42).json()["spend_7d"] == 115.0
+    fresh = stack.get("/v1/users/C0042/insights?fresh=true", **BOT42)
     assert fresh.headers["x-cache"] == "bypass" and fresh.json()["spend_7d"] == 15.0
     redis.delete(insight_cache_key("C0042", 1))  # what the stream's commit does
-    again = stack.get("/v1/users/C0042/insights", role="bot")
+    again = stack.get("/v1/users/C0042/insights", **BOT42)
     assert again.headers["x-cache"] == "miss" and again.json()["spend_7d"] == 15.0
     assert redis.ttl(insight_cache_key("C0042", 1)) > 0
 
 
 def test_insights_partial_fields_and_unknown_customer(stack: Stack) -> None:
     _seed_insights(stack)
-    r = stack.get("/v1/users/C0042/insights?fields=spend_7d,risk_level", role="bot")
+    r = stack.get("/v1/users/C0042/insights?fields=spend_7d,risk_level", **BOT42)
     assert set(r.json()) == {"customer_id", "spend_7d", "risk_level"}
-    assert stack.get("/v1/users/C0042/insights?fields=nope", role="bot").status_code == 400
-    r = stack.get("/v1/users/NOBODY/insights", role="bot")
+    assert stack.get("/v1/users/C0042/insights?fields=nope", **BOT42).status_code == 400
+    r = stack.get("/v1/users/NOBODY/insights", role="investigator")
     assert r.status_code == 404 and r.json()["error"] == "not_found"
 
 
 def test_top_spenders(stack: Stack) -> None:
     _seed_insights(stack)
-    r = stack.get("/v1/insights/top-spenders?date=2018-06-01&n=5", role="bot")
+    r = stack.get("/v1/insights/top-spenders?date=2018-06-01&n=5")
     assert r.status_code == 200
     rows = r.json()["top_spenders"]
     assert [x["customer_id"] for x in rows] == ["C0", "C1", "C2", "C3", "C4"]
-    assert stack.get("/v1/insights/top-spenders?date=2017-01-01", role="bot").status_code == 404
+    assert stack.get("/v1/insights/top-spenders?date=2017-01-01").status_code == 404
 
 
 # --- alerts and labels ---------------------------------------------------------------------------
@@ -346,7 +349,7 @@ def test_alert_queue_dedups_and_labels_close_alerts(stack: Stack) -> None:
     assert [a["alert_id"] for a in body["alerts"]] == ["al-2", "al-1", "al-0"]
     page = stack.get("/v1/alerts?status=open&limit=2").json()
     assert len(page["alerts"]) == 2 and page["next_offset"] == 2
-    ins = stack.get("/v1/users/C0042/insights?fresh=true", role="bot").json()
+    ins = stack.get("/v1/users/C0042/insights?fresh=true", **BOT42).json()
     assert len(ins["open_alerts"]) == 3 and ins["risk_level"] == "high"
 
     r = stack.post("/v1/labels", {"txn_id": "r1", "is_fraud": True, "reason": "confirmed",
@@ -453,7 +456,7 @@ def test_degraded_rules_only_when_redis_is_gone(stack: Stack) -> None:
     assert d["degraded"] is True and d["action"] == "decline"
     assert httpx.get(stack.url + "/readyz").status_code != 200
     assert httpx.get(stack.url + "/v1/ready").json()["checks"]["redis"] is False
-    assert stack.get("/v1/users/C0042/insights", role="bot").status_code == 503
+    assert stack.get("/v1/users/C0042/insights", **BOT42).status_code == 503
     assert 'kestrel_degraded_decisions_total{cause="features"}' in httpx.get(
         stack.url + "/metrics").text
     assert datetime.now(UTC)  # the service is still up

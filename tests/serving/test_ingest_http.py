@@ -213,7 +213,7 @@ def test_direct_routes_answer_as_the_router_does(tmp_path: Path, redis_url: str)
             return counting
         route.handle = spy(route.handle)
     event = orjson.dumps(make_event(1))
-    bot = auth(settings, "bot")
+    bot = {"authorization": "Bearer " + mint_token(settings, "bot", "acme", customer="C-nobody")}
     insights = "/v1/users/C-nobody/insights"
     cases = [("POST", "/v1/score", {}, event),  # 401
              ("POST", "/v1/score", bot, event),  # 403

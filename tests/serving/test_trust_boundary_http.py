@@ -43,7 +43,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
     var = tmp_path_factory.mktemp("trust-var")
     settings = make_settings(var, kafka_bootstrap=f"127.0.0.1:{free_port()}",
                              redis_url=redis_url, max_body_bytes=8192,
-                             max_batch_body_bytes=200_000, rate_limit_clients="small=0.01:25,small-2=0.01:25")
+                             max_batch_body_bytes=200_000,
+                             rate_limit_clients="small=0.01:25,small-2=0.01:25")
     start_broker(settings)
     try:
         with running_service(settings, free_port(), var / "serve.log") as url:
