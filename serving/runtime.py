@@ -47,7 +47,8 @@ class Runtime:
                                                             0.005))
         self.batch_redis = _redis(settings.redis_url, 10.0)
         self.tokenizer = CardTokenizer(settings.secret("pan_token_key"))
-        self.audit = AuditLog(settings.var_dir / "audit", settings.audit_fsync_ms)
+        self.audit = AuditLog(settings.var_dir / "audit", settings.audit_fsync_ms,
+                              key=settings.secret("audit_key"))
         self.rules = RulesEngine.from_file(settings.rules_path)
         self.model = ModelHolder(settings)
         self.alerts = AlertStore(self.redis)
