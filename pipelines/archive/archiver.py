@@ -3,9 +3,11 @@
 Micro-batches of up to ``KESTREL_ARCHIVE_BATCH_RECORDS`` records (or
 ``KESTREL_ARCHIVE_BATCH_SECONDS``) are validated, deduplicated by txn_id, written and
 committed through :class:`CommitLog`, which stores the offsets with the files: a ``kill -9``
-and a restart neither lose nor duplicate an event. Invalid records go to `transactions.dlq`
-(flushed before the batch commits) and never stop the archiver. One archiver owns a lake at a
-time (a lock file enforces it).
+and a restart neither lose nor duplicate an event. Invalid records — PAN-like identifiers,
+event times outside kestrel.events.TimeBounds (no lake partition for the year 1 or 9999),
+bytes that are no event at all — go to `transactions.dlq` (redacted, flushed before the batch
+commits) and never stop the archiver. One archiver owns a lake at a time (a lock file
+enforces it).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message
 
-from kestrel.events import decode_transaction
+from kestrel.errors import EventValidationError, FieldError
+from kestrel.events import TimeBounds, decode_transaction
 from kestrel.kafka import consumer_config, topic_ids
 from kestrel.lake import TRANSACTION_SCHEMA
 from kestrel.settings import Settings
@@ -56,6 +59,7 @@ class Archiver:
         self.lake_dir = settings.lake_dir
         self.log = CommitLog(self.lake_dir, TRANSACTIONS)
         self.index = TxnIdIndex(self.lake_dir)
+        self.bounds = TimeBounds.from_settings(settings)
         self.stats = ArchiveStats()
         self._stop = False
         self._topic_id: str | None = None
@@ -123,7 +127,10 @@ class Archiver:
         seen_in_batch: set[str] = set()
 
         def row_of(raw: bytes) -> tuple[str, dict[str, Any]] | None:
-            event = decode_transaction(raw)
+            event = decode_transaction(raw)  # ids PAN-like: refused (kestrel.events)
+            why = self.bounds.reason(event.event_time)
+            if why is not None:
+                raise EventValidationError([FieldError("event_time", why)])
             day = event.event_time.date().isoformat()
             if event.txn_id in seen_in_batch or event.txn_id in self.index.ids(day):
                 return None  # a duplicate

@@ -22,8 +22,9 @@ from typing import Any
 import pyarrow as pa
 from confluent_kafka import Consumer, Message, TopicPartition
 
-from kestrel.errors import EventValidationError, ServiceError
+from kestrel.errors import EventValidationError, FieldError, ServiceError
 from kestrel.lake import PARTITION_KEYS, TableName, partition_dir, write_parquet_durable
+from kestrel.pan import redact_pans
 from kestrel.topics import TRANSACTIONS_DLQ
 from pipelines.archive.commit_log import CommitLog, StagedFile
 from pipelines.dlq import dead_letter
@@ -32,7 +33,8 @@ from pipelines.ingest import EventProducer
 log = logging.getLogger("kestrel.lake")  # the archiver's and the label intake's
 
 # A record's value → (day, row); None to leave it out (a duplicate). Raises
-# EventValidationError for an invalid record.
+# EventValidationError for an invalid record (a PAN-like value, a time outside
+# kestrel.events.TimeBounds, anything the contract refuses).
 RowOf = Callable[[bytes], "tuple[str, dict[str, Any]] | None"]
 
 
@@ -54,7 +56,10 @@ class DayRows:
 def sort_by_day(batch: list[Message], topic: str, group_id: str, dlq: EventProducer,
                 row_of: RowOf) -> DayRows:
     """Every record of ``batch`` as a row of its day; an invalid one goes to the dead-letter
-    topic with the reason (flushed before this returns)."""
+    topic with the reason (flushed before this returns). So does one that ``row_of`` fails
+    on in any other way: a record, whatever its bytes, never stops the consumer (it would
+    fail again on every restart); the error's type is kept, not its message, which could
+    quote the record."""
     out = DayRows()
     for m in batch:
         part, off = m.partition() or 0, m.offset() or 0
@@ -62,12 +67,20 @@ def sort_by_day(batch: list[Message], topic: str, group_id: str, dlq: EventProdu
         raw = m.value()
         try:
             kept = row_of(raw or b"")
-        except EventValidationError as exc:
+        except Exception as exc:  # any error: see the docstring
+            if isinstance(exc, EventValidationError):
+                error = exc
+            else:
+                log.error("%s record at %s:%d could not be read (%s)", topic, part, off,
+                          type(exc).__name__)
+                error = EventValidationError([FieldError(
+                    "$", f"could not be read ({type(exc).__name__})")])
             out.invalid += 1
-            key, value = dead_letter(topic, part, off, raw, exc, group_id)
+            key, value = dead_letter(topic, part, off, raw, error, group_id)
             dlq.produce(TRANSACTIONS_DLQ, key, value)
             log.warning("invalid %s record sent to %s", topic, TRANSACTIONS_DLQ,
-                        extra={"partition": part, "offset": off, "reason": str(exc)})
+                        extra={"partition": part, "offset": off,
+                               "reason": redact_pans(str(error))})
             continue
         if kept is None:
             out.left_out += 1
