@@ -6,9 +6,11 @@ protocol (pipelines.archive.commit_log.CommitLog), which stores each batch's nex
 the same manifest as the files they produced. A ``kill -9`` and a restart therefore neither
 lose nor duplicate a label; Kafka's committed offsets are only advisory. Labels land in the
 partition of the day they became known (``labelled_date=YYYY-MM-DD/intake-<batch>.parquet``).
-A record that breaks the LabelEvent contract (or carries an unknown schema_version) goes to
-the dead-letter topic with the reason and never stops the intake. One intake owns a lake at a
-time (a lock file).
+A record that breaks the LabelEvent contract (a PAN-like txn_id, analyst_id or reason, an
+unknown schema_version, bytes that are no label at all) or whose ``labelled_at`` is outside
+kestrel.events.TimeBounds (it names the lake partition) goes to the dead-letter topic,
+redacted, with the reason, and never stops the intake. One intake owns a lake at a time (a
+lock file).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message
 
-from kestrel.events import decode_label
+from kestrel.errors import EventValidationError, FieldError
+from kestrel.events import TimeBounds, decode_label
 from kestrel.kafka import consumer_config, topic_ids
 from kestrel.lake import LABEL_SCHEMA
 from kestrel.settings import Settings
@@ -63,9 +66,12 @@ class IntakeStats:
         return time.monotonic() - self.started
 
 
-def label_row(raw: bytes) -> dict[str, Any]:
-    """A validated LABEL_SCHEMA row from one `labels` record (raises EventValidationError)."""
+def label_row(raw: bytes, bounds: TimeBounds | None = None) -> dict[str, Any]:
+    """A validated LABEL_SCHEMA row from one `labels` record (raises EventValidationError),
+    its ``labelled_at`` within ``bounds`` when given."""
     event = decode_label(raw)
+    if bounds is not None and (why := bounds.reason(event.labelled_at)) is not None:
+        raise EventValidationError([FieldError("labelled_at", why)])
     return event.model_dump()
 
 
@@ -75,6 +81,7 @@ class LabelIntake:
         self.group_id = group_id
         self.lake_dir = settings.lake_dir
         self.log = LabelCommitLog(self.lake_dir)
+        self.bounds = TimeBounds.from_settings(settings)
         self.stats = IntakeStats()
         self._stop = False
         self._topic_id: str | None = None
@@ -130,7 +137,7 @@ class LabelIntake:
         batch, buffer[:] = list(buffer), []
 
         def row_of(raw: bytes) -> tuple[str, dict[str, Any]]:
-            row = label_row(raw)
+            row = label_row(raw, self.bounds)
             return row["labelled_at"].date().isoformat(), row
 
         days = sort_by_day(batch, LABELS, self.group_id, dlq, row_of)
