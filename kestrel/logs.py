@@ -47,5 +47,5 @@ def configure_logging(level: str = "INFO") -> None:
     handler.setFormatter(JsonFormatter())
     root.handlers = [handler]
     root.setLevel(level)
-    for noisy in ("py4j", "urllib3", "httpx", "feast.infra.registry"):
+    for noisy in ("py4j", "urllib3", "httpx", "feast.infra.registry", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
