@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kestrel.pan import redact_pans
+
 
 class KestrelError(Exception):
     """Root of every error Kestrel raises on purpose."""
@@ -27,10 +29,16 @@ class ServiceUnavailable(ServiceError):
 
 @dataclass(frozen=True)
 class FieldError:
-    """One problem with one field: ``path`` like ``events[3].amount``."""
+    """One problem with one field: ``path`` like ``events[3].amount``. Both are redacted as
+    they are made: a path can quote the input (an unknown field's name), and an error is
+    answered, logged and dead-lettered."""
 
     path: str
     reason: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", redact_pans(self.path))
+        object.__setattr__(self, "reason", redact_pans(self.reason))
 
     def as_dict(self) -> dict[str, str]:
         return {"path": self.path, "reason": self.reason}
