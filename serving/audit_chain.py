@@ -152,7 +152,11 @@ def verify_file(root: Path, name: str, key: bytes) -> FileReport:
         except (OSError, ValueError):
             count = ""
         return FileReport(name, Status.broken, reason=f"the data file is missing{count}")
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")  # noqa: SIM115 (the with below closes it)
+    except OSError as exc:
+        return FileReport(name, Status.broken, reason=f"the data file cannot be read ({exc})")
+    with f:
         running = _writer_running(f)  # before the anchor: then the anchor never runs ahead
         try:
             anchor: Anchor | None = read_anchor(anchor_path)
