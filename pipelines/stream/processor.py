@@ -60,7 +60,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from kestrel import heap
 from kestrel.errors import EventValidationError, FieldError
+from kestrel.events import PAN_LIKE_REASON, TimeBounds
 from kestrel.kafka import consumer_config, topic_ids
+from kestrel.pan import ascii_pan_like
 from kestrel.redis_keys import insight_cache_key
 from kestrel.settings import Settings
 from kestrel.topics import (
@@ -108,12 +110,12 @@ FETCH_QUEUE_BACKOFF_MS = 10
 _NO_INTS = np.zeros(0, np.int64)
 
 
-def _intake_columns(buffer: Sequence[Message], newest_allowed_us: int
+def _intake_columns(buffer: Sequence[Message], newest_allowed_us: int, earliest_us: int = 0
                     ) -> tuple[np.ndarray, np.ndarray, batch_decode.Parsed]:
     """Per record: its `transactions` partition (-1 for other topics), its event time in µs
-    (0 for other topics, and for times past ``newest_allowed_us``, which are dead-lettered
-    as soon as they are taken), and the record parsed (batch_decode.Parsed; not parsed for
-    other topics).
+    (0 for other topics, and for times before ``earliest_us`` or past ``newest_allowed_us``,
+    which are dead-lettered as soon as they are taken), and the record parsed
+    (batch_decode.Parsed; not parsed for other topics).
 
     Each record is parsed here, once, and its batch decodes from that (_commit_batch): the
     event time comes with it, where reading it from the raw JSON first (one regex search
@@ -137,7 +139,7 @@ def _intake_columns(buffer: Sequence[Message], newest_allowed_us: int
     if len(rest):
         times[rest] = event_times_us(event_time_keys([values[i] for i in rest.tolist()]),
                                      newest_allowed_us)
-    times[(times < 0) | (times > newest_allowed_us)] = UNREADABLE
+    times[(times < earliest_us) | (times > newest_allowed_us)] = UNREADABLE
     return parts, times, parsed
 
 
@@ -225,6 +227,11 @@ class StreamProcessor:
         self.windows = {e: WindowSet(e) for e in ENTITIES}
         self.rules = rules(settings.alert_velocity_count)
         self.lateness_us = settings.allowed_lateness_seconds * 1_000_000
+        # the event times accepted (kestrel.events.TimeBounds, as everywhere), never before
+        # 1970: the online store's timestamps cannot hold such a time
+        self.bounds = TimeBounds.from_settings(settings)
+        self._earliest_us = max(0, records.micros(self.bounds.earliest))
+        self._ahead_us = int(self.bounds.ahead.total_seconds() * 1_000_000)
         # terminal updates arrive in processing order from every source partition; a
         # partition that is behind (a replay, a slow instance) delivers older events late
         self.terminal_slack_us = TERMINAL_REORDER_SLACK_US
@@ -417,7 +424,8 @@ class StreamProcessor:
         self._held = ([], _NO_INTS, _NO_INTS, batch_decode.Parsed.none(0))
         reuse = len(held) if held and len(buffer) >= len(held) and buffer[0] is held[0] \
             and buffer[len(held) - 1] is held[-1] else 0  # held last time: they lead
-        parts, times, parsed = _intake_columns(buffer[reuse:], self._newest_allowed_us())
+        parts, times, parsed = _intake_columns(buffer[reuse:], self._newest_allowed_us(),
+                                               self._earliest_us)
         if reuse:
             parts, times = np.concatenate((held_parts, parts)), np.concatenate((held_times, times))
             parsed = held_parsed.then(parsed)
@@ -817,8 +825,8 @@ class StreamProcessor:
     def _dead_letter(self, m: Message, error: EventValidationError,
                      producer: EventProducer) -> None:
         self.stats.invalid += 1
-        key, value = dead_letter(TRANSACTIONS, m.partition() or 0, m.offset() or 0, m.value(),
-                                 error, self.group_id)
+        key, value = dead_letter(m.topic() or TRANSACTIONS, m.partition() or 0,
+                                 m.offset() or 0, m.value(), error, self.group_id)
         producer.produce(TRANSACTIONS_DLQ, key, value)
 
     def terminal_partition(self, terminal_id: str) -> int:
@@ -954,6 +962,45 @@ class StreamProcessor:
                         producer.produce(ALERTS, key, orjson.dumps(alert))
         table.put({key: state for key, (state, _) in applied.slow.items()})
 
+    def _forwarded(self, batch: list[Message], producer: EventProducer
+                   ) -> list[tuple[int, str, int, str]]:
+        """The batch's records of `transactions.by-terminal` as (partition, txn_id, time
+        µs, terminal_id). The stream writes them (_route_terminal), but any producer can:
+        a record that is not ``[txn_id, time, terminal_id]`` with identifiers that are not
+        PAN-like and a time within TimeBounds goes to the DLQ. The ids are checked for
+        PAN-like runs at once, joined (kestrel.pan.ascii_pan_like)."""
+        out: list[tuple[int, str, int, str]] = []
+        taken: list[Message] = []
+        earliest, newest = self._earliest_us, self._newest_allowed_us()
+        for m in batch:
+            if m.topic() == TRANSACTIONS:
+                continue
+            try:
+                doc = orjson.loads(m.value() or b"")
+            except orjson.JSONDecodeError:
+                doc = None
+            if not (type(doc) is list and len(doc) == 3 and type(doc[1]) is int
+                    and records.is_identifier(doc[0]) and records.is_identifier(doc[2])):
+                self._dead_letter(m, EventValidationError([FieldError(
+                    "$", "must be [txn_id, event time in µs, terminal_id], as the stream "
+                    "forwards a transaction")]), producer)
+            elif not earliest <= doc[1] <= newest:
+                self._dead_letter(m, self._time_error(doc[1]), producer)
+            else:
+                out.append((m.partition() or 0, doc[0], doc[1], doc[2]))
+                taken.append(m)
+        if out and ascii_pan_like("\x00".join(  # identifiers: ASCII
+                [f"{u[1]}\x00{u[3]}" for u in out]).encode()):
+            kept = []
+            for u, m in zip(out, taken, strict=True):
+                if ascii_pan_like(f"{u[1]}\x00{u[3]}".encode()):
+                    self._dead_letter(m, EventValidationError([FieldError(
+                        "$", f"an identifier {PAN_LIKE_REASON}")]), producer)
+                else:
+                    kept.append(u)
+            out = kept
+        return out
+
     def _apply_terminals(self, batch: list[Message], producer: EventProducer,
                          columns: dict[Entity, list[ColumnBlock]]) -> None:
         """The batch's terminal updates — the ones that came through
@@ -962,8 +1009,7 @@ class StreamProcessor:
         (forwarded again in a replay after a crash), or one already taken in this batch, is
         skipped. Rows go out as columns, changelog entries as (txn_id, time µs,
         terminal_id)."""
-        forwarded = [(m.partition() or 0, *orjson.loads(m.value() or b"[]"))
-                     for m in batch if m.topic() != TRANSACTIONS]  # through the topic
+        forwarded = self._forwarded(batch, producer)  # through the topic
         updates = self._route_terminal(producer)
         if forwarded:
             parts, txns, times, terminals = zip(*forwarded, strict=True)
@@ -1027,7 +1073,7 @@ class StreamProcessor:
             return self._accept_in_order(txns, cols, producer)
         parts = np.array([m.partition() or 0 for m in txns], np.int64)
         newest_allowed = self._newest_allowed_us()
-        refused = valid & ((times < 0) | (times > newest_allowed))
+        refused = valid & ((times < self._earliest_us) | (times > newest_allowed))
         candidates = valid & ~refused
         txn_ids = np.array(cols.txn_id, dtype=object)
         late = np.zeros(n, bool)
@@ -1064,12 +1110,12 @@ class StreamProcessor:
         accepted: list[int] = []
         parts: list[int] = []
         late = 0
-        newest_allowed = self._newest_allowed_us()
+        newest_allowed, earliest = self._newest_allowed_us(), self._earliest_us
         for i, m in enumerate(txns):
             if i in errors:
                 continue
             t = times[i]
-            if t < 0 or t > newest_allowed:
+            if t < earliest or t > newest_allowed:
                 self._dead_letter(m, self._time_error(t), producer)
                 continue
             part = m.partition() or 0
@@ -1098,24 +1144,28 @@ class StreamProcessor:
         return accepted, parts
 
     def _newest_allowed_us(self) -> int:
-        """The latest event time accepted now: the processor's clock plus the allowed
-        lateness. A later one (a producer with a wrong clock) would move its partition's
-        stream time so far ahead that on-time events after it would count as late."""
-        return time.time_ns() // 1000 + self.lateness_us
+        """The latest event time accepted now (TimeBounds: the processor's clock plus
+        ``event_time_ahead``, by default the allowed lateness). A later one (a producer with
+        a wrong clock) would move its partition's stream time so far ahead that on-time
+        events after it would count as late."""
+        return time.time_ns() // 1000 + self._ahead_us
 
     def _time_error(self, time_us: int) -> EventValidationError:
-        """Why an event time the stream cannot take is refused: before 1970 (the online
-        store's timestamps cannot hold it; a partition with no stream time yet would accept
-        it, and its commit would fail on every restart), or past _newest_allowed_us."""
-        if time_us < 0:
-            reason = (f"{records.iso(time_us)} is before 1970-01-01, which the online store "
-                      "cannot hold")
-        else:
-            reason = (f"{records.iso(time_us)} is more than the allowed lateness "
-                      f"({self.settings.allowed_lateness_seconds} s) after this processor's "
-                      f"clock ({records.iso(time.time_ns() // 1000)}): dated in the future; "
-                      "check the producer's clock")
-        return EventValidationError([FieldError("event_time", reason)])
+        """Why an event time the stream cannot take is refused: outside TimeBounds (before
+        ``event_time_earliest``; dated past _newest_allowed_us: check the producer's clock),
+        or before 1970 (the online store's timestamps cannot hold it; a partition with no
+        stream time yet would accept it, and its commit would fail on every restart)."""
+        try:
+            when = records.iso(time_us)
+        except OverflowError:  # 0001-01-01T00:00+01:00 is in year 0 in UTC
+            return EventValidationError([FieldError(
+                "event_time", "is out of the range of representable UTC times")])
+        reason = self.bounds.reason(datetime.fromisoformat(when))
+        if reason is None:
+            reason = ("is before 1970-01-01, which the online store cannot hold"
+                      if time_us < self._earliest_us else
+                      "is dated in the future (check the producer's clock)")
+        return EventValidationError([FieldError("event_time", f"{when} {reason}")])
 
     def _counts(self) -> dict[str, int]:
         s = self.stats
@@ -1126,7 +1176,7 @@ class StreamProcessor:
                    rows: dict[Entity, list[dict[str, Any]]],
                    online: dict[Entity, dict[str, tuple[dict[str, Any], int]]],
                    now: datetime) -> bool:
-        if txn.time_us < 0 or txn.time_us > self._newest_allowed_us():
+        if txn.time_us < self._earliest_us or txn.time_us > self._newest_allowed_us():
             self._dead_letter(m, self._time_error(txn.time_us), producer)
             return False
         stream_time = self.stream_time.get(part, 0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
@@ -50,7 +50,8 @@ class Txn:
     channel: str = ""
 
 
-def _ident(v: object) -> bool:
+def is_identifier(v: object) -> bool:
+    """``v`` has an identifier's type, length and characters (PAN-like or not)."""
     return isinstance(v, str) and 0 < len(v) <= 64 and _ID_CHARS.issuperset(v)
 
 
@@ -80,7 +81,7 @@ def _quick(obj: dict[str, object]) -> Txn | None:
         return None
     device = obj.get("device_id")
     if device is not None:
-        if not _ident(device):
+        if not is_identifier(device):
             return None
         ids += "\x00" + device  # type: ignore[operator]
     if ascii_pan_like(ids.encode()):  # ASCII (checked above); NUL breaks a run
@@ -94,7 +95,10 @@ def _quick(obj: dict[str, object]) -> Txn | None:
         return None
     if t.tzinfo is None:
         return None
-    return Txn(obj["txn_id"], micros(t), obj["customer_id"],  # type: ignore[arg-type]
+    time_us = micros(t)
+    if not _FIRST_US <= time_us <= _LAST_US:  # 0001-01-01T00:00+01:00 is in year 0 in UTC:
+        return None  # pydantic refuses it (kestrel.events._to_utc); iso() could not write it
+    return Txn(obj["txn_id"], time_us, obj["customer_id"],  # type: ignore[arg-type]
                obj["card_id"],  # type: ignore[arg-type]
                obj["terminal_id"], mcc, amount, country, lat, lon,  # type: ignore[arg-type]
                currency, obj["channel"])
@@ -106,6 +110,8 @@ def micros(t: datetime) -> int:
 
 
 _EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
+_FIRST_US = micros(datetime.min.replace(tzinfo=UTC))  # the UTC times a datetime holds
+_LAST_US = micros(datetime.max.replace(tzinfo=UTC))
 
 
 def iso(time_us: int) -> str:

@@ -163,3 +163,18 @@ def test_the_column_check_finds_the_one_record_among_many() -> None:
     cols = batch_decode.decode_batch(values)
     assert set(cols.errors) == {1234} and cols.slow == 0
     assert [e.path for e in cols.errors[1234].errors] == ["terminal_id"]
+
+
+def test_times_at_the_ends_of_the_calendar_decode_as_one_by_one() -> None:
+    """Year 1 and 9999 times decode (the processor refuses them: TimeBounds); with an offset
+    that puts them in year 0 or 10000 in UTC, both paths refuse them — the batch decoder
+    once crashed writing such a time back (records.iso) and stopped the stream."""
+    times = ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "0001-01-01T00:00:00+01:00",
+             "9999-12-31T23:59:59-01:00", "0001-01-01T01:00:59+01:00", "1969-12-31T23:59:59Z"]
+    values: list[bytes | None] = [orjson.dumps({**make_event(i), "event_time": t})
+                                  for i, t in enumerate(times)]
+    cols = batch_decode.decode_batch(values)
+    assert _rows(cols) == _reference(values)
+    assert set(cols.errors) == {2, 3}
+    assert [e.path for e in cols.errors[2].errors] == ["event_time"]
+    assert cols.event_time[:2] == times[:2] and cols.event_time[4] == "0001-01-01T00:00:59Z"
