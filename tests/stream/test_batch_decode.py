@@ -6,8 +6,10 @@ import random
 from typing import Any
 
 import orjson
+import pytest
 
 from kestrel.errors import EventValidationError
+from kestrel.events import decode_transaction
 from pipelines.stream import batch_decode, records
 from pipelines.stream.batch_decode import TxnColumns
 from tests.pipelines.events_factory import make_event
@@ -150,6 +152,28 @@ def test_pan_like_identifiers_are_refused_by_the_batch_and_by_the_reference() ->
         assert [e.path for e in error.errors] == [name], (name, form)
         assert not any(form in str(e) for e in error.errors)  # never echoed
     assert cols.slow == 0  # nothing valid left the fast path
+    for i in range(1, len(values), 2):  # the contract (pydantic) refuses each one too
+        with pytest.raises(EventValidationError):
+            decode_transaction(values[i] or b"")
+
+
+def test_random_identifiers_are_refused_by_the_batch_exactly_when_by_the_contract() -> None:
+    """Ids of digits, dashes, spaces, dots and letters, 5 to 30 characters, in a random id
+    field: the batch decoder takes a record exactly when kestrel.events does."""
+    rng = random.Random(27)
+    values: list[bytes | None] = []
+    for i in range(3000):
+        text = "".join(rng.choice("0123456789" * 4 + "- .a") for _ in range(rng.randint(5, 30)))
+        values.append(orjson.dumps({**make_event(i), rng.choice(ID_FIELDS): text}))
+    cols = batch_decode.decode_batch(values)
+    refused = set()
+    for i, value in enumerate(values):
+        try:
+            decode_transaction(value or b"")
+        except EventValidationError:
+            refused.add(i)
+    assert set(cols.errors) == refused
+    assert 300 < len(refused) < 2700  # both answers were met often
 
 
 def test_the_column_check_finds_the_one_record_among_many() -> None:
