@@ -116,13 +116,13 @@ def _now() -> str:
 
 
 class AuditLog:
-    """The audit writer of one process. ``key`` is the ``audit_key`` secret; without it the
-    process-wide settings' is used (what the service runs with)."""
+    """The audit writer of one process; ``key`` is the ``audit_key`` secret that signs the
+    anchors."""
 
-    def __init__(self, root: Path, fsync_ms: float = 100.0, key: bytes | None = None):
+    def __init__(self, root: Path, fsync_ms: float, key: bytes):
         self.root = root
         self.fsync_s = fsync_ms / 1000
-        self._key = key if key is not None else _settings_key()
+        self._key = key
         self._token = f"{datetime.now(UTC):%H%M%S}-{secrets.token_hex(3)}"
         self._host = _host()
         self._queue: queue.SimpleQueue[_Entry | threading.Event | None] = queue.SimpleQueue()
@@ -300,16 +300,3 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
-
-
-def _settings_key() -> bytes | None:
-    """The process-wide settings' ``audit_key``; None (anchors without a MAC, which the
-    verifier fails) when they have none."""
-    from kestrel.errors import ConfigError
-    from kestrel.settings import get_settings
-
-    try:
-        return get_settings().secret("audit_key")
-    except ConfigError as exc:
-        log.error("audit files are anchored without a MAC: %s", exc)
-        return None
