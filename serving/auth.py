@@ -144,12 +144,11 @@ class Authenticator:
 
     def _verify(self, token: str) -> tuple[Principal, float]:
         key, alg = self._verification_key(token)
-        options: dict[str, Any] = {"require": ["exp", "iat", "sub", "iss"]}
-        if self._audience is None:
-            options["verify_aud"] = False
         try:
             claims = jwt.decode(token, key, algorithms=[alg], issuer=self._issuer,
-                                audience=self._audience, options=options)
+                                audience=self._audience,
+                                options={"require": ["exp", "iat", "sub", "iss"],
+                                         "verify_aud": self._audience is not None})
         except jwt.ExpiredSignatureError:
             raise AuthError("the token has expired; mint a new one") from None
         except jwt.InvalidTokenError as exc:
