@@ -143,7 +143,7 @@ class Observe:
                 self.runtime().audit.record("access", {
                     "at": datetime.now(UTC), "sub": getattr(principal, "subject", None),
                     "role": getattr(principal, "role", None),
-                    "client": getattr(principal, "client", getattr(principal, "tenant", None)),
+                    "client": getattr(principal, "client", None),
                     "method": scope["method"], "route": path, "path": scope["path"],
                     "status": status, "ms": round(elapsed * 1000, 3)})
 

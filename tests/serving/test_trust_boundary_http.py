@@ -264,3 +264,57 @@ def test_production_mints_no_tokens_and_prints_no_secrets(tmp_path: Path) -> Non
     r = subprocess.run([sys.executable, "-m", "kestrel.cli", "token", "--role", "scorer",
                         "--ttl", "90000"], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "at most 3600" in r.stderr
+
+
+def test_the_service_in_production_takes_identity_provider_tokens_only(tmp_path: Path) -> None:
+    """`kestrel serve` with KESTREL_ENV=prod and no JWT secret: RS256 tokens from a JWKS
+    served on loopback by this test, with `aud` checked; HS256, a foreign audience, an
+    over-long lifetime and a bot without its customer are refused."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    keys = json.dumps({"keys": [{**jwk, "kid": "idp-1", "use": "sig", "alg": "RS256"}]})
+
+    class Jwks(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(keys.encode())
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Jwks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings = make_settings(tmp_path / "var", env="prod", jwt_secret=None,
+                             jwt_audience="kestrel-api", alert_consumer=False,
+                             jwt_jwks_url=f"http://127.0.0.1:{server.server_port}/jwks")
+    now = int(time.time())
+    claims = {"sub": "auth0|gateway", "role": "scorer", "client": "gateway", "iss": "kestrel",
+              "aud": "kestrel-api", "iat": now, "exp": now + 600}
+
+    def call(token: str) -> httpx.Response:
+        return httpx.post(url + "/v1/score", content=orjson.dumps(transaction(1)),
+                          headers={"authorization": f"Bearer {token}"}, timeout=30)
+
+    def rs(**over: object) -> str:
+        return jwt.encode({**claims, **over}, key, algorithm="RS256", headers={"kid": "idp-1"})
+
+    try:
+        with running_service(settings, free_port(), tmp_path / "serve.log") as url:
+            assert call(rs()).status_code == 200
+            hs = jwt.encode(claims, "a-guessed-secret-0123456789-0123456789", "HS256")
+            assert call(hs).status_code == 401
+            assert call(rs(aud="another-api")).status_code == 401
+            assert call(rs(exp=now + 7200)).status_code == 401
+            r = httpx.get(url + "/v1/users/C1/insights", timeout=30,
+                          headers={"authorization": "Bearer " + rs(role="bot")})
+            assert r.status_code == 401 and "customer" in r.json()["message"]
+    finally:
+        server.shutdown()
