@@ -101,6 +101,12 @@ def normalize_pan(pan: str) -> str:
     return digits
 
 
+def hex_as_letters(hexdigest: str) -> str:
+    """A hex digest spelled with letters only (digits 0–9 as g–p): ids made from digests
+    (card tokens, alert ids) can then never look like a card number."""
+    return hexdigest.translate(_HEX_AS_LETTERS)
+
+
 class CardTokenizer:
     """Turns card numbers into stable, irreversible ``card_…`` tokens with one key."""
 
@@ -112,7 +118,7 @@ class CardTokenizer:
     def token(self, pan: str) -> str:
         digits = normalize_pan(pan)
         mac = hmac.new(self._key, digits.encode(), hashlib.sha256).hexdigest()
-        return TOKEN_PREFIX + mac[:32].translate(_HEX_AS_LETTERS)
+        return TOKEN_PREFIX + hex_as_letters(mac[:32])
 
 
 def redact_pans(text: str) -> str:

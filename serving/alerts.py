@@ -16,14 +16,19 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import orjson
+from pydantic import TypeAdapter, ValidationError
 from redis import Redis
 from redis.exceptions import RedisError
 
+from kestrel.errors import EventValidationError, FieldError
+from kestrel.events import Identifier, field_errors
 from kestrel.settings import Settings
-from kestrel.topics import ALERTS
+from kestrel.topics import ALERTS, TRANSACTIONS_DLQ
+from pipelines.dlq import dead_letter
+from pipelines.ingest import EventProducer
 
 log = logging.getLogger("kestrel.serving.alerts")
 PREFIX = "kestrel:alerts:"
@@ -45,8 +50,28 @@ def _score(alert: dict[str, Any]) -> int:
     raw = str(alert.get("last_event_time") or alert.get("emitted_at") or "")
     try:
         return int(datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp() * 1_000_000)
-    except ValueError:
+    except (ValueError, OverflowError):
         return 0
+
+
+_ALERT_IDS = TypeAdapter(dict[Literal["alert_id", "customer_id", "card_id"], Identifier])
+
+
+def alert_of(raw: bytes | None) -> dict[str, Any]:
+    """An `alerts` record as the store keeps it; EventValidationError (the record goes to the
+    DLQ) unless it is a JSON object whose ids are valid identifiers — never a card number."""
+    try:
+        alert = orjson.loads(raw or b"")
+    except orjson.JSONDecodeError as exc:
+        raise EventValidationError([FieldError("$", f"not valid JSON ({exc.msg})")]) from None
+    if not isinstance(alert, dict):
+        raise EventValidationError([FieldError("$", "must be a JSON object")])
+    try:
+        _ALERT_IDS.validate_python({k: alert.get(k) for k in ("alert_id", "customer_id",
+                                                              "card_id")})
+    except ValidationError as exc:
+        raise EventValidationError(field_errors(exc)) from None
+    return alert
 
 
 class AlertStore:
@@ -104,11 +129,13 @@ class AlertStore:
 
 
 class AlertConsumer:
-    """Topic `alerts` → AlertStore, in a daemon thread."""
+    """Topic `alerts` → AlertStore, in a daemon thread; a record that is not a valid alert
+    goes to the DLQ (redacted) through ``producer``."""
 
-    def __init__(self, settings: Settings, store: AlertStore):
+    def __init__(self, settings: Settings, store: AlertStore, producer: EventProducer):
         self.settings = settings
         self.store = store
+        self.producer = producer
         self.stored = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="alert-consumer", daemon=True)
@@ -141,12 +168,11 @@ class AlertConsumer:
                     try:
                         for m in good:
                             try:
-                                alert = orjson.loads(m.value() or b"")
-                            except orjson.JSONDecodeError:
-                                log.warning("skipping an alert that is not JSON")
+                                alert = alert_of(m.value())
+                            except EventValidationError as exc:
+                                self._dead_letter(m, exc)
                                 continue
-                            if isinstance(alert, dict) and "alert_id" in alert:
-                                self.stored += self.store.add(alert)
+                            self.stored += self.store.add(alert)
                         break
                     except RedisError as exc:  # keep the batch; retry until Redis is back
                         log.warning("alert store unavailable (%s); retrying", exc)
@@ -156,3 +182,10 @@ class AlertConsumer:
             log.exception("alert consumer stopped")
         finally:
             consumer.close()
+
+    def _dead_letter(self, m: Any, error: EventValidationError) -> None:
+        log.warning("alert record %s:%s:%s to the DLQ: %s", m.topic(), m.partition(),
+                    m.offset(), error)
+        key, value = dead_letter(ALERTS, m.partition() or 0, m.offset() or 0, m.value(), error,
+                                 "kestrel-alert-store")
+        self.producer.produce(TRANSACTIONS_DLQ, key, value)

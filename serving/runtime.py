@@ -84,7 +84,7 @@ class Runtime:
         self.decider.producer = self._publisher
         self.batch_decider.producer = self._publisher
         if self.settings.alert_consumer:
-            self.consumer = AlertConsumer(self.settings, self.alerts)
+            self.consumer = AlertConsumer(self.settings, self.alerts, self.producer())
             self.consumer.start()
 
     def producer(self) -> EventProducer:

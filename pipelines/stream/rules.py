@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from kestrel.pan import hex_as_letters
 from pipelines.stream.state import COUNTRY, TIME, TXN, EventLog
 
 FIVE_MIN_US = 5 * 60 * 1_000_000
@@ -60,7 +61,8 @@ def evaluate(card_id: str, customer_id: str, log: EventLog, rule: Rule,
         return None  # same window as an alert already raised
     log.marks[rule.name] = chunk[-1][TIME]
     first = chunk[0][TXN]
-    alert_id = hashlib.sha256(f"{card_id}|{rule.name}|{first}".encode()).hexdigest()[:24]
+    alert_id = hex_as_letters(
+        hashlib.sha256(f"{card_id}|{rule.name}|{first}".encode()).hexdigest()[:24])
     return {
         "alert_id": alert_id, "card_id": card_id, "customer_id": customer_id,
         "rule": rule.name, "window": rule.window_label,

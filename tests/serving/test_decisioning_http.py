@@ -25,7 +25,7 @@ from kestrel.pan import CardTokenizer
 from kestrel.redis_keys import insight_cache_key
 from kestrel.services import BROKER, REDIS, free_port, start_broker, start_redis, stop
 from kestrel.settings import Settings
-from kestrel.topics import ALERTS, DECISIONS, LABELS, TRANSACTIONS
+from kestrel.topics import ALERTS, DECISIONS, LABELS, TRANSACTIONS, TRANSACTIONS_DLQ
 from serving.auth import mint_token
 from serving.fixtures import register_copy, register_tiny_model, transaction, write_features
 from serving.process import running_service
@@ -336,6 +336,11 @@ def test_alert_queue_dedups_and_labels_close_alerts(stack: Stack) -> None:
                "countries": ["FR"], "first_event_time": f"2018-06-02T0{i}:00:00Z",
                "last_event_time": f"2018-06-02T0{i}:05:00Z",
                "emitted_at": "2018-06-02T10:00:00Z", "status": "open"} for i in range(3)]
+    poison = [b"not json", b"[1, 2]",
+              orjson.dumps({**alerts[0], "alert_id": "4111-1111-1111-1111"}),
+              orjson.dumps({**alerts[0], "alert_id": "al-x", "customer_id": None})]
+    for raw in poison:  # the consumer survives them: to the DLQ, redacted
+        producer.produce(ALERTS, raw, b"card-0042")
     for a in [*alerts, alerts[0]]:  # al-0 twice: a replay
         producer.produce(ALERTS, orjson.dumps(a), a["card_id"])
     producer.flush(10)
@@ -359,6 +364,11 @@ def test_alert_queue_dedups_and_labels_close_alerts(stack: Stack) -> None:
     assert stack.get("/v1/alerts?status=closed").json()["alerts"][0]["alert_id"] == "al-1"
     assert stack.get("/v1/alerts?status=open").json()["total"] == 2
     assert stack.get("/v1/alerts?status=all").json()["total"] == 3
+    dead = [orjson.loads(m.value())
+            for m in read_topic(stack.settings, TRANSACTIONS_DLQ, len(poison))]
+    refused = [d for d in dead if d["source"]["topic"] == ALERTS]
+    assert len(refused) == len(poison)
+    assert not any("4111" in d["payload"] for d in refused)
     [label] = [m for m in read_topic(stack.settings, LABELS, 1) if m.key() == b"r1"]
     value = orjson.loads(label.value())
     assert value["is_fraud"] is True and value["source"] == "investigator"
