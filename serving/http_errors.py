@@ -3,9 +3,14 @@
 Every 4xx and 5xx the service gives has one shape, :class:`ErrorBody`:
 ``{"error": code, "message": text, "errors": [{"path", "reason"}]}``. Invalid input is 400
 (FastAPI's 422 never appears, in answers or in the spec); 401 carries
-``WWW-Authenticate: Bearer``; 429 and 503 carry ``Retry-After``. :func:`document` rewrites the
-generated spec so that each route lists the statuses it can answer with that body and the
-bearer scheme it needs (the API fuzz test checks the service against it).
+``WWW-Authenticate: Bearer``; 429 and 503 carry ``Retry-After``. The router's own answers (404
+unknown path, 405 wrong method) and an unexpected exception (500) take the same shape, and no
+error body repeats a card number the request held (an unknown field's name is quoted in its
+``path``). :class:`PlainErrors` gives that shape to the plain-text errors of the server the
+app is mounted in (BentoML answers a path none of the app's routes matches itself).
+:func:`document` rewrites the generated spec so that each route lists the statuses it can
+answer with that body, the headers they carry and the bearer scheme it needs (the API fuzz
+test, tests/serving/test_api_fuzz.py, checks the service against it).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException
 
 from kestrel.errors import (
     BatchTooLarge,
@@ -28,6 +34,7 @@ from kestrel.errors import (
     NotFound,
     ServiceUnavailable,
 )
+from kestrel.pan import pan_like, redact_pans
 from serving import metrics
 from serving.auth import AuthError, Forbidden
 from serving.ratelimit import RateLimited
@@ -54,10 +61,16 @@ class ErrorBody(BaseModel):
 def error_response(status: int, code: str, message: str,
                    errors: list[dict[str, str]] | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"error": code, "message": message}
+    """The one error answer; card numbers quoted from the request are redacted."""
+    body: dict[str, Any] = {"error": code, "message": _redacted(message)}
     if errors is not None:
-        body["errors"] = errors
+        body["errors"] = [{"path": _redacted(e["path"]), "reason": _redacted(e["reason"])}
+                          for e in errors]
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _redacted(text: str) -> str:
+    return redact_pans(text) if pan_like(text) else text
 
 
 def _parameters(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -75,6 +88,22 @@ def _limited(_: Request, exc: RateLimited) -> JSONResponse:
 def _internal(_: Request, exc: KestrelError) -> JSONResponse:
     log.exception("unhandled Kestrel error")
     return error_response(500, "internal", str(exc))
+
+
+def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.error("unexpected error: %s", type(exc).__name__, exc_info=exc)
+    return error_response(500, "internal", "internal error; the service log has the details")
+
+
+# codes of the answers the routers give themselves (an unknown path, a method the path does
+# not take; BentoML's /readyz when not ready)
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 503: "unavailable"}
+
+
+def _http(_: Request, exc: HTTPException) -> JSONResponse:
+    code = HTTP_CODES.get(exc.status_code, "internal" if exc.status_code >= 500 else "http")
+    return error_response(exc.status_code, code, str(exc.detail),
+                          headers=dict(exc.headers) if exc.headers else None)
 
 
 Handler = Callable[[Request, Any], JSONResponse]
@@ -96,6 +125,8 @@ HANDLERS: dict[type[Exception], Handler] = {
         503, "unavailable", f"Redis is unavailable ({type(e).__name__}); retry shortly",
         headers={"Retry-After": "1"}),
     KestrelError: _internal,
+    HTTPException: _http,
+    Exception: _unexpected,
 }
 
 
@@ -111,8 +142,72 @@ def _asynced(handler: Handler) -> Callable[[Request, Any], Any]:
     return handle
 
 
+class PlainErrors:
+    """ASGI middleware for the server the app is mounted in (BentoML's outer app): a 4xx or
+    5xx it answers in plain text itself — a path none of the app's routes matches, or one with
+    a newline (``%0A``), which its mount's pattern does not match — gets the error body.
+    Answers in JSON (the app's) pass as they are."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start: dict[str, Any] | None = None
+        body: list[bytes] = []
+
+        async def sent(message: Any) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start" and message["status"] >= 400 and \
+                    not _is_json(message.get("headers", [])):
+                start = message  # held: the body is replaced
+                return
+            if start is None:
+                await send(message)
+                return
+            if message["type"] != "http.response.body":
+                return
+            body.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            status = start["status"]
+            code = HTTP_CODES.get(status, "internal" if status >= 500 else "http")
+            text = b"".join(body).decode("utf-8", "replace").strip()[:200]
+            kept = {k.decode("latin-1"): v.decode("latin-1")
+                    for k, v in start.get("headers", [])
+                    if k.lower() in (b"allow", b"retry-after", b"www-authenticate")}
+            response = error_response(status, code, _PLAIN_MESSAGES.get(status, text or code),
+                                      headers=kept)
+            await response(scope, receive, send)
+
+        await self.app(scope, receive, sent)
+
+
+_PLAIN_MESSAGES = {404: "no such route; the OpenAPI spec at /openapi.json lists them",
+                   405: "this route does not take that method (see Allow)"}
+
+
+def _is_json(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(k.lower() == b"content-type" and v.split(b";")[0].strip() == b"application/json"
+               for k, v in headers)
+
+
 # --- the spec ---------------------------------------------------------------------------------
 
+# headers an error answer carries, as the spec states them
+ERROR_HEADERS: dict[str, dict[str, Any]] = {
+    "401": {"WWW-Authenticate": {
+        "description": "`Bearer`: the scheme to authenticate with", "required": True,
+        "schema": {"type": "string", "const": "Bearer"}}},
+    "429": {"Retry-After": {
+        "description": "Seconds to wait before the next request", "required": True,
+        "schema": {"type": "integer", "minimum": 0}}},
+    "503": {"Retry-After": {
+        "description": "Seconds to wait before retrying", "required": True,
+        "schema": {"type": "integer", "minimum": 0}}},
+}
 DESCRIPTIONS = {
     "400": "Invalid input: every field error with its path",
     "401": "Missing, invalid or expired bearer token",
@@ -142,6 +237,11 @@ def document(app: FastAPI, statuses: dict[str, tuple[int, ...]],
             ref_template="#/components/schemas/{model}")
         schemas["FieldProblem"] = FieldProblem.model_json_schema()
         schemas["ErrorBody"].pop("$defs", None)
+        # absent, never null: the answer leaves the key out when there is no field error
+        errors = schemas["ErrorBody"]["properties"]["errors"]
+        errors.pop("anyOf", None)
+        errors.pop("default", None)
+        errors.update({"type": "array", "items": {"$ref": "#/components/schemas/FieldProblem"}})
         for unused in ("HTTPValidationError", "ValidationError"):
             schemas.pop(unused, None)
         components["securitySchemes"] = {"bearer": {
@@ -168,3 +268,5 @@ def _describe(operation: dict[str, Any], path: str, extra: tuple[int, ...],
         entry = responses.setdefault(code, {})
         entry.setdefault("description", DESCRIPTIONS.get(code, "Error"))
         entry["content"] = {"application/json": {"schema": _ERROR_REF}}
+        if code in ERROR_HEADERS:
+            entry["headers"] = ERROR_HEADERS[code]
