@@ -29,7 +29,7 @@ from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 import orjson
-from fastapi import FastAPI, Query, Request, Response
+from fastapi import FastAPI, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -94,7 +94,7 @@ def _customer_id(value: str) -> str:
     try:
         return _CUSTOMER.validate_python(value)
     except ValidationError as exc:
-        raise EventValidationError(field_errors(exc, "customer_id")) from None
+        raise EventValidationError(field_errors(exc, "path.customer_id")) from None
 
 
 def _json(doc: Any, status: int = 200) -> Response:
@@ -104,8 +104,9 @@ def _json(doc: Any, status: int = 200) -> Response:
 
 def _ingest_body_schema(batch_key: str | None = "events", one: bool = True) -> dict[str, Any]:
     item = TransactionIn.model_json_schema(ref_template="#/components/schemas/{model}")
-    batch = {"type": "object", "required": ["events"], "properties": {
-        "events": {"type": "array", "items": item, "minItems": 1, "maxItems": 10_000}}}
+    batch = {"type": "object", "required": ["events"], "additionalProperties": False,
+             "properties": {"events": {"type": "array", "items": item, "minItems": 1,
+                                       "maxItems": 10_000}}}
     schema = {"oneOf": [item, batch]} if one and batch_key else item if one else batch
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
@@ -249,7 +250,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def prometheus_metrics() -> Response:  # no auth, like BentoML's health routes
         return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
 
-    @app.get("/v1/ready", tags=["operations"], summary="Readiness detail (no auth)")
+    @app.get("/v1/ready", tags=["operations"], summary="Readiness detail (no auth)",
+             responses={503: {"description": "Not ready: the same document, naming the "
+                                             "failing checks"}})
     async def ready() -> Response:
         doc = await run_in_threadpool(rt().readiness)
         return _json(doc, 200 if doc["ready"] else 503)
@@ -325,7 +328,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/v1/users/{customer_id}/insights", tags=["insights"],
              summary="Spend, trends, categories, recent transactions, alerts, risk level")
-    async def insights(request: Request, customer_id: str,
+    async def insights(request: Request,
+                       customer_id: Annotated[str, Path(
+                           min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$",
+                           description="The customer's id (never a card number)")],
                        fresh: bool = Query(False, description="Bypass the cache"),
                        fields: str | None = Query(
                            None, description=f"Comma-separated subset of {', '.join(FIELDS)}"),

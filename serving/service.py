@@ -16,6 +16,7 @@ import bentoml
 from kestrel import heap
 from kestrel.logs import configure_logging
 from kestrel.settings import get_settings
+from serving import http_errors
 from serving.app import create_app
 
 configure_logging(get_settings().log_level)
@@ -52,3 +53,8 @@ class Kestrel:
 
     def __is_ready__(self) -> bool:
         return bool(self.runtime.readiness()["ready"])
+
+
+# BentoML answers itself, in plain text, what it does not hand to the app (a path no route
+# matches, a newline in the path): the same error body as the app's (serving/http_errors.py).
+Kestrel.add_asgi_middleware(http_errors.PlainErrors)

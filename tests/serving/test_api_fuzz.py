@@ -132,6 +132,8 @@ def test_spec_states_the_error_shape_and_the_bearer_scheme(live: Live) -> None:
         assert "422" not in responses, where
         assert "400" in responses, where
         for status, answer in responses.items():
+            if (path, status) == ("/v1/ready", "503"):
+                continue  # not ready: the readiness document itself, naming the failed checks
             if status.startswith(("4", "5")):
                 assert answer["content"] == {"application/json": {"schema": {
                     "$ref": "#/components/schemas/ErrorBody"}}}, (where, status)
