@@ -23,18 +23,11 @@ from serving.auth import AuthError, mint_token
 from serving.fixtures import transaction
 from serving.process import running_service, settings_env
 from tests.conftest import make_settings
+from tests.pipelines.poison import PAN, PAN_FORMS, TXN_ID_FIELDS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-PAN = "4111111111111111"
-FORMS = {
-    "digits": PAN,
-    "dashes": "4111-1111-1111-1111",
-    "spaces": "4111 1111 1111 1111",
-    "en dash": "4111\u20131111\u20131111\u20131111",
-    "arabic-indic": "".join(chr(0x0660 + int(d)) for d in PAN),
-    "embedded": f"card-{PAN}",
-}
-IDS = ("card_id", "customer_id", "account_id", "terminal_id", "txn_id", "device_id")
+FORMS = PAN_FORMS  # one card number in every form a person or a system writes one
+IDS = TXN_ID_FIELDS
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +108,7 @@ def test_card_numbers_in_urls_tokens_and_labels(stack: tuple[Settings, str]) -> 
     assert r.status_code == 400 and r.json()["errors"][0]["path"] == "authorization.sub"
     # labels: the reason and the txn_id are screened; IdP-style analyst ids are fine
     idp = _auth(settings, "investigator", subject="auth0|5f1c2e")
-    for doc, path in (({"txn_id": "t-1", "is_fraud": True, "reason": f"card {FORMS['en dash']}"},
+    for doc, path in (({"txn_id": "t-1", "is_fraud": True, "reason": f"card {FORMS['en dashes']}"},
                        "reason"),
                       ({"txn_id": PAN, "is_fraud": True}, "txn_id")):
         r = httpx.post(url + "/v1/labels", content=orjson.dumps(doc), headers=idp)
@@ -134,7 +127,7 @@ def test_a_card_number_sent_as_card_number_is_tokenized(stack: tuple[Settings, s
     settings, url = stack
     answers = []
     for i, form in enumerate(FORMS.values()):
-        if form.startswith("card-"):
+        if form.startswith("cust-"):
             continue
         ev = {k: v for k, v in transaction(60 + i).items() if k != "card_id"}
         ev["card_number"] = form
