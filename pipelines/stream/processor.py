@@ -971,10 +971,11 @@ class StreamProcessor:
         PAN-like runs at once, joined (kestrel.pan.ascii_pan_like)."""
         out: list[tuple[int, str, int, str]] = []
         taken: list[Message] = []
+        others = [m for m in batch if m.topic() != TRANSACTIONS]
+        if not others:
+            return out
         earliest, newest = self._earliest_us, self._newest_allowed_us()
-        for m in batch:
-            if m.topic() == TRANSACTIONS:
-                continue
+        for m in others:
             try:
                 doc = orjson.loads(m.value() or b"")
             except orjson.JSONDecodeError:
