@@ -1093,7 +1093,7 @@ class StreamProcessor:
         for i in np.flatnonzero(refused).tolist():
             self._dead_letter(txns[i], self._time_error(int(times[i])), producer)
         for i in np.flatnonzero(late).tolist():
-            producer.produce(TRANSACTIONS_LATE, txns[i].key(), txns[i].value() or b"")
+            producer.produce(TRANSACTIONS_LATE, txns[i].key(), records.late_value(txns[i].value()))
         self.stats.late += int(late.sum())
         self.stream_time.update(moved)
         accepted = np.flatnonzero(candidates & ~late)
@@ -1123,7 +1123,7 @@ class StreamProcessor:
             now = stream_time.get(part, 0)
             if t < now - lateness:
                 late += 1
-                producer.produce(TRANSACTIONS_LATE, m.key(), m.value() or b"")
+                producer.produce(TRANSACTIONS_LATE, m.key(), records.late_value(m.value()))
                 continue
             txn_id, customer = ids[i], custs[i]
             if check_batch:
@@ -1183,7 +1183,7 @@ class StreamProcessor:
         stream_time = self.stream_time.get(part, 0)
         if txn.time_us < stream_time - self.lateness_us:
             self.stats.late += 1
-            producer.produce(TRANSACTIONS_LATE, m.key(), m.value() or b"")
+            producer.produce(TRANSACTIONS_LATE, m.key(), records.late_value(m.value()))
             return False
         customer = self._log("customer", part, txn.customer_id)
         if txn.txn_id in customer.ids:

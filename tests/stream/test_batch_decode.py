@@ -202,3 +202,14 @@ def test_times_at_the_ends_of_the_calendar_decode_as_one_by_one() -> None:
     assert set(cols.errors) == {2, 3}
     assert [e.path for e in cols.errors[2].errors] == ["event_time"]
     assert cols.event_time[:2] == times[:2] and cols.event_time[4] == "0001-01-01T00:00:59Z"
+
+
+def test_a_late_record_is_re_encoded_so_a_shadowed_key_cannot_carry_a_card_number() -> None:
+    from kestrel.pan import pan_like
+    from pipelines.stream.records import late_value
+
+    raw = orjson.dumps(make_event(3))[:-1] + b',"card_id":"card-x"}'
+    raw = raw.replace(b'"card_id":"card_', b'"card_id":"4111 1111 1111 1111","x":"', 1)
+    assert pan_like(raw.decode())
+    value = late_value(raw)
+    assert not pan_like(value.decode()) and orjson.loads(value)["card_id"] == "card-x"
