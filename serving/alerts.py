@@ -6,6 +6,11 @@ by the alert's last evidence time (µs), and ``customer:{customer_id}`` (all of 
 alert ids). The first write of an alert id wins (``SET NX``): a replayed alert — the stream
 re-emits the same id after a crash — changes nothing, and a closed alert stays closed.
 
+The reads (the queue, a customer's alerts) and ``close`` (the labels route) go through the
+worker's Redis circuit breaker (serving/redis_guard.py): while Redis is frozen or gone they
+fail at once with RedisUnavailable (HTTP 503 with Retry-After) instead of waiting on the
+event loop. ``add`` (the consumer's thread, which retries until Redis is back) does not.
+
 The consumer runs as a daemon thread inside `kestrel serve` (one consumer group
 ``kestrel-alert-store``: replicas split the partitions, dedup makes overlaps harmless); it
 commits offsets only after the Redis writes, so an alert is never lost.
@@ -29,6 +34,7 @@ from kestrel.settings import Settings
 from kestrel.topics import ALERTS, TRANSACTIONS_DLQ
 from pipelines.dlq import dead_letter
 from pipelines.ingest import EventProducer
+from serving.redis_guard import RedisGuard
 
 log = logging.getLogger("kestrel.serving.alerts")
 PREFIX = "kestrel:alerts:"
@@ -75,8 +81,9 @@ def alert_of(raw: bytes | None) -> dict[str, Any]:
 
 
 class AlertStore:
-    def __init__(self, redis: Redis):
+    def __init__(self, redis: Redis, guard: RedisGuard):
         self.redis = redis
+        self.guard = guard
         self._store = redis.register_script(_STORE_LUA)
 
     def add(self, alert: dict[str, Any]) -> bool:
@@ -88,13 +95,13 @@ class AlertStore:
             args=[orjson.dumps(doc), _score(alert), alert_id]))
 
     def close(self, alert_id: str) -> bool:
-        score: Any = self.redis.zscore(f"{PREFIX}all", alert_id)
+        score: Any = self.guard.call("alerts", self.redis.zscore, f"{PREFIX}all", alert_id)
         if score is None:
             return False
         pipe = self.redis.pipeline()
         pipe.zrem(f"{PREFIX}open", alert_id)
         pipe.zadd(f"{PREFIX}closed", {alert_id: score})
-        pipe.execute()
+        self.guard.call("alerts", pipe.execute)
         return True
 
     def _docs(self, ids: list[bytes]) -> list[dict[str, Any]]:
@@ -104,7 +111,7 @@ class AlertStore:
         pipe.mget([f"{PREFIX}doc:{i.decode()}" for i in ids])
         for i in ids:
             pipe.zscore(f"{PREFIX}open", i)
-        raw, *open_scores = pipe.execute()
+        raw, *open_scores = self.guard.call("alerts", pipe.execute)
         out = []
         for doc, is_open in zip(raw, open_scores, strict=True):
             if doc is not None:
@@ -120,11 +127,12 @@ class AlertStore:
         pipe = self.redis.pipeline(transaction=False)
         pipe.zrevrange(key, offset, offset + limit - 1)
         pipe.zcard(key)
-        ids, total = pipe.execute()
+        ids, total = self.guard.call("alerts", pipe.execute)
         return self._docs(ids), int(total)
 
     def for_customer(self, customer_id: str, status: str = "open") -> list[dict[str, Any]]:
-        ids: Any = self.redis.zrevrange(f"{PREFIX}customer:{customer_id}", 0, 99)
+        ids: Any = self.guard.call("alerts", self.redis.zrevrange,
+                                   f"{PREFIX}customer:{customer_id}", 0, 99)
         return [a for a in self._docs(ids) if a["status"] == status]
 
 

@@ -29,8 +29,9 @@ from kestrel.topics import DECISIONS, TRANSACTIONS
 from pipelines.ingest import EventProducer
 from serving import metrics
 from serving.audit import AuditLog
-from serving.features import FeatureFrame, OnlineFeatures
+from serving.features import BudgetSpent, FeatureFrame, OnlineFeatures
 from serving.model import ModelHolder
+from serving.redis_guard import RedisUnavailable
 from serving.rules import Outcome, RulesEngine
 
 log = logging.getLogger("kestrel.serving.decisions")
@@ -105,8 +106,12 @@ class Decider:
         n = len(events)
         cause: str | None = None
         frame: FeatureFrame | None = None
-        try:
-            frame = self.features.read(events)
+        try:  # Redis waits at most what is left of the budget
+            frame = self.features.read(events, t0 + self.budget_s)
+        except BudgetSpent:
+            cause = "budget"
+        except RedisUnavailable:  # logged when Redis goes and comes back (redis_guard.py),
+            cause = "features"  # not once per decision; counted by cause below
         except Exception as exc:
             cause = "features"
             log.warning("online features unavailable, rules decide: %s", exc)

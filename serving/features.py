@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import struct
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,10 +30,12 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from redis import Redis
 from redis.exceptions import ResponseError
 
+from kestrel.errors import KestrelError
 from kestrel.events import TransactionEvent
 from kestrel.settings import Settings
 from pipelines.features.online_writer import ViewWriter, read_replies
 from pipelines.features.store import load_repo, repo_config
+from serving.redis_guard import RedisGuard, RedisUnavailable
 
 FEATURE_SERVICE = "fraud_scoring_v1"
 _DOUBLE = struct.Struct("<d").unpack_from
@@ -106,13 +109,29 @@ class _EntityRead:
         return b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in self.fields)
 
 
-def roundtrip(redis: Redis, payload: bytes, count: int) -> list[Any]:
+class BudgetSpent(KestrelError):
+    """The decision's latency budget ran out before the online features were read: rules
+    decide (degraded, cause ``budget``). Raise KESTREL_SCORE_BUDGET_MS if it happens often
+    while Redis is healthy."""
+
+
+def roundtrip(redis: Redis, payload: bytes, count: int,
+              timeout: float | None = None) -> list[Any]:
     """Send RESP-encoded commands in one write and read ``count`` replies on one pooled
     connection (redis-py's pipeline spends more Python per command than Redis spends
-    answering it). Any error drops the connection, so no unread reply reaches its next user."""
+    answering it). Any error drops the connection, so no unread reply reaches its next user.
+
+    ``timeout`` (seconds, > 0) bounds this call's wait for each read of the socket instead of
+    the client's socket timeout (a decision waits at most what is left of its budget); the
+    connection gets the client's timeout back afterwards."""
+    if timeout is not None and timeout <= 0:
+        raise ValueError(f"roundtrip timeout must be positive, not {timeout}")
     pool = redis.connection_pool
     conn = pool.get_connection()
+    sock = conn._sock if timeout is not None else None
     try:
+        if sock is not None:
+            sock.settimeout(timeout)
         conn.send_packed_command([payload])
         replies = read_replies(conn, count)
         failed = next((r for r in replies if isinstance(r, ResponseError)), None)
@@ -123,6 +142,8 @@ def roundtrip(redis: Redis, payload: bytes, count: int) -> list[Any]:
         conn.disconnect()
         raise
     finally:
+        if sock is not None and conn._sock is sock:  # still connected
+            sock.settimeout(conn.socket_timeout)
         pool.release(conn)
 
 
@@ -148,9 +169,12 @@ class FeatureFrame:
 
 
 class OnlineFeatures:
-    """Reads the fraud_scoring_v1 vector of transactions from Redis and adds request features."""
+    """Reads the fraud_scoring_v1 vector of transactions from Redis and adds request features.
 
-    def __init__(self, settings: Settings, redis: Redis):
+    Reads go through ``guard``, the worker's Redis circuit breaker (serving/redis_guard.py):
+    while it is open they fail at once, without touching Redis."""
+
+    def __init__(self, settings: Settings, redis: Redis, guard: RedisGuard):
         repo = load_repo(settings)
         config = repo_config(settings)
         service = next(s for s in repo.feature_services if s.name == FEATURE_SERVICE)
@@ -180,16 +204,22 @@ class OnlineFeatures:
                 for f in p.features))
         self._resp = [(r.join_key, r.writer.key, r.head, r.tail) for r in self._reads]
         self.redis = redis
+        self.guard = guard
 
-    def read(self, events: Sequence[TransactionEvent]) -> FeatureFrame:
-        """Stored and request-time features of every event; raises on Redis errors."""
-        stored = self.fetch(events)
+    def read(self, events: Sequence[TransactionEvent],
+             deadline: float = math.inf) -> FeatureFrame:
+        """Stored and request-time features of every event; raises on Redis errors
+        (RedisUnavailable when Redis does not answer or the breaker is open) and BudgetSpent
+        when ``deadline`` (``time.perf_counter()`` time) passes before Redis answers."""
+        stored = self.fetch(events, deadline)
         return FeatureFrame(self.names,
                             np.hstack([stored, self.request_features(events, stored)]))
 
-    def fetch(self, events: Sequence[TransactionEvent]) -> np.ndarray:
+    def fetch(self, events: Sequence[TransactionEvent],
+              deadline: float = math.inf) -> np.ndarray:
         """Stored features of every event (columns ``stored_names``), one pipelined round
-        trip; raises on Redis errors.
+        trip that waits for Redis until ``deadline`` at most (none: the client's socket
+        timeout); raises as :meth:`read`.
 
         Each distinct card, customer and terminal is read and decoded once: a batch names
         the same entity many times (a card's payments of the day), and reading and decoding
@@ -206,7 +236,20 @@ class OnlineFeatures:
             for entity in seen:
                 key = key_of(entity)
                 parts += (head, b"$%d\r\n" % len(key), key, b"\r\n", tail)
-        replies = roundtrip(self.redis, b"".join(parts), sum(map(len, distinct)))
+        timeout = None
+        if deadline != math.inf:
+            timeout = deadline - time.perf_counter()
+            if timeout <= 0:
+                raise BudgetSpent("the decision's latency budget ran out before the online "
+                                  "features were read")
+        try:
+            replies = self.guard.call("features", roundtrip, self.redis, b"".join(parts),
+                                      sum(map(len, distinct)), timeout)
+        except RedisUnavailable as exc:
+            if exc.timed_out and not self.guard.open:  # a short wait ran out, not Redis
+                raise BudgetSpent(f"the decision's latency budget ran out waiting for the "
+                                  f"online features ({exc})") from exc
+            raise
         blocks: list[np.ndarray] = []
         start = 0
         for read, seen, rows in zip(self._reads, distinct, positions, strict=True):

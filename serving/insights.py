@@ -14,11 +14,15 @@ Sources (each optional — a missing one leaves its part empty, listed in ``sour
 ``insight:user:{id}:v{schema}`` for ``KESTREL_INSIGHT_CACHE_TTL_SECONDS``; the stream deletes
 that key in the commit that changes the customer, so a hit is never older than the last
 committed transaction.
+
+Every Redis call goes through the worker's circuit breaker (serving/redis_guard.py): while
+Redis is frozen or gone the routes answer 503 with Retry-After at once instead of waiting.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import suppress
 from datetime import date, timedelta
 from typing import Any, cast
 
@@ -30,6 +34,7 @@ from kestrel.redis_keys import insight_cache_key, insight_doc_key, recent_key, t
 from pipelines.features.online_writer import resp_command
 from serving.alerts import AlertStore
 from serving.features import roundtrip
+from serving.redis_guard import RedisGuard, RedisUnavailable
 
 FIELDS = ("as_of", "today", "spend_today", "spend_7d", "spend_30d", "trend", "top_categories",
           "recent_transactions", "open_alerts", "risk_level", "sources")
@@ -97,17 +102,22 @@ def compose(customer_id: str, doc: dict[str, Any] | None, recent: list[dict[str,
 
 
 class Insights:
-    def __init__(self, redis: Redis, alerts: AlertStore, schema: int, ttl_seconds: int):
+    """Reads (and caches) insights; Redis errors raise RedisUnavailable (HTTP 503)."""
+
+    def __init__(self, redis: Redis, alerts: AlertStore, schema: int, ttl_seconds: int,
+                 guard: RedisGuard):
         self.redis = redis
         self.alerts = alerts
         self.schema = schema
         self.ttl = ttl_seconds
+        self.guard = guard
 
     def cached(self, customer_id: str) -> bytes | None:
         """The cached body, by a GET on a pooled connection without redis-py's command
         layer (serving.features.roundtrip): the whole of a cache hit's Redis cost."""
         key = insight_cache_key(customer_id, self.schema)
-        value: Any = roundtrip(self.redis, resp_command(b"GET", key), 1)[0]
+        value: Any = self.guard.call("insights", roundtrip, self.redis,
+                                     resp_command(b"GET", key), 1)[0]
         return cast(bytes | None, value)
 
     def build(self, customer_id: str) -> bytes | None:
@@ -115,18 +125,21 @@ class Insights:
         pipe = self.redis.pipeline(transaction=False)
         pipe.get(insight_doc_key(customer_id))
         pipe.lrange(recent_key(customer_id), 0, 19)
-        raw_doc, raw_recent = pipe.execute()
+        raw_doc, raw_recent = self.guard.call("insights", pipe.execute)
         doc = orjson.loads(raw_doc) if raw_doc else None
         recent = [orjson.loads(r) for r in raw_recent]
         result = compose(customer_id, doc, recent, self.alerts.for_customer(customer_id))
         if result is None:
             return None
         body = orjson.dumps(result)
-        self.redis.set(insight_cache_key(customer_id, self.schema), body, ex=self.ttl)
+        # the answer is composed: a cache it cannot write only costs the next call a rebuild
+        with suppress(RedisUnavailable):  # (the breaker logs the outage)
+            self.guard.call("insights", self.redis.set,
+                            insight_cache_key(customer_id, self.schema), body, ex=self.ttl)
         return body
 
     def top_spenders(self, day: str, n: int) -> list[dict[str, Any]] | None:
-        raw: Any = self.redis.get(top_spenders_key(day))
+        raw: Any = self.guard.call("insights", self.redis.get, top_spenders_key(day))
         if raw is None:
             return None
         rows: list[dict[str, Any]] = orjson.loads(raw)

@@ -1,9 +1,11 @@
 """Everything the HTTP routes share, built once per worker process.
 
-Two Redis clients: ``scoring`` with a socket timeout equal to the score budget (a slow Redis
-turns into a degraded decision, not a slow one) and ``redis`` for the rest. Neither retries:
-an unreachable Redis answers at once with an error, and each caller knows what to do with it
-(score degraded, rate limiter fails open, insights answer 503).
+Redis clients: ``scoring`` with a socket timeout equal to the score budget (a decision waits
+at most what is left of its budget), ``batch`` and ``redis`` for the rest (a short timeout:
+insights and alerts read on the event loop). None retries: an unreachable Redis answers at
+once with an error, and each caller knows what to do with it (score degraded, rate limiter
+fails open, insights answer 503). All of them share one circuit breaker (``redis_guard``,
+serving/redis_guard.py): once Redis is frozen or gone, calls fail at once until it answers.
 """
 
 from __future__ import annotations
@@ -29,20 +31,25 @@ from serving.features import OnlineFeatures
 from serving.insights import Insights
 from serving.model import ModelHolder
 from serving.ratelimit import RateLimiter
+from serving.redis_guard import INTERACTIVE_TIMEOUT_S, RedisGuard
 from serving.rules import RulesEngine
 
 log = logging.getLogger("kestrel.serving")
 
 
 def _redis(url: str, timeout: float) -> Redis:
+    # no CLIENT SETINFO on connect (driver_info=None): to a frozen Redis a new connection
+    # would wait for those replies with the client's timeout, not the call's
     return Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=min(timeout, 0.5),
-                          retry=Retry(NoBackoff(), 0), health_check_interval=0)
+                          retry=Retry(NoBackoff(), 0), health_check_interval=0,
+                          driver_info=None)
 
 
 class Runtime:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.redis = _redis(settings.redis_url, 2.0)
+        self.redis_guard = RedisGuard(settings.redis_url)
+        self.redis = _redis(settings.redis_url, INTERACTIVE_TIMEOUT_S)
         self.scoring_redis = _redis(settings.redis_url, max(settings.score_budget_ms / 1000,
                                                             0.005))
         self.batch_redis = _redis(settings.redis_url, 10.0)
@@ -51,16 +58,16 @@ class Runtime:
                               key=settings.secret("audit_key"))
         self.rules = RulesEngine.from_file(settings.rules_path)
         self.model = ModelHolder(settings)
-        self.alerts = AlertStore(self.redis)
+        self.alerts = AlertStore(self.redis, self.redis_guard)
         self.insights = Insights(self.redis, self.alerts, settings.insight_schema_version,
-                                 settings.insight_cache_ttl_seconds)
-        self.limiter = RateLimiter(settings, self.redis)
+                                 settings.insight_cache_ttl_seconds, self.redis_guard)
+        self.limiter = RateLimiter(settings, self.redis, self.redis_guard)
         self._producer: EventProducer | None = None  # acknowledged sends: ingest, labels
         self._publisher: EventProducer | None = None  # fire and forget: decisions
         self._ingestor: Ingestor | None = None
         self._lock = threading.Lock()
-        self.features = OnlineFeatures(settings, self.scoring_redis)
-        self.batch_features = OnlineFeatures(settings, self.batch_redis)
+        self.features = OnlineFeatures(settings, self.scoring_redis, self.redis_guard)
+        self.batch_features = OnlineFeatures(settings, self.batch_redis, self.redis_guard)
         self.decider = Decider(settings, self.features, self.model, self.rules, None, self.audit)
         self.batch_decider = Decider(settings, self.batch_features, self.model, self.rules,
                                      None, self.audit)
@@ -101,19 +108,17 @@ class Runtime:
         return self._ingestor
 
     def readiness(self) -> dict[str, Any]:
-        try:
-            redis_ok = bool(self.redis.ping())
-        except Exception:
-            redis_ok = False
+        redis_ok = self.redis_guard.answers(self.redis)  # False at once while the breaker is open
         model = self.model.current
         checks = {"redis": redis_ok, "broker": broker_answers(self.settings, 2.0),
                   "model": model is not None}
         return {"ready": all(checks.values()), "checks": checks,
                 "model_version": model.version if model else None,
-                "model_error": self.model.last_error}
+                "model_error": self.model.last_error, "redis_error": self.redis_guard.reason}
 
     def stop(self) -> None:
         self.model.stop()
+        self.redis_guard.close()
         if self.consumer is not None:
             self.consumer.stop()
         for producer in (self._publisher, self._producer):
