@@ -401,6 +401,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                reason=label_in.reason, labelled_at=datetime.now(UTC))
         except ValidationError as exc:
             raise EventValidationError(field_errors(exc)) from None
+        if label_in.alert_id:  # a 503 after publishing would make the retry a second label
+            rt().redis_guard.check("labels")
         await run_in_threadpool(_publish_label, rt(), label)
         closed = rt().alerts.close(label_in.alert_id) if label_in.alert_id else None
         return _json({"accepted": True, "label": label.model_dump(mode="json"),
