@@ -219,6 +219,17 @@ class Settings(BaseSettings):
         "transactions and decisions (nobody waits for their acknowledgement; at 400 req/s, "
         "10 ms cost 0.9 ms of worker CPU per decision and a quarter core in the broker)."
     )
+    publish_timeout_ms: int = Field(
+        5000, ge=100, le=120_000, description="Longest the service waits for the broker: "
+        "ingest and labels answer 503 (Retry-After) past it; scored transactions and "
+        "decisions it has not acknowledged by then go to the local spool."
+    )
+    spool_max_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024 * 1024, description="Bound of each worker's local spool "
+        "(<var_dir>/spool: scored transactions and decisions the broker did not take, "
+        "republished in order when it answers); past it a decision says its records were "
+        "dropped; past half of it /v1/ready answers 503."
+    )
     rules_path: Path | None = Field(
         None, description="Rules YAML of POST /v1/score (unset: serving/rules.yaml)."
     )
@@ -259,6 +270,10 @@ class Settings(BaseSettings):
     @property
     def lake_dir(self) -> Path:
         return self.var_dir / "lake"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.var_dir / "spool"
 
     @property
     def run_dir(self) -> Path:

@@ -12,10 +12,13 @@ sum(rate(kestrel_insight_cache_total[5m]))``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import bentoml
 import prometheus_client
 from prometheus_client import multiprocess
+from prometheus_client.core import GaugeMetricFamily
 
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
@@ -39,16 +42,46 @@ INSIGHT_CACHE = bentoml.metrics.Counter(
 RATE_LIMITED = bentoml.metrics.Counter(
     name="kestrel_rate_limited_total", documentation="Requests refused with 429, by client",
     labelnames=["client"])
+# the broker stalled or gone (serving/publisher.py): records kept in the local spool, sent
+# again from it, and lost because it was full; its depth is read from disk at each scrape
+SPOOLED = bentoml.metrics.Counter(
+    name="kestrel_spooled_total", documentation="Records the broker did not take, kept in "
+    "the local spool, by topic", labelnames=["topic"])
+REPUBLISHED = bentoml.metrics.Counter(
+    name="kestrel_republished_total", documentation="Spooled records published once the "
+    "broker answered again, by topic", labelnames=["topic"])
+PUBLISH_DROPPED = bentoml.metrics.Counter(
+    name="kestrel_publish_dropped_total", documentation="Records lost because the local spool "
+    "was full (each decision concerned says so), by topic", labelnames=["topic"])
+_spool_depth: Callable[[], dict[str, Any]] | None = None
+
+
+def watch_spool(depth: Callable[[], dict[str, Any]]) -> None:
+    """Export ``depth()`` (records and bytes in every worker's spool) at each scrape."""
+    global _spool_depth
+    _spool_depth = depth
+
+
+class _SpoolGauges:
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = _spool_depth() if _spool_depth is not None else {"records": 0, "bytes": 0}
+        yield GaugeMetricFamily("kestrel_spool_records", "Records waiting in the local spools "
+                                "of every worker", value=depth["records"])
+        yield GaugeMetricFamily("kestrel_spool_bytes", "Bytes waiting in the local spools of "
+                                "every worker", value=depth["bytes"])
 
 
 def exposition() -> bytes:
     """The Prometheus text format of every worker's metrics (this process's alone when it
-    is not a BentoML worker, as in-process tests)."""
+    is not a BentoML worker, as in-process tests), and the spools' depth."""
+    gauges = prometheus_client.CollectorRegistry(auto_describe=False)
+    gauges.register(_SpoolGauges())
+    spool = prometheus_client.generate_latest(gauges)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = prometheus_client.CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return prometheus_client.generate_latest(registry)
-    return prometheus_client.generate_latest()
+        return prometheus_client.generate_latest(registry) + spool
+    return prometheus_client.generate_latest() + spool
 
 
 CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
