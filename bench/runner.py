@@ -12,7 +12,7 @@ from kestrel.errors import ConfigError
 from kestrel.settings import Settings
 
 SCENARIOS = {"ingest": "bench.ingest", "stream": "bench.stream", "batch": "bench.batch",
-             "train": "bench.train", "serve": "bench.serve"}
+             "train": "bench.train", "serve": "bench.serve", "faults": "bench.faults"}
 
 
 def run_scenario(name: str, settings: Settings, quick: bool = False,

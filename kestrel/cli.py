@@ -611,7 +611,8 @@ def audit_verify(
 
 @app.command()
 def bench(
-    scenario: Annotated[str, typer.Argument(help="ingest | stream | batch | train | serve")],
+    scenario: Annotated[str, typer.Argument(
+        help="ingest | stream | batch | train | serve | faults")],
     quick: Annotated[bool, typer.Option(help="Small version (the test suite runs it)")] = False,
     out: Annotated[Path | None, typer.Option(help="JSON path (default bench/results/)")] = None,
 ) -> None:

@@ -73,3 +73,17 @@ def test_serve_quick(settings: Settings, tmp_path: Path) -> None:
         # every answer is a 200; a rare client timeout on a saturated machine is tolerated
         assert set(metric["statuses"]) == {"200"}, (name, metric)
         assert metric["errors"] <= metric["requests"] // 20, (name, metric)
+
+
+@pytest.mark.faults
+def test_faults_quick(settings: Settings, tmp_path: Path) -> None:
+    out = tmp_path / "faults.json"
+    run_scenario("faults", settings, quick=True, out=out)
+    doc = orjson.loads(out.read_bytes())
+    assert doc["scenario"] == "faults" and doc["quick"] is True
+    for phase in ("normal", "redis_frozen", "broker_stalled"):
+        metric = doc["metrics"][f"score_p99_ms@{phase}"]
+        assert metric["value"] > 0 and metric["requests"] > 0, phase
+        assert set(metric["statuses"]) == {"200"}, (phase, metric["statuses"])
+    for name in ("redis_recovery_s", "broker_recovery_s"):
+        assert doc["metrics"][name]["value"] >= 0, name
