@@ -207,3 +207,39 @@ def test_a_refused_connection_opens_it_at_once() -> None:
         g.call("t", roundtrip, _client(url), PING, 1, 0.05)
     assert g.open and time.perf_counter() - t0 < 0.1
     g.close()
+
+
+def test_a_decisions_feature_read_waits_only_what_is_left_of_its_budget(
+        frozen: str, settings: Settings) -> None:
+    """OnlineFeatures.read against a Redis that never answers: a read with 30 ms of budget
+    left gives up after ~30 ms and opens the breaker; one with 5 ms left gives up after 5 ms
+    as BudgetSpent (a short wait proves nothing about Redis: the breaker stays closed); one
+    with none left does not touch Redis."""
+    from kestrel.events import TransactionEvent
+    from serving.features import BudgetSpent, OnlineFeatures
+    from serving.fixtures import transaction
+
+    events = [TransactionEvent.model_validate(transaction(1))]
+    g = RedisGuard(frozen, Probe())
+    features = OnlineFeatures(settings, _client(frozen, timeout=2.0), g)
+    t0 = time.perf_counter()
+    with pytest.raises(BudgetSpent, match="ran out before"):
+        features.read(events, t0 - 0.001)
+    assert time.perf_counter() - t0 < 0.005
+    t0 = time.perf_counter()
+    with pytest.raises(BudgetSpent, match="waiting"):
+        features.read(events, t0 + 0.005)
+    short = time.perf_counter() - t0
+    assert not g.open
+    t0 = time.perf_counter()
+    with pytest.raises(RedisUnavailable):
+        features.read(events, t0 + 0.03)
+    waited = time.perf_counter() - t0
+    print(f"\nfeature reads on a frozen Redis gave up after {short * 1000:.1f} ms (5 ms left) "
+          f"and {waited * 1000:.1f} ms (30 ms left)")
+    assert g.open and short < 0.1 and 0.025 <= waited < 0.3
+    t0 = time.perf_counter()
+    with pytest.raises(RedisUnavailable, match="not answering"):
+        features.read(events, t0 + 0.03)
+    assert time.perf_counter() - t0 < 0.005  # open: no wait at all
+    g.close()
