@@ -265,6 +265,11 @@ class Settings(BaseSettings):
         100.0, ge=0, description="Audit records are written at once and fsynced at most this "
         "often (0: after every write)."
     )
+    audit_queue_records: int = Field(
+        100_000, ge=1, description="Most audit records waiting for the disk in one worker; "
+        "past it (or while the audit disk is full or failing) decisions say `audited: false` "
+        "and ingest and labels answer 503."
+    )
 
     # --- derived paths -------------------------------------------------------------------
     @property

@@ -53,6 +53,28 @@ REPUBLISHED = bentoml.metrics.Counter(
 PUBLISH_DROPPED = bentoml.metrics.Counter(
     name="kestrel_publish_dropped_total", documentation="Records lost because the local spool "
     "was full (each decision concerned says so), by topic", labelnames=["topic"])
+# threads that must not die (issue 28, part 3): the alert consumer, restarted with backoff
+# (serving/alerts.py), and the audit writer, failed while its disk is full (serving/audit.py)
+ALERT_CONSUMER_RESTARTS = bentoml.metrics.Counter(
+    name="kestrel_alert_consumer_restarts_total", documentation="Restarts of the alert "
+    "consumer after it failed (restarted with capped exponential backoff)")
+ALERT_CONSUMER_COMMIT_FAILURES = bentoml.metrics.Counter(
+    name="kestrel_alert_consumer_commit_failures_total", documentation="Offset commits of "
+    "the alert consumer that failed (a rebalance, the broker gone): its records come again, "
+    "the store ignores them")
+AUDIT_WRITE_ERRORS = bentoml.metrics.Counter(
+    name="kestrel_audit_write_errors_total", documentation="Writes, fsyncs or anchors of the "
+    "audit log that failed (a full or failing disk); the writer holds its records and tries "
+    "again")
+AUDIT_REFUSED = bentoml.metrics.Counter(
+    name="kestrel_audit_refused_total", documentation="Audit records not taken because the "
+    "audit log could not write or its queue was full, by kind", labelnames=["kind"])
+AUDIT_LOST = bentoml.metrics.Counter(
+    name="kestrel_audit_lost_total", documentation="Audit records taken but never written "
+    "(held at shutdown while the disk still failed)")
+UNAUDITED_DECISIONS = bentoml.metrics.Counter(
+    name="kestrel_unaudited_decisions_total", documentation="Decisions answered with "
+    "`audited: false`: the audit log could not take their records")
 _spool_depth: Callable[[], dict[str, Any]] | None = None
 
 
