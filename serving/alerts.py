@@ -14,12 +14,23 @@ event loop. ``add`` (the consumer's thread, which retries until Redis is back) d
 The consumer runs as a daemon thread inside `kestrel serve` (one consumer group
 ``kestrel-alert-store``: replicas split the partitions, dedup makes overlaps harmless); it
 commits offsets only after the Redis writes, so an alert is never lost.
+
+It must not end for good. A failed commit (``KafkaException``: a rebalance under way, the
+broker gone) is counted and ridden out in place: the batch's alerts are stored, they come
+again to whoever owns the partition next, and ``SET NX`` ignores them; restarting on it
+would leave and rejoin the group, a rebalance that fails the other members' commits in turn
+(every instance restarting, and unready, at once). Anything else that ends the loop (a fatal
+Kafka error, a bug) is caught by a supervisor that closes the consumer and starts a new one
+after a capped exponential backoff (``BACKOFF_S``; back to its start once a batch has been
+committed), counted in ``kestrel_alert_consumer_restarts_total``; ``healthy`` is False from
+the failure until the new consumer has subscribed, and ``/v1/ready`` says so.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
@@ -34,6 +45,7 @@ from kestrel.settings import Settings
 from kestrel.topics import ALERTS, TRANSACTIONS_DLQ
 from pipelines.dlq import dead_letter
 from pipelines.ingest import EventProducer
+from serving import metrics
 from serving.redis_guard import RedisGuard
 
 log = logging.getLogger("kestrel.serving.alerts")
@@ -136,17 +148,52 @@ class AlertStore:
         return [a for a in self._docs(ids) if a["status"] == status]
 
 
-class AlertConsumer:
-    """Topic `alerts` → AlertStore, in a daemon thread; a record that is not a valid alert
-    goes to the DLQ (redacted) through ``producer``."""
+def kafka_consumer(settings: Settings) -> Any:
+    """The alert store's consumer of the group ``kestrel-alert-store``, subscribed."""
+    from confluent_kafka import Consumer
 
-    def __init__(self, settings: Settings, store: AlertStore, producer: EventProducer):
+    consumer = Consumer({
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "group.id": "kestrel-alert-store", "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": settings.consumer_session_timeout_ms,
+        "fetch.wait.max.ms": 100, "logger": log,
+    })
+    consumer.subscribe([ALERTS])
+    return consumer
+
+
+class AlertConsumer:
+    """Topic `alerts` → AlertStore, in a supervised daemon thread; a record that is not a
+    valid alert goes to the DLQ (redacted) through ``producer``. ``consumer_factory`` makes a
+    subscribed consumer (tests give their own)."""
+
+    BACKOFF_S = (0.5, 30.0)  # the first restart's delay, doubled up to the second
+
+    def __init__(self, settings: Settings, store: AlertStore, producer: EventProducer,
+                 consumer_factory: Callable[[Settings], Any] = kafka_consumer):
         self.settings = settings
         self.store = store
         self.producer = producer
         self.stored = 0
+        self.restarts = 0
+        self.commit_failures = 0
+        self.state = "starting"  # running | restarting (down, in backoff) | stopped
+        self.error: str | None = None  # what ended the last consumer
+        self._factory = consumer_factory
+        self._committed = False  # a batch committed by the current consumer
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="alert-consumer", daemon=True)
+
+    @property
+    def healthy(self) -> bool:
+        """The thread runs and has a consumer (not failed and waiting to restart)."""
+        return self._thread.is_alive() and self.state in ("starting", "running")
+
+    def status(self) -> dict[str, Any]:
+        return {"healthy": self.healthy, "state": self.state, "restarts": self.restarts,
+                "commit_failures": self.commit_failures, "stored": self.stored,
+                "error": self.error}
 
     def start(self) -> None:
         self._thread.start()
@@ -156,20 +203,40 @@ class AlertConsumer:
         self._thread.join(10)
 
     def _run(self) -> None:
-        from confluent_kafka import Consumer
+        """The supervisor: a new consumer after each failure, with capped backoff."""
+        delay = self.BACKOFF_S[0]
+        while not self._stop.is_set():
+            self._committed = False
+            try:
+                self._consume()
+                break  # stopped
+            except Exception as exc:
+                self.state, self.error = "restarting", f"{type(exc).__name__}: {exc}"
+                self.restarts += 1
+                metrics.ALERT_CONSUMER_RESTARTS.inc()
+                if self._committed:  # it worked for a while: a fresh failure
+                    delay = self.BACKOFF_S[0]
+                log.exception("alert consumer failed; a new one in %.1f s", delay)
+            self._stop.wait(delay)
+            delay = min(delay * 2, self.BACKOFF_S[1])
+        self.state = "stopped"
 
-        consumer = Consumer({
-            "bootstrap.servers": self.settings.kafka_bootstrap,
-            "group.id": "kestrel-alert-store", "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": self.settings.consumer_session_timeout_ms,
-            "fetch.wait.max.ms": 100, "logger": log,
-        })
-        consumer.subscribe([ALERTS])
+    def _consume(self) -> None:
+        """One consumer's life: until stopped (returns) or failed (raises)."""
+        from confluent_kafka import KafkaException
+
+        consumer = self._factory(self.settings)
+        self.state = "running"
         try:
             while not self._stop.is_set():
                 msgs = consumer.consume(500, 0.5)
-                good = [m for m in msgs if m.error() is None]
+                good = []
+                for m in msgs:
+                    err = m.error()
+                    if err is None:
+                        good.append(m)
+                    elif err.fatal():  # this consumer is done for: the supervisor's turn
+                        raise KafkaException(err)
                 if not good:
                     continue
                 while not self._stop.is_set():
@@ -185,11 +252,22 @@ class AlertConsumer:
                     except RedisError as exc:  # keep the batch; retry until Redis is back
                         log.warning("alert store unavailable (%s); retrying", exc)
                         self._stop.wait(1.0)
-                consumer.commit(asynchronous=False)
-        except Exception:
-            log.exception("alert consumer stopped")
+                try:
+                    consumer.commit(asynchronous=False)
+                    self._committed = True
+                except KafkaException as exc:
+                    if exc.args and getattr(exc.args[0], "fatal", lambda: False)():
+                        raise
+                    # stored already: the records come again, the store ignores them
+                    self.commit_failures += 1
+                    metrics.ALERT_CONSUMER_COMMIT_FAILURES.inc()
+                    log.warning("alert offsets not committed (%s); the alerts are stored and "
+                                "come again", exc)
         finally:
-            consumer.close()
+            try:
+                consumer.close()
+            except Exception:
+                log.exception("alert consumer did not close cleanly")
 
     def _dead_letter(self, m: Any, error: EventValidationError) -> None:
         log.warning("alert record %s:%s:%s to the DLQ: %s", m.topic(), m.partition(),
