@@ -16,7 +16,8 @@ size) and leaves an access audit record. A URL holding a card number is refused 
 that (serving/screen.py); bodies are capped while they are read. Errors follow one shape and
 one table (serving/http_errors.py): 400 invalid input with every field's path, 401/403 auth,
 404 unknown, 413 body or batch too large, 429 rate limited (with Retry-After), 503 a store or
-the broker unavailable.
+the broker unavailable, or (ingest, labels) the audit log unable to write; ``/v1/score``
+still decides then and says ``audited: false``.
 """
 
 from __future__ import annotations
@@ -266,6 +267,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     async def ingest(request: Request) -> dict[str, Any]:
         principal = guard(request, "ingest")
+        rt().audit.check("ingest")  # 503 while the audit log cannot write (serving/audit.py)
         body = await read_body(request, settings.max_batch_body_bytes,
                                "KESTREL_MAX_BATCH_BODY_BYTES")
         limiter = rt().limiter
@@ -390,6 +392,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   "application/json": {"schema": LabelIn.model_json_schema()}}}})
     async def labels(request: Request) -> Response:
         principal = guard(request, "labels")
+        rt().audit.check("labels")  # 503 while the audit log cannot write (serving/audit.py)
         body = await read_body(request, settings.max_body_bytes, "KESTREL_MAX_BODY_BYTES")
         try:
             label_in = LabelIn.model_validate_json(body)

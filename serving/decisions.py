@@ -9,6 +9,11 @@ identical inputs give identical outputs.
 
 Reasons are XGBoost's exact TreeSHAP values (``pred_contribs``): the features that pushed the
 score up the most, each with its value and a sentence.
+
+``audited`` says whether the audit log took the decision's record (serving/audit.py): false
+while its disk is full or failing, or its queue is full. The decision is answered all the
+same (a payment does not wait for a log) and counted in ``kestrel_unaudited_decisions_total``;
+like ``latency_ms`` it is not a function of the inputs.
 """
 
 from __future__ import annotations
@@ -166,13 +171,19 @@ class Decider:
         metrics.STAGE_SECONDS.labels("rules").observe((t_rules - t2) + (t4 - t3))
         latency_ms = round((t4 - t0) * 1000, 3)
         counts: dict[str, int] = {}
+        # a full or failing audit disk does not hold a decision up: the decision says it
+        audited = self.audit.admits("decisions", n)
+        if not audited:
+            metrics.UNAUDITED_DECISIONS.inc(n)
         for d in out:
             d["latency_ms"] = latency_ms
+            d["audited"] = audited
             counts[d["action"]] = counts.get(d["action"], 0) + 1
         for action, count in counts.items():
             metrics.DECISIONS.labels(action, str(degraded).lower()).inc(count)
         decided = Decisions([orjson.dumps(d) for d in out])
-        self._publish(events, decided, frame, version, cause)
+        self._publish(events, decided, frame, version, cause,
+                      audited=audited)
         return decided
 
     @staticmethod
@@ -220,7 +231,7 @@ class Decider:
                 f"because {drivers}.")
 
     def _publish(self, events: Sequence[TransactionEvent], decided: Decisions,
-                 frame: FeatureFrame | None, version: str | None, cause: str | None) -> None:
+                 frame: FeatureFrame | None, version: str | None, cause: str | None, audited: bool = True) -> None:
         now = datetime.now(UTC)
         inputs = [e.to_json() for e in events]  # one encoding for the topic and the audit
         if self.producer is not None:
@@ -238,8 +249,11 @@ class Decider:
         # encoded once): built as {name: value} it cost a batch more than its scores did
         names = orjson.Fragment(orjson.dumps(frame.names if frame is not None else ()))
         rows = frame.rows_json() if frame is not None else [b"[]"] * len(events)
+        if not audited:
+            return  # refused: the decision says so
         self.audit.record_many("decisions", [{
             "at": now, "txn_id": ev.txn_id, "input": orjson.Fragment(raw),
             "feature_names": names, "features": orjson.Fragment(row),
             "model_version": version, "degraded_cause": cause, "output": orjson.Fragment(out)}
-            for ev, raw, out, row in zip(events, inputs, decided.encoded, rows, strict=True)])
+            for ev, raw, out, row in zip(events, inputs, decided.encoded, rows, strict=True)],
+            admitted=True)

@@ -55,7 +55,8 @@ class Runtime:
         self.batch_redis = _redis(settings.redis_url, 10.0)
         self.tokenizer = CardTokenizer(settings.secret("pan_token_key"))
         self.audit = AuditLog(settings.var_dir / "audit", settings.audit_fsync_ms,
-                              key=settings.secret("audit_key"))
+                              key=settings.secret("audit_key"),
+                              max_queued=settings.audit_queue_records)
         self.rules = RulesEngine.from_file(settings.rules_path)
         self.model = ModelHolder(settings)
         self.alerts = AlertStore(self.redis, self.redis_guard)
@@ -112,7 +113,14 @@ class Runtime:
         model = self.model.current
         checks = {"redis": redis_ok, "broker": broker_answers(self.settings, 2.0),
                   "model": model is not None}
+        # this worker's threads: the audit writer can write, the alert consumer is not down
+        # waiting to restart (serving/audit.py, serving/alerts.py)
+        consumer = self.consumer
+        checks["audit"] = self.audit.healthy
+        checks["alert_consumer"] = consumer is None or consumer.healthy
         return {"ready": all(checks.values()), "checks": checks,
+                "audit": self.audit.status(),
+                "alert_consumer": consumer.status() if consumer is not None else None,
                 "model_version": model.version if model else None,
                 "model_error": self.model.last_error, "redis_error": self.redis_guard.reason}
 
