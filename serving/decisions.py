@@ -231,7 +231,8 @@ class Decider:
                 f"because {drivers}.")
 
     def _publish(self, events: Sequence[TransactionEvent], decided: Decisions,
-                 frame: FeatureFrame | None, version: str | None, cause: str | None, audited: bool = True) -> None:
+                 frame: FeatureFrame | None, version: str | None, cause: str | None,
+                 audited: bool = True) -> None:
         now = datetime.now(UTC)
         inputs = [e.to_json() for e in events]  # one encoding for the topic and the audit
         if self.producer is not None:
