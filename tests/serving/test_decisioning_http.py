@@ -98,7 +98,7 @@ def test_score_returns_a_full_decision_from_the_champion(stack: Stack) -> None:
     d = r.json()
     assert set(d) >= {"txn_id", "action", "score", "reasons", "explanation", "model_version",
                       "degraded", "latency_ms"}
-    assert d["txn_id"] == "score-000001" and d["degraded"] is False
+    assert d["txn_id"] == "score-000001" and d["degraded"] is False and d["audited"] is True
     assert d["model_version"] == "1"
     assert 0.0 <= d["score"] <= 1.0
     # the busy card (6 transactions in the last hour, from Redis) drives the score up
@@ -395,7 +395,9 @@ def test_openapi_lists_every_route_and_metrics_export(stack: Stack) -> None:
     assert 'stage="features"' in text and 'stage="model"' in text and 'stage="rules"' in text
     assert httpx.get(stack.url + "/readyz").status_code == 200
     ready = httpx.get(stack.url + "/v1/ready").json()
-    assert ready["checks"] == {"redis": True, "broker": True, "model": True}
+    assert ready["ready"] and all(ready["checks"].values())
+    assert {"redis", "broker", "model", "audit", "alert_consumer"} <= ready["checks"].keys()
+    assert ready["audit"]["healthy"] and ready["alert_consumer"]["state"] == "running"
 
 
 def test_champion_swap_without_downtime(stack: Stack) -> None:
