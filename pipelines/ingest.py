@@ -11,6 +11,7 @@ Delivery failures are counted by a config-level callback that fires only on erro
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -33,9 +34,28 @@ from kestrel.pan import CardTokenizer
 from kestrel.settings import Settings
 from kestrel.topics import LABELS, TRANSACTIONS
 
+log = logging.getLogger("kestrel.ingest")
+
+# Errors after which an idempotent producer gets nothing in again: its producer id, epoch or
+# sequence no longer match the broker's. Measured on the local broker: once records time out
+# while it is stalled, librdkafka bumps the epoch and every later record fails with
+# PRODUCER_FENCED, for good; a broker restarted empty does not know the producer id at all.
+# Only a new producer (a new producer id) helps.
+PRODUCER_BROKEN = frozenset({
+    KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
+    KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, KafkaError.UNKNOWN_PRODUCER_ID,
+    KafkaError.INVALID_PRODUCER_ID_MAPPING, KafkaError._FENCED, KafkaError._FATAL})
+
+
+def producer_broken(err: KafkaError | None) -> bool:
+    return err is not None and (err.code() in PRODUCER_BROKEN or err.fatal())
+
 
 class EventProducer:
-    """A thread-safe, idempotent producer for the project's topics."""
+    """A thread-safe, idempotent producer for the project's topics. A delivery failure that
+    leaves the producer unable to publish again (:data:`PRODUCER_BROKEN`) makes the next
+    ``produce`` replace it with a new one; the records the old one held fail (their callers
+    are told)."""
 
     def __init__(self, settings: Settings, confirm_each: bool = False, **overrides: Any):
         """``confirm_each``: report every delivery (needed for per-request acknowledgements);
@@ -43,9 +63,12 @@ class EventProducer:
         self._lock = threading.Lock()
         self.failed = 0
         self.last_error: str | None = None
+        self.renewed = 0
+        self._broken: str | None = None
         conf = producer_config(settings, **overrides)
         conf["delivery.report.only.error"] = not confirm_each
         conf["on_delivery"] = self._on_error
+        self._conf = conf
         self._producer = Producer(conf)
         self._bootstrap = settings.kafka_bootstrap
 
@@ -54,25 +77,58 @@ class EventProducer:
             with self._lock:
                 self.failed += 1
                 self.last_error = str(err)
+            if producer_broken(err):
+                self._broken = str(err)
+
+    def renew(self, why: str) -> None:
+        """Replace the producer by a new one (a new producer id) at the next produce."""
+        self._broken = why
+
+    def _renew(self) -> None:
+        """Replace a producer that cannot publish again (see :data:`PRODUCER_BROKEN`)."""
+        with self._lock:
+            if self._broken is None:
+                return
+            old, self._producer = self._producer, Producer(self._conf)
+            why, self._broken = self._broken, None
+            self.renewed += 1
+        log.warning("producer replaced by a new one (a new producer id): %s", why)
+        old.purge()
+        old.flush(1.0)  # the purged records' callbacks: their callers are told they failed
 
     def produce(self, topic: str, key: bytes | str | None, value: bytes | str,
-                on_delivery: Any = None, partition: int | None = None) -> None:
-        """Queue one record, waiting for room when the local queue is full; ``partition``
-        overrides the partitioner (the stream's repartition names it)."""
+                on_delivery: Any = None, partition: int | None = None,
+                deadline: float | None = None) -> None:
+        """Queue one record, waiting for room when the local queue is full — until
+        ``deadline`` (``time.monotonic()``; then :class:`ServiceUnavailable`), or for as long
+        as it takes without one (the pipelines: back-pressure); ``partition`` overrides the
+        partitioner (the stream's repartition names it)."""
+        if self._broken is not None:
+            self._renew()
         extra: dict[str, Any] = {} if partition is None else {"partition": partition}
         if on_delivery is not None:
-            extra["on_delivery"] = on_delivery
+            def delivered(err: KafkaError | None, msg: Message) -> None:
+                if producer_broken(err):
+                    self._broken = str(err)
+                on_delivery(err, msg)
+            extra["on_delivery"] = delivered
         while True:
             try:
                 self._producer.produce(topic, value, key, **extra)
                 return
             except BufferError:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise ServiceUnavailable(
+                        "the producer's local queue stayed full (the broker is not taking "
+                        "records); retry later") from None
                 self._producer.poll(0.05)
 
     def produce_many(
         self, topic: str, records: Iterable[tuple[bytes | str, bytes | str]]
     ) -> int:
         """The hot path: queue (key, value) pairs; returns how many were queued."""
+        if self._broken is not None:
+            self._renew()
         produce = self._producer.produce
         poll = self._producer.poll
         n = 0
@@ -225,16 +281,29 @@ def _reject_duplicate_ids(events: Sequence[TransactionIn | TransactionEvent]) ->
 
 
 class Ingestor:
-    """Validate → tokenize → publish, and wait for the broker's acknowledgement."""
+    """Validate → tokenize → publish, and wait for the broker's acknowledgement — at most
+    ``timeout`` seconds (503 past it, never an indefinite wait). ``broker_ok`` (the HTTP
+    service's broker probe, serving/publisher.py) refuses at once while the broker is known
+    not to answer: nothing is queued that could land after the client's retry. Each time
+    ``comebacks()`` (the same probe's count of the broker answering again) moves, the
+    producer is replaced: a broker restarted empty does not know its producer id, and the
+    local broker fences a producer whose records timed out (librdkafka then retries until
+    the timeout, for good)."""
 
     def __init__(self, producer: EventProducer, tokenizer: CardTokenizer, max_batch: int,
-                 bounds: TimeBounds):
+                 bounds: TimeBounds, timeout: float = 10.0,
+                 broker_ok: Callable[[], bool] | None = None,
+                 comebacks: Callable[[], int] | None = None):
         self.producer = producer
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.bounds = bounds
+        self.timeout = timeout
+        self.broker_ok = broker_ok
+        self.comebacks = comebacks
+        self._comeback = comebacks() if comebacks is not None else 0
 
-    def ingest(self, body: bytes, timeout: float = 10.0,
+    def ingest(self, body: bytes, timeout: float | None = None,
                admit: Callable[[int], None] | None = None) -> list[str]:
         """Publish every event of the body; returns the accepted txn_ids in order.
         ``admit(n)`` is called with the number of valid events before anything is published
@@ -245,21 +314,51 @@ class Ingestor:
             admit(len(incoming))
         token = self.tokenizer.token
         records = _converted(incoming, prefix,
-                             lambda item: (item.customer_id, item.to_wire(token)))
-        pending = _Acks(len(records))
-        for key, value in records:
-            self.producer.produce(TRANSACTIONS, key, value, pending.callback)
-        pending.wait(self.producer, timeout)
+                             lambda item: (TRANSACTIONS, item.customer_id, item.to_wire(token)))
+        self.publish(records, timeout)
         return [item.txn_id for item in incoming]
+
+    def publish(self, records: Sequence[tuple[str, str, bytes | str]],
+                timeout: float | None = None, what: str = "events",
+                retry: str = "txn_id makes it idempotent") -> None:
+        """Publish (topic, key, value) records and wait for every acknowledgement, at most
+        ``timeout`` (default: the Ingestor's) in all: :class:`ServiceUnavailable` past it or
+        when the broker refuses any; ``what`` and ``retry`` word its message."""
+        timeout = self.timeout if timeout is None else timeout
+        if self.broker_ok is not None and not self.broker_ok():
+            raise ServiceUnavailable(f"the broker does not answer (or lacks the topics); "
+                                     f"nothing was published; retry the request later "
+                                     f"({retry})")
+        if self.comebacks is not None and self.comebacks() != self._comeback:
+            self._comeback = self.comebacks()
+            self.producer.renew("the broker answers again")
+        deadline = time.monotonic() + timeout
+        for attempt in (1, 2):
+            pending = _Acks(len(records), what, retry)
+            for topic, key, value in records:
+                self.producer.produce(topic, key, value, pending.callback, deadline=deadline)
+            try:
+                pending.wait(self.producer, deadline, timeout)
+                return
+            except ServiceUnavailable:
+                # every record refused by a producer that can publish no more (after a
+                # stalled or restarted broker): none was written, so the next produce's new
+                # producer sends them again, once, within the same deadline
+                if attempt == 2 or pending.broken < pending.expected:
+                    raise
 
 
 class _Acks:
     """Counts the broker's acknowledgements for one request's records."""
 
-    def __init__(self, expected: int):
+    def __init__(self, expected: int, what: str = "events",
+                 retry: str = "txn_id makes it idempotent"):
         self.expected = expected
+        self.what = what
+        self.retry = retry
         self.done = 0
         self.failed: list[str] = []
+        self.broken = 0
         self._cond = threading.Condition()
 
     def callback(self, err: KafkaError | None, _msg: Message) -> None:
@@ -267,22 +366,22 @@ class _Acks:
             self.done += 1
             if err is not None:
                 self.failed.append(str(err))
+                self.broken += producer_broken(err)
             self._cond.notify_all()
 
-    def wait(self, producer: EventProducer, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    def wait(self, producer: EventProducer, deadline: float, timeout: float) -> None:
         while True:
             with self._cond:
                 if self.done >= self.expected:
                     break
             if time.monotonic() > deadline:
                 raise ServiceUnavailable(
-                    f"the broker acknowledged {self.done} of {self.expected} events within "
-                    f"{timeout:.0f} s; retry the request (txn_id makes it idempotent)"
+                    f"the broker acknowledged {self.done} of {self.expected} {self.what} "
+                    f"within {timeout:g} s; retry the request ({self.retry})"
                 )
             producer.poll(0.005)
         if self.failed:
             raise ServiceUnavailable(
-                f"{len(self.failed)} events were not published ({self.failed[0]}); retry the "
-                "request (txn_id makes it idempotent)"
+                f"{len(self.failed)} {self.what} were not published ({self.failed[0]}); retry "
+                f"the request ({self.retry})"
             )

@@ -36,7 +36,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from kestrel import heap
-from kestrel.errors import EventValidationError, FieldError, NotFound, ServiceUnavailable
+from kestrel.errors import EventValidationError, FieldError, NotFound
 from kestrel.events import (
     FreeText,
     Identifier,
@@ -275,7 +275,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         def admit(events: int) -> None:
             limiter.check(principal.client, limiter.batch_cost(principal.client, events))
 
-        accepted = await run_in_threadpool(rt().ingestor().ingest, body, 10.0, admit)
+        # waits at most KESTREL_PUBLISH_TIMEOUT_MS for the broker (503 past it), and not
+        # at all while the broker is known not to answer
+        accepted = await run_in_threadpool(rt().ingestor().ingest, body, None, admit)
         return {"accepted": len(accepted), "txn_ids": accepted}
 
     # --- decisioning -------------------------------------------------------------------------
@@ -418,21 +420,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _publish_label(runtime: Runtime, label: LabelEvent, timeout: float = 10.0) -> None:
-    done = threading.Event()
-    failure: list[str] = []
-
-    def delivered(err: Any, _msg: Any) -> None:
-        if err is not None:
-            failure.append(str(err))
-        done.set()
-
-    producer = runtime.producer()
-    producer.produce(LABELS, label.txn_id, label.to_json(), delivered)
-    deadline = time.monotonic() + timeout
-    while not done.is_set():
-        if time.monotonic() > deadline:
-            raise ServiceUnavailable("the broker did not acknowledge the label; retry")
-        producer.poll(0.01)
-    if failure:
-        raise ServiceUnavailable(f"the label was not published ({failure[0]}); retry")
+def _publish_label(runtime: Runtime, label: LabelEvent) -> None:
+    """Acknowledged by the broker within KESTREL_PUBLISH_TIMEOUT_MS, or 503 (as ingest)."""
+    runtime.ingestor().publish([(LABELS, label.txn_id, label.to_json())], what="labels",
+                               retry="the latest label of a transaction wins")

@@ -4,8 +4,14 @@ One code path for one transaction and for a batch (a batch is a list; Redis and 
 called once for all of it). A decision is degraded — rules alone decide — when the online
 features cannot be read, no model is loaded or it fails, or the latency budget
 (``KESTREL_SCORE_BUDGET_MS``) is spent before the model's score is in. Everything but
-``latency_ms`` is a function of the inputs, the stored features and the model version, so
-identical inputs give identical outputs.
+``latency_ms`` and ``unpublished`` is a function of the inputs, the stored features and the
+model version, so identical inputs give identical outputs.
+
+``unpublished`` says which of the decision's records (the scored transaction on
+`transactions`, the decision on `decisions`) could not be handed to the broker when it was
+made: ``{}`` normally; per topic ``"spooled"`` (the broker is stalled or gone: kept in the
+local spool, republished in order when it answers) or ``"dropped"`` (the spool is full: lost,
+and counted). It is not ``degraded``, which is about the score only.
 
 Reasons are XGBoost's exact TreeSHAP values (``pred_contribs``): the features that pushed the
 score up the most, each with its value and a sentence.
@@ -31,11 +37,11 @@ import orjson
 from kestrel.events import TransactionEvent
 from kestrel.settings import Settings
 from kestrel.topics import DECISIONS, TRANSACTIONS
-from pipelines.ingest import EventProducer
 from serving import metrics
 from serving.audit import AuditLog
 from serving.features import BudgetSpent, FeatureFrame, OnlineFeatures
 from serving.model import ModelHolder
+from serving.publisher import LIVE, Publisher, Route
 from serving.redis_guard import RedisUnavailable
 from serving.rules import Outcome, RulesEngine
 
@@ -93,12 +99,12 @@ class Decisions:
 
 class Decider:
     def __init__(self, settings: Settings, features: OnlineFeatures, model: ModelHolder,
-                 rules: RulesEngine, producer: EventProducer | None, audit: AuditLog):
+                 rules: RulesEngine, publisher: Publisher | None, audit: AuditLog):
         self.settings = settings
         self.features = features
         self.model = model
         self.rules = rules
-        self.producer = producer
+        self.publisher = publisher
         self.audit = audit
         self.budget_s = settings.score_budget_ms / 1000
 
@@ -158,6 +164,10 @@ class Decider:
         t3 = time.perf_counter()
         metrics.STAGE_SECONDS.labels("model").observe((t2 - t1) + (t3 - t_rules))
         version = None if degraded or model is None else model.version
+        # what the broker cannot take now goes to the spool, or is lost when that is full:
+        # known before the decision is encoded, so the decision says it (serving/publisher.py)
+        route: Route = self.publisher.route() if self.publisher is not None else LIVE
+        unpublished = {} if route == LIVE else {TRANSACTIONS: route, DECISIONS: route}
         out: list[dict[str, Any]] = [{
             "txn_id": ev.txn_id, "action": outcome.action, "score": score,
             "reasons": why,
@@ -166,6 +176,7 @@ class Decider:
             "explanation": self._explain(outcome, score, why, cause),
             "model_version": version,
             "degraded": degraded,
+            "unpublished": unpublished,
         } for ev, score, outcome, why in zip(events, scores, outcomes, reasons, strict=True)]
         t4 = time.perf_counter()
         metrics.STAGE_SECONDS.labels("rules").observe((t_rules - t2) + (t4 - t3))
@@ -182,7 +193,7 @@ class Decider:
         for action, count in counts.items():
             metrics.DECISIONS.labels(action, str(degraded).lower()).inc(count)
         decided = Decisions([orjson.dumps(d) for d in out])
-        self._publish(events, decided, frame, version, cause,
+        self._publish(events, decided, frame, version, cause, route,
                       audited=audited)
         return decided
 
@@ -232,20 +243,20 @@ class Decider:
 
     def _publish(self, events: Sequence[TransactionEvent], decided: Decisions,
                  frame: FeatureFrame | None, version: str | None, cause: str | None,
-                 audited: bool = True) -> None:
+                 route: Route, audited: bool = True) -> None:
         now = datetime.now(UTC)
         inputs = [e.to_json() for e in events]  # one encoding for the topic and the audit
-        if self.producer is not None:
+        if self.publisher is not None:
             # a decision's record is its response JSON with ``decided_at`` appended
             stamp = b',"decided_at":' + orjson.dumps(now, option=orjson.OPT_UTC_Z) + b"}"
-            try:
-                self.producer.produce_many(TRANSACTIONS, (
-                    (e.customer_id, raw) for e, raw in zip(events, inputs, strict=True)))
-                self.producer.produce_many(DECISIONS, (
-                    (e.txn_id, raw[:-1] + stamp)
-                    for e, raw in zip(events, decided.encoded, strict=True)))
-            except Exception as exc:
-                log.warning("could not publish decisions: %s", exc)
+            try:  # never blocks: produced without waiting, or spooled (serving/publisher.py)
+                self.publisher.publish(route, (
+                    (TRANSACTIONS, [(e.customer_id, raw)
+                                    for e, raw in zip(events, inputs, strict=True)]),
+                    (DECISIONS, [(e.txn_id, raw[:-1] + stamp)
+                                 for e, raw in zip(events, decided.encoded, strict=True)])))
+            except Exception:  # a decision is answered even then; the audit below keeps it
+                log.exception("could not publish or spool %d decisions", len(events))
         # the feature vector as values in the order of ``feature_names`` (one list of names,
         # encoded once): built as {name: value} it cost a batch more than its scores did
         names = orjson.Fragment(orjson.dumps(frame.names if frame is not None else ()))

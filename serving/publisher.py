@@ -38,8 +38,15 @@ is full is counted and logged with its key; its decision had already been answer
 
 Each worker owns one slot directory under ``<var_dir>/spool`` (``worker-<n>``, held with an
 exclusive ``flock``); a restarted worker takes a free slot, so what a stopped worker spooled is
-republished by its successor. At shutdown whatever librdkafka still holds after
-``KESTREL_PUBLISH_TIMEOUT_MS`` is purged into the retry log, so it survives the restart.
+republished by its successor, and a worker that starts also adopts the free slots that still
+hold records (the service restarted with fewer workers) and republishes those first. At
+shutdown whatever librdkafka still holds after ``KESTREL_PUBLISH_TIMEOUT_MS`` is purged into
+the retry log, so it survives the restart. Each slot's depth is written to its
+``depth.json`` (at most every ``SYNC_SECONDS``): `/v1/ready` and ``kestrel_spool_*`` sum them,
+so any worker answers for all of them.
+
+A record the broker refuses for good (too large, invalid) cannot be helped by sending it
+again: it is counted as lost and logged, and does not hold up the records behind it.
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ from kestrel.errors import ServiceError
 from kestrel.kafka import producer_config
 from kestrel.settings import Settings
 from kestrel.topics import DECISIONS, TRANSACTIONS
+from pipelines.ingest import producer_broken
 from serving import metrics
 from serving.spool import SYNC_SECONDS, Batch, Quota, Record, Spool, frame
 
@@ -77,6 +85,9 @@ PROBE_TIMEOUT_S = 1.5
 WINDOW_RECORDS = 5000
 WINDOW_BYTES = 4 * 1024 * 1024
 DEPTH_FILE = "depth.json"
+# the broker refuses the record itself: sending it again cannot help (counted as lost)
+_PERMANENT = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE,
+                        KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG})
 
 
 def claim_slot(root: Path) -> tuple[Path, int]:
@@ -93,6 +104,23 @@ def claim_slot(root: Path) -> tuple[Path, int]:
             continue
         return slot, fd
     raise ServiceError(f"no free spool slot under {root}")
+
+
+def adopt_slots(root: Path, own: Path) -> list[tuple[Path, int]]:
+    """Slots no live process holds that still hold segments (their worker is gone and none
+    took its place, e.g. the service restarted with fewer workers), locked for this process."""
+    out = []
+    for slot in sorted(root.glob("worker-*")):
+        if slot == own or not any(slot.glob("*/*.seg")):
+            continue
+        fd = os.open(slot / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        out.append((slot, fd))
+    return out
 
 
 def spool_depth(root: Path) -> dict[str, Any]:
@@ -114,6 +142,12 @@ def spool_depth(root: Path) -> dict[str, Any]:
     return {"records": records, "bytes": nbytes, "slots": slots, "over_half": over}
 
 
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(orjson.dumps(doc))
+    os.replace(tmp, path)
+
+
 class Publisher:
     """One worker's publisher of scored transactions and decisions (module docstring)."""
 
@@ -124,6 +158,15 @@ class Publisher:
         self.quota = Quota(settings.spool_max_bytes)
         self.retry = Spool(self.slot / "retry", self.quota)
         self.spool = Spool(self.slot / "main", self.quota)
+        # slots left by workers that are gone: older records, so republished first; their
+        # depth is counted in this slot's from now on
+        self._adopted = adopt_slots(root or settings.spool_dir, self.slot)
+        self._lanes: list[Spool] = []
+        for slot, _ in self._adopted:
+            (slot / DEPTH_FILE).unlink(missing_ok=True)
+            unbounded = Quota(1 << 62)  # holds what it holds; nothing is added to it
+            self._lanes += [Spool(slot / "retry", unbounded), Spool(slot / "main", unbounded)]
+        self._lanes += [self.retry, self.spool]
         linger = settings.decision_publish_linger_ms
         conf = producer_config(settings, **{
             "linger.ms": linger,
@@ -131,11 +174,17 @@ class Publisher:
             **overrides})
         conf["delivery.report.only.error"] = True
         conf["on_delivery"] = self._on_failure
+        conf["error_cb"] = self._on_error
+        self._conf = conf
+        self._fatal: str | None = None
         self.producer = Producer(conf)
         self._lock = threading.Lock()
-        self.spooling = bool(self.retry.records or self.spool.records)
+        self.spooling = any(lane.records for lane in self._lanes)
         self.broker_ok = True  # until a probe says otherwise
+        self.comebacks = 0  # times the broker answered again after a miss or a failed window
+        self._fresh_for = 0  # the comeback the current producer was made for
         self.dropped = 0
+        self._drop_said = -1e9  # when a loss was last logged
         self._failed: list[Record] = []  # reported by librdkafka, not yet in the retry log
         self._draining = False  # failures now are of a republished window, already spooled
         self._drain_failures = 0
@@ -143,8 +192,9 @@ class Publisher:
         self._depth_written: tuple[int, ...] = ()
         self._stop = threading.Event()
         if self.spooling:
-            log.warning("spool %s holds %d records from before this process; republishing "
-                        "them first", self.slot, self.retry.records + self.spool.records)
+            log.warning("spool %s holds %d records from before this process (%d slots "
+                        "adopted); republishing them first", self.slot,
+                        sum(lane.records for lane in self._lanes), len(self._adopted))
         self._write_depth()
         self._thread = threading.Thread(target=self._run, name="kestrel-publisher",
                                         daemon=True)
@@ -189,14 +239,14 @@ class Publisher:
             for r, (key, value) in enumerate(recs):
                 try:
                     produce(topic, value, key)
-                except BufferError:
+                except (BufferError, KafkaException):  # full, or fatal: being replaced
                     return [(topic, k, v) for k, v in recs[r:]] + [
                         (t, k, v) for t, rs in batches[b + 1:] for k, v in rs]
         return []
 
     def depth(self) -> dict[str, Any]:
-        return {"records": self.retry.records + self.spool.records,
-                "bytes": self.retry.pending_bytes + self.spool.pending_bytes,
+        return {"records": sum(lane.records for lane in self._lanes),
+                "bytes": sum(lane.pending_bytes for lane in self._lanes),
                 "disk_bytes": self.quota.used, "max_bytes": self.quota.max_bytes,
                 "spooling": self.spooling, "broker_ok": self.broker_ok,
                 "dropped": self.dropped}
@@ -206,6 +256,13 @@ class Publisher:
     def _on_failure(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
             return
+        if producer_broken(err):  # nothing gets in again: the thread replaces the producer
+            self._fatal = str(err)
+        if err.code() in _PERMANENT:
+            log.error("the broker refused a record for good (%s): topic %s key %r", err,
+                      msg.topic(), msg.key())
+            self._count_dropped([(msg.topic() or "", None, None)], "refused by the broker")
+            return
         if self._draining:
             self._drain_failures += 1
             return
@@ -213,6 +270,27 @@ class Publisher:
             log.warning("the broker did not take a record (%s); spooling from now on", err)
         self.spooling = True  # from now on new records queue behind this one
         self._failed.append((msg.topic() or "", msg.key(), msg.value() or b""))
+
+    def _on_error(self, err: KafkaError) -> None:
+        """librdkafka's client-level errors; a fatal one (the idempotent producer lost its
+        sequence, e.g. to a broker restarted empty) makes the thread replace the producer."""
+        if err.fatal():
+            self._fatal = str(err)
+        else:
+            log.info("broker client: %s", err)
+
+    def _renew(self) -> None:
+        """A new producer for a fatally failed one: what the old one held fails into the
+        retry log (or, for a window being republished, is sent again)."""
+        log.warning("decision producer replaced by a new one (a new producer id): %s",
+                    self._fatal)
+        self.spooling = True
+        old = self.producer
+        self.producer = Producer(self._conf)
+        old.purge()
+        old.flush(1.0)  # serves the purged records' reports (_on_failure)
+        self._fatal = None
+        self._keep_failed()
 
     def _keep_failed(self) -> None:
         """Write the records librdkafka reported failed to the retry log."""
@@ -227,15 +305,23 @@ class Publisher:
         if kept < len(failed):
             self._count_dropped(failed[kept:])
 
-    def _count_dropped(self, records: Iterable[tuple[str, Any, Any]]) -> None:
+    def _count_dropped(self, records: Iterable[tuple[str, Any, Any]],
+                       why: str = "the spool is full") -> None:
+        """Count records lost (the metric, ``dropped``); logged at most every 10 s."""
         by_topic = Counter(topic for topic, _, _ in records)
         n = sum(by_topic.values())
         with self._lock:
             self.dropped += n
+            now = time.monotonic()
+            say = now - self._drop_said >= 10.0
+            if say:
+                self._drop_said = now
         for topic, count in by_topic.items():
             metrics.PUBLISH_DROPPED.labels(topic).inc(count)
-        log.error("spool full (KESTREL_SPOOL_MAX_BYTES=%d): %d records lost (%s)",
-                  self.quota.max_bytes, n, dict(by_topic))
+        if say:
+            log.error("%d records lost: %s (KESTREL_SPOOL_MAX_BYTES=%d); %d lost in all so "
+                      "far (kestrel_publish_dropped_total)", n, why, self.quota.max_bytes,
+                      self.dropped)
 
     def _probe(self) -> bool:
         """The broker answers a metadata request and lists both topics (a broker restarted
@@ -254,6 +340,8 @@ class Publisher:
         while not self._stop.is_set():
             try:
                 self.producer.poll(0.05 if self.spooling else 0.2)
+                if self._fatal is not None:
+                    self._renew()
                 self._keep_failed()
                 now = time.monotonic()
                 if now >= next_probe:
@@ -263,6 +351,7 @@ class Publisher:
                     if ok != self.broker_ok:
                         log.warning("the broker %s", "answers again" if ok else
                                     "does not answer a metadata request")
+                        self.comebacks += ok
                     self.broker_ok = ok
                     if misses >= 2 and not self.spooling:
                         self.spooling = True
@@ -280,8 +369,16 @@ class Publisher:
         if len(self.producer) or self._failed:
             return True  # records produced directly are still in librdkafka's hands
         self._draining = False
+        if self._fresh_for != self.comebacks:
+            # the broker is back after a miss or a failed window: it may be a new one (a
+            # restart; memory storage) that does not know this producer's id, or one that
+            # fenced the epoch librdkafka bumped when records timed out (measured on the
+            # local broker: records then fail, or time out, for good). The old producer holds
+            # nothing now, so a new one (a new producer id) costs no duplicate.
+            self._fresh_for = self.comebacks
+            self.producer = Producer(self._conf)
         with self._lock:
-            lane = self.retry if self.retry.records else self.spool
+            lane = next((lane for lane in self._lanes if lane.records), self.spool)
             batch = lane.read(WINDOW_RECORDS, WINDOW_BYTES)
             if not batch:
                 self.spooling = False  # nothing spooled, nothing in flight: direct again
@@ -297,9 +394,16 @@ class Publisher:
                 self.producer.produce(topic, value, key)
             except BufferError:
                 break
+            except KafkaException as exc:  # refused by the client itself: cannot succeed
+                if exc.args[0].fatal():
+                    break
+                log.error("a spooled record cannot be published (%s): topic %s key %r", exc,
+                          topic, key)
+                self._count_dropped([(topic, key, value)], "refused by the client")
             sent += 1
         deadline = time.monotonic() + self.timeout_s + 2.0
-        while len(self.producer) and time.monotonic() < deadline and not self._stop.is_set():
+        while len(self.producer) and time.monotonic() < deadline and not self._stop.is_set() \
+                and self._fatal is None:
             self.producer.poll(0.05)
         if sent < len(batch):
             self._window = None
@@ -323,7 +427,7 @@ class Publisher:
 
     def _sync(self) -> None:
         with self._lock:
-            for lane in (self.retry, self.spool):
+            for lane in self._lanes:
                 lane.sync()
         self._write_depth()
 
@@ -332,9 +436,7 @@ class Publisher:
         key = (d["records"], d["bytes"], d["disk_bytes"], d["spooling"], d["broker_ok"])
         if key == self._depth_written:
             return
-        tmp = self.slot / (DEPTH_FILE + ".tmp")
-        tmp.write_bytes(orjson.dumps({**d, "pid": os.getpid()}))
-        os.replace(tmp, self.slot / DEPTH_FILE)
+        _write_json(self.slot / DEPTH_FILE, {**d, "pid": os.getpid()})
         self._depth_written = key
 
     def close(self, timeout: float = 10.0) -> None:
@@ -349,10 +451,22 @@ class Publisher:
         self._ack_window()  # a window the thread stopped waiting for may have made it
         self._keep_failed()
         with self._lock:
-            self._write_depth()
-            for lane in (self.retry, self.spool):
+            for lane in self._lanes:
                 lane.close()
+            # each adopted slot's depth back in its own file, for whoever takes it next
+            for n, (slot, _) in enumerate(self._adopted):
+                retry, main = self._lanes[2 * n:2 * n + 2]
+                _write_json(slot / DEPTH_FILE, {
+                    "records": retry.records + main.records,
+                    "bytes": retry.pending_bytes + main.pending_bytes,
+                    "disk_bytes": retry.quota.used, "max_bytes": self.quota.max_bytes})
+            self._lanes = self._lanes[2 * len(self._adopted):]
+            self._depth_written = ()
+            self._write_depth()
+        left = sum(lane.records for lane in self._lanes)
+        for _, fd in self._adopted:
+            os.close(fd)
         os.close(self._slot_fd)
-        if self.retry.records or self.spool.records:
+        if left:
             log.warning("%d records left in the spool %s: republished when the service "
-                        "starts again", self.retry.records + self.spool.records, self.slot)
+                        "starts again", left, self.slot)

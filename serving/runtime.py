@@ -24,12 +24,14 @@ from kestrel.kafka import broker_answers
 from kestrel.pan import CardTokenizer
 from kestrel.settings import Settings
 from pipelines.ingest import EventProducer, Ingestor
+from serving import metrics
 from serving.alerts import AlertConsumer, AlertStore
 from serving.audit import AuditLog
 from serving.decisions import Decider
 from serving.features import OnlineFeatures
 from serving.insights import Insights
 from serving.model import ModelHolder
+from serving.publisher import Publisher, spool_depth
 from serving.ratelimit import RateLimiter
 from serving.redis_guard import INTERACTIVE_TIMEOUT_S, RedisGuard
 from serving.rules import RulesEngine
@@ -64,7 +66,9 @@ class Runtime:
                                  settings.insight_cache_ttl_seconds, self.redis_guard)
         self.limiter = RateLimiter(settings, self.redis, self.redis_guard)
         self._producer: EventProducer | None = None  # acknowledged sends: ingest, labels
-        self._publisher: EventProducer | None = None  # fire and forget: decisions
+        # fire and forget: scored transactions and decisions, spooled when the broker
+        # does not take them (serving/publisher.py)
+        self._publisher: Publisher | None = None
         self._ingestor: Ingestor | None = None
         self._lock = threading.Lock()
         self.features = OnlineFeatures(settings, self.scoring_redis, self.redis_guard)
@@ -85,12 +89,12 @@ class Runtime:
         self.model.start()
         self.producer()
         # the scored transactions and decisions: no caller waits for their acknowledgement,
-        # so they batch for longer (KESTREL_DECISION_PUBLISH_LINGER_MS) and only failures
-        # are reported; shutdown flushes them (stop)
-        linger: dict[str, Any] = {"linger.ms": self.settings.decision_publish_linger_ms}
-        self._publisher = EventProducer(self.settings, **linger)
-        self.decider.producer = self._publisher
-        self.batch_decider.producer = self._publisher
+        # so they batch for longer (KESTREL_DECISION_PUBLISH_LINGER_MS); what the broker
+        # does not take goes to the local spool; shutdown flushes them (stop)
+        self._publisher = Publisher(self.settings)
+        self.decider.publisher = self._publisher
+        self.batch_decider.publisher = self._publisher
+        metrics.watch_spool(lambda: spool_depth(self.settings.spool_dir))
         if self.settings.alert_consumer:
             self.consumer = AlertConsumer(self.settings, self.alerts, self.producer())
             self.consumer.start()
@@ -98,21 +102,36 @@ class Runtime:
     def producer(self) -> EventProducer:
         with self._lock:
             if self._producer is None:
-                self._producer = EventProducer(self.settings, confirm_each=True)
+                timeout = max(self.settings.publish_timeout_ms,
+                              self.settings.producer_linger_ms + 1000)
+                self._producer = EventProducer(self.settings, confirm_each=True,
+                                               **{"message.timeout.ms": timeout})
             return self._producer
 
     def ingestor(self) -> Ingestor:
         if self._ingestor is None:
             self._ingestor = Ingestor(self.producer(), self.tokenizer,
                                       self.settings.max_batch_events,
-                                      TimeBounds.from_settings(self.settings))
+                                      TimeBounds.from_settings(self.settings),
+                                      self.settings.publish_timeout_ms / 1000,
+                                      self.broker_ok, self.broker_comebacks)
         return self._ingestor
+
+    def broker_ok(self) -> bool:
+        """The publisher's last probe (every second); True before it starts."""
+        return self._publisher is None or self._publisher.broker_ok
+
+    def broker_comebacks(self) -> int:
+        return 0 if self._publisher is None else self._publisher.comebacks
 
     def readiness(self) -> dict[str, Any]:
         redis_ok = self.redis_guard.answers(self.redis)  # False at once while the breaker is open
         model = self.model.current
-        checks = {"redis": redis_ok, "broker": broker_answers(self.settings, 2.0),
-                  "model": model is not None}
+        broker = (self._publisher.broker_ok if self._publisher is not None
+                  else broker_answers(self.settings, 2.0))
+        spool = spool_depth(self.settings.spool_dir)  # every worker's, from disk
+        checks = {"redis": redis_ok, "broker": broker, "model": model is not None,
+                  "spool": not spool["over_half"]}
         # this worker's threads: the audit writer can write, the alert consumer is not down
         # waiting to restart (serving/audit.py, serving/alerts.py)
         consumer = self.consumer
@@ -121,6 +140,7 @@ class Runtime:
         return {"ready": all(checks.values()), "checks": checks,
                 "audit": self.audit.status(),
                 "alert_consumer": consumer.status() if consumer is not None else None,
+                "spool": {k: spool[k] for k in ("records", "bytes", "over_half")},
                 "model_version": model.version if model else None,
                 "model_error": self.model.last_error, "redis_error": self.redis_guard.reason}
 
@@ -129,7 +149,9 @@ class Runtime:
         self.redis_guard.close()
         if self.consumer is not None:
             self.consumer.stop()
-        for producer in (self._publisher, self._producer):
+        if self._publisher is not None:  # what the broker does not take stays spooled
+            self._publisher.close(10.0)
+        for producer in (self._producer,):
             if producer is not None:
                 try:
                     producer.flush(10.0)

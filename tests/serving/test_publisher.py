@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 from kestrel.settings import Settings
@@ -97,3 +98,31 @@ def test_each_process_holds_its_own_slot(tmp_path: Path) -> None:
     assert c == a  # freed by its owner: the next process takes it
     os.close(fd_b)
     os.close(fd_c)
+
+
+@pytest.mark.slow
+def test_a_slot_no_worker_took_back_is_adopted_and_republished_first(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    live, fd = claim_slot(settings.spool_dir)  # a live worker holds worker-0
+    gone = Publisher(settings)  # a worker that spools, then is gone for good
+    assert gone.slot.name == "worker-1"
+    _wait(lambda: gone.spooling)
+    gone.publish(SPOOLED, _batch(0, 4))
+    gone.close(0.5)
+    os.close(fd)  # worker-0 free (and empty), worker-1 free with 8 records
+    pub = Publisher(settings)
+    try:
+        assert pub.slot == live and [s.name for s, _ in pub._adopted] == ["worker-1"]
+        lanes = [lane.read(1000, 1 << 30).records for lane in pub._lanes]
+        assert [r for recs in lanes for r in recs] == [
+            (t, k.encode(), v) for t, recs in _batch(0, 4) for k, v in recs]
+        assert pub.spooling and pub.depth()["records"] == 8
+        assert pub.route() == SPOOLED  # new records queue behind the adopted ones
+        _wait(lambda: spool_depth(settings.spool_dir)["records"] == 8)  # counted once
+    finally:
+        pub.close(0.5)
+    # closed: each slot's depth file counts its own records again
+    assert orjson.loads((settings.spool_dir / "worker-1" / "depth.json").read_bytes())[
+        "records"] == 8
+    assert orjson.loads((settings.spool_dir / "worker-0" / "depth.json").read_bytes())[
+        "records"] == 0
