@@ -7,8 +7,10 @@ this module started are ever signalled; never the machine's Redis on 6379):
 
 - the clean run: `kestrel stream` and `kestrel archive` run once each until idle;
 - the crashed run: both run side by side and are killed with SIGKILL twice each while they
-  work through the backlog (each when its own committed offsets pass a mark, so mid-stream
-  and, given the small batches, almost always mid-batch), restarted, and drained.
+  work through the backlog, each once its own committed offsets pass a mark: in round 1 as
+  soon as its next batch has staged its files (killed between staging and the batch's
+  commit point, what the staging folder left behind shows), in round 2 80 ms later,
+  wherever it is; then restarted and drained.
 
 Each run also feeds its `alerts` topic into an alert store (serving/alerts.py, in this
 process, as `kestrel serve` does), running through the crashes. Compared: the online store
@@ -57,6 +59,7 @@ from pipelines.archive.commit_log import CommitLog
 from pipelines.ingest import EventProducer
 from pipelines.simulator.config import SimulationConfig
 from pipelines.simulator.to_kafka import stream_to_kafka
+from pipelines.stream.offline_log import log_dir
 from pipelines.stream.processor import offsets_key
 from serving.alerts import PREFIX, AlertConsumer, AlertStore
 from serving.redis_guard import RedisGuard
@@ -69,6 +72,9 @@ CONFIG = SimulationConfig(customers=2000, terminals=4000, days=3)
 KILL_STREAM_AT = (2_500, 6_000)  # transactions committed by the stream when it is killed
 KILL_ARCHIVE_AT = (2_000, 5_000)  # transactions in the lake when the archiver is killed
 BATCHES = {"KESTREL_STREAM_BATCH_RECORDS": "500", "KESTREL_ARCHIVE_BATCH_RECORDS": "1000"}
+# after the mark, round 1 kills as soon as a batch has staged its files (between staging and
+# its commit point: at most 1 s later), round 2 80 ms later (wherever the process is then)
+KILL_DELAY_S = (1.0, 0.08)
 
 
 @pytest.fixture(scope="module")
@@ -200,20 +206,30 @@ def test_kill_9_of_stream_and_archiver_mid_batch_ends_as_a_clean_run(
             marks = {"stream": stream_at, "archive": archive_at}
             done = {"stream": lambda: crashed.stream_done(client),
                     "archive": crashed.archive_done}
+            # a batch interrupted between staging its files and its commit point leaves them
+            staging = {"stream": log_dir(crashed.settings.var_dir) / "_staging",
+                       "archive": crashed.settings.lake_dir / "_staging"}
             for what in marks:
                 crashed.spawn(what)
             alive = set(marks)
+            due: dict[str, float] = {}
             deadline = time.monotonic() + 180
             while alive and time.monotonic() < deadline:
                 for what in list(alive):
                     proc = crashed.procs[what]
                     assert proc.poll() is None, f"{what} ended:\n{crashed.log_tail(what)}"
-                    at = done[what]()
-                    if at >= marks[what]:
+                    if what not in due and done[what]() >= marks[what]:
+                        due[what] = time.monotonic() + KILL_DELAY_S[round_]
+                    staged_now = round_ == 0 and what in due and staging[what].is_dir() \
+                        and any(staging[what].iterdir())
+                    if what in due and (staged_now or time.monotonic() >= due[what]):
                         os.kill(proc.pid, signal.SIGKILL)  # only the pid this test started
                         proc.wait()
                         alive.discard(what)
-                        kills.append(f"{what} round {round_ + 1} at {at}")
+                        staged = sum(1 for _ in staging[what].glob("*")) \
+                            if staging[what].is_dir() else 0
+                        kills.append(f"{what} round {round_ + 1} at {done[what]()} "
+                                     f"({staged} staged batch folders left)")
                 time.sleep(0.005)
             assert not alive, f"{alive} never reached their marks"
         assert crashed.stream_done(client) < total and crashed.archive_done() < total, (
