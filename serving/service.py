@@ -11,6 +11,8 @@ model when it starts and runs the alert-store consumer thread (KESTREL_ALERT_CON
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import bentoml
 
 from kestrel import heap
@@ -57,4 +59,4 @@ class Kestrel:
 
 # BentoML answers itself, in plain text, what it does not hand to the app (a path no route
 # matches, a newline in the path): the same error body as the app's (serving/http_errors.py).
-Kestrel.add_asgi_middleware(http_errors.PlainErrors)
+cast(Any, Kestrel).add_asgi_middleware(http_errors.PlainErrors)  # the decorator made a Service
