@@ -51,8 +51,9 @@ def main() -> None:
 
     try:
         app()
-    except KestrelError as exc:
-        _fail(exc)
+    except KestrelError as exc:  # raised outside a command's own handling: one line, exit 1
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
 
 
 # --- services -------------------------------------------------------------------------------
