@@ -1,14 +1,13 @@
-"""Window definitions, written once: the stream processor and the offline builder import them.
+"""Entities, view names and the daily batch windows; stream features live in kestrel.features.
 
-A window is (entity, length, aggregation, field). Its feature name is derived from those
-(``card_amount_sum_1h``), so the two engines cannot disagree on a name or a length.
-
-Semantics (DESIGN.md, "the simple one that fits Feast"): for each entity the stream writes its
-window aggregates *as of that entity's latest event* — the window ``(t_last - length,
-t_last]``, that event included — stamped with ``t_last``. The vector that scores a transaction
-at T takes, per entity, the latest row strictly before T; ``seconds_since_last`` and
-``km_from_last`` are computed against that row's event. Offline, Feast's point-in-time join
-reproduces it when asked at ``T - 1 µs`` (the join includes rows stamped exactly T).
+Stream features are declared in kestrel/features/definitions.py (one line each); this module
+names the Feast views they land in and lists them per entity. Semantics (DESIGN.md, "the
+simple one that fits Feast"): for each entity the stream writes its features *as of that
+entity's latest event* — a window ``(t_last - length, t_last]``, that event included —
+stamped with ``t_last``. The vector that scores a transaction at T takes, per entity, the
+latest row strictly before T; ``seconds_since_last`` and ``km_from_last`` are computed
+against that row's event. Offline, Feast's point-in-time join reproduces it when asked at
+``T - 1 µs`` (the join includes rows stamped exactly T).
 """
 
 from __future__ import annotations
@@ -17,73 +16,20 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
-Entity = Literal["card", "customer", "terminal"]
-Aggregation = Literal["count", "sum", "distinct"]
+from kestrel.features import FEATURES, Feature, features_for
+from kestrel.features.definitions import H24
+from kestrel.features.event import ENTITIES, ENTITY_KEYS, Entity
 
-ENTITIES: tuple[Entity, ...] = ("card", "customer", "terminal")
-ENTITY_KEYS: dict[Entity, str] = {"card": "card_id", "customer": "customer_id",
-                               "terminal": "terminal_id"}
+__all__ = ["ENTITIES", "ENTITY_KEYS", "FEATURES", "WINDOWS", "Entity", "Feature",
+           "features_for"]
 
-
-def _label(length: timedelta) -> str:
-    seconds = int(length.total_seconds())
-    if seconds % 86_400 == 0:
-        return f"{seconds // 86_400 * 24}h" if seconds < 7 * 86_400 else f"{seconds // 86_400}d"
-    if seconds % 3600 == 0:
-        return f"{seconds // 3600}h"
-    return f"{seconds // 60}m"
-
-
-@dataclass(frozen=True)
-class Window:
-    entity: Entity
-    length: timedelta
-    aggregation: Aggregation
-    field: str | None = None  # summed or distinct-counted field; None for count
-
-    @property
-    def name(self) -> str:
-        what = {"count": "txn_count", "sum": f"{self.field}_sum",
-                "distinct": f"distinct_{self.field}"}[self.aggregation]
-        return f"{self.entity}_{what}_{_label(self.length)}"
-
-    @property
-    def micros(self) -> int:
-        return int(self.length.total_seconds() * 1_000_000)
-
-
-MIN10, H1, H24 = timedelta(minutes=10), timedelta(hours=1), timedelta(hours=24)
-
-WINDOWS: tuple[Window, ...] = (
-    Window("card", MIN10, "count"),
-    Window("card", H1, "count"),
-    Window("card", H24, "count"),
-    Window("card", MIN10, "sum", "amount"),
-    Window("card", H1, "sum", "amount"),
-    Window("card", H24, "sum", "amount"),
-    Window("card", H1, "distinct", "country"),
-    Window("card", H1, "distinct", "terminal"),
-    Window("customer", H1, "count"),
-    Window("customer", H24, "count"),
-    Window("customer", H1, "sum", "amount"),
-    Window("customer", H24, "sum", "amount"),
-    Window("customer", H24, "distinct", "mcc"),
-    Window("terminal", H1, "count"),
-    Window("terminal", H24, "count"),
-)
-
-# Per-card features that are not windows: about the card's latest event itself.
-CARD_LAST_EVENT_FEATURES: tuple[str, ...] = ("card_last_event_time_us", "card_last_lat",
-                                             "card_last_lon")
-
-
-def windows_for(entity: Entity) -> tuple[Window, ...]:
-    return tuple(w for w in WINDOWS if w.entity == entity)
+WINDOWS = FEATURES  # the name the stream features had before kestrel.features
 
 
 def horizon(entity: Entity) -> timedelta:
-    """The longest window of an entity: how much history its stream state must keep."""
-    return max(w.length for w in windows_for(entity))
+    """The longest span (window or max_age) of an entity's features: how much history its
+    stream state must keep."""
+    return max(f.span for f in features_for(entity))
 
 
 def stream_view_name(entity: Entity) -> str:
@@ -92,8 +38,7 @@ def stream_view_name(entity: Entity) -> str:
 
 
 def feature_names(entity: Entity) -> tuple[str, ...]:
-    extra = CARD_LAST_EVENT_FEATURES if entity == "card" else ()
-    return tuple(w.name for w in windows_for(entity)) + extra
+    return tuple(f.name for f in features_for(entity))
 
 
 # --- Batch windows (the Spark daily jobs) ---------------------------------------------------

@@ -35,8 +35,10 @@ import numpy as np
 import orjson
 
 from kestrel.events import TransactionEvent
+from kestrel.features import FEATURES
 from kestrel.settings import Settings
 from kestrel.topics import DECISIONS, TRANSACTIONS
+from kestrel.windows import BATCH_WINDOWS
 from serving import metrics
 from serving.audit import AuditLog
 from serving.features import BudgetSpent, FeatureFrame, OnlineFeatures
@@ -59,6 +61,9 @@ _TEXT: dict[str, str] = {
     "txn_is_night": "night-time payment flag is {v:.0f}",
     "txn_is_weekend": "weekend flag is {v:.0f}",
 }
+# features declared as whole numbers (counts): said without decimals
+_WHOLE_NUMBERS = frozenset({f.name for f in FEATURES if f.dtype == "int64"}
+                           | {w.name for w in BATCH_WINDOWS if w.aggregation == "count"})
 _ACTION_WORD = {"allow": "Allowed", "challenge": "Challenged", "decline": "Declined"}
 
 
@@ -68,7 +73,7 @@ def reason_text(feature: str, value: float) -> str:
     template = _TEXT.get(feature)
     if template:
         return template.format(v=value)
-    if "_count_" in feature or "_distinct_" in feature:
+    if feature in _WHOLE_NUMBERS:
         return f"{feature.replace('_', ' ')} is {value:.0f}"
     return f"{feature.replace('_', ' ')} is {value:.2f}"
 

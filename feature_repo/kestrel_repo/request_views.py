@@ -55,6 +55,8 @@ transaction_request = RequestSource(
     tags=tags("request"),
 )
 def txn_request_features(inputs: dict) -> dict:
+    from kestrel.features.event import hour_of, is_night  # the one definition of night
+
     amounts: list[float | None] = []
     hours: list[int | None] = []
     nights: list[int | None] = []
@@ -67,10 +69,10 @@ def txn_request_features(inputs: dict) -> dict:
             weekends.append(None)
             continue
         seconds = int(t_us) // 1_000_000
-        hour = seconds // 3600 % 24
+        hour = hour_of(int(t_us))
         weekday = (seconds // 86_400 + 3) % 7  # 1970-01-01 was a Thursday; Monday is 0
         hours.append(hour)
-        nights.append(1 if hour >= 22 or hour < 6 else 0)
+        nights.append(1 if is_night(int(t_us)) else 0)
         weekends.append(1 if weekday >= 5 else 0)
     return {"txn_amount": amounts, "txn_hour_of_day": hours, "txn_is_night": nights,
             "txn_is_weekend": weekends}

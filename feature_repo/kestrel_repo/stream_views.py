@@ -1,4 +1,5 @@
-"""The views the stream processor writes: one per entity, named and shaped by kestrel.windows.
+"""The views the stream processor writes: one per entity, named by kestrel.windows, shaped
+by the declared features (kestrel/features/definitions.py).
 
 Each row is an entity's window aggregates as of its latest event, stamped with that event's
 time (the point-in-time contract in DESIGN.md). Online, the stream writes Redis directly
@@ -15,7 +16,8 @@ from feast import FeatureView, Field, FileSource, PushSource
 from feast.data_format import ParquetFormat
 from feast.types import FeastType, Float64, Int64, String
 
-from kestrel.windows import ENTITY_KEYS, Entity, feature_names, stream_view_name, windows_for
+from kestrel.features import features_for
+from kestrel.windows import ENTITY_KEYS, Entity, stream_view_name
 from kestrel_repo.common import OWNER, feature_log_dir, settings, tags
 from kestrel_repo.entities import ENTITIES
 
@@ -29,16 +31,7 @@ EVENT_TIMESTAMP = "event_timestamp"
 CREATED = "created"
 
 
-def _dtype(entity: Entity, name: str) -> FeastType:
-    """Counts and distinct counts are Int64, sums Float64; per-event extras by their unit."""
-    for window in windows_for(entity):
-        if window.name == name:
-            return Float64 if window.aggregation == "sum" else Int64
-    if name.endswith("_time_us"):
-        return Int64
-    if name.endswith(("_lat", "_lon")):
-        return Float64
-    raise ValueError(f"no Feast type known for stream feature {name!r}; add it to _dtype")
+_FEAST_TYPES: dict[str, FeastType] = {"int64": Int64, "float64": Float64}
 
 
 def _stream_view(entity: Entity) -> FeatureView:
@@ -65,11 +58,14 @@ def _stream_view(entity: Entity) -> FeatureView:
         entities=[ENTITIES[entity]],
         ttl=STREAM_TTL,
         schema=[Field(name=ENTITY_KEYS[entity], dtype=String),
-                *(Field(name=f, dtype=_dtype(entity, f)) for f in feature_names(entity))],
+                *(Field(name=f.name, dtype=_FEAST_TYPES[f.dtype],
+                        description=f.summary)
+                  for f in features_for(entity))],
         source=push,
         online=True,
         description=(f"Event-time window aggregates per {entity} as of its latest event, "
-                     "written by the stream processor (kestrel.windows defines them)."),
+                     "written by the stream processor (declared in "
+                     "kestrel/features/definitions.py)."),
         owner=OWNER,
         tags=tags("stream", entity=entity, freshness="seconds"),
     )

@@ -2,8 +2,9 @@
 
 The stream writes, per entity, its window aggregates as of each event over ``(t − length,
 t]``, that event included, stamped with the event's time (kestrel/windows.py). Here the same
-windows (the same :data:`kestrel.windows.WINDOWS`) become Spark range frames over event time
-in µs: ``rangeBetween(-(length − 1 µs), 0)``. A range frame includes every event at the same
+declared features (kestrel/features/definitions.py), each with its aggregation's Spark
+implementation, are computed over range frames on event time in µs: ``rangeBetween(-(length −
+1 µs), 0)``. A range frame includes every event at the same
 µs as the current one, which is what the stream's log holds in the end for such a tie (the
 row of the later event of the two, re-emitted, is the newest version of that (key, time)
 row); so there is one row per (key, event_timestamp), and for a card the last event of a tie
@@ -29,18 +30,12 @@ from typing import TYPE_CHECKING, Any
 import pyarrow.parquet as pq
 
 from kestrel.errors import LakeError
+from kestrel.features import FEATURES, Feature, features_for
+from kestrel.features.inputs import INPUTS
+from kestrel.features.registry import SparkWindow
 from kestrel.lake import list_partitions, write_parquet_durable
 from kestrel.settings import Settings
-from kestrel.windows import (
-    ENTITIES,
-    ENTITY_KEYS,
-    WINDOWS,
-    Entity,
-    Window,
-    horizon,
-    stream_view_name,
-    windows_for,
-)
+from kestrel.windows import ENTITIES, ENTITY_KEYS, Entity, horizon, stream_view_name
 from pipelines.batch.jobs import _read_lake, days_between
 from pipelines.batch.layout import staging_dir
 from pipelines.batch.session import spark_session
@@ -51,24 +46,21 @@ if TYPE_CHECKING:
 
 Progress = Callable[[str], None]
 BACKFILL_FILE = "backfill-{day}.parquet"
-_FIELD_COLUMNS = {"amount": "amount", "country": "country", "terminal": "terminal_id",
-                  "mcc": "mcc"}
 TX_COLUMNS = ["txn_id", "event_time", "customer_id", "card_id", "terminal_id", "mcc", "amount",
               "country", "lat", "lon"]
 
 
-def _aggregate(window: Window) -> Column:
+def _aggregate(feature: Feature) -> Column:
     from pyspark.sql import Window as W
-    from pyspark.sql import functions as F
 
-    frame = (W.partitionBy(ENTITY_KEYS[window.entity]).orderBy("t")
-             .rangeBetween(-(window.micros - 1), 0))
-    if window.aggregation == "count":
-        return F.count(F.lit(1)).over(frame)
-    column = _FIELD_COLUMNS[window.field or "amount"]
-    if window.aggregation == "sum":
-        return F.round(F.sum(column).over(frame), 2)
-    return F.size(F.collect_set(column).over(frame)).cast("long")
+    key = ENTITY_KEYS[feature.entity]
+    source, condition = feature.source, feature.condition
+    return feature.aggregate.spark(SparkWindow(
+        frame=W.partitionBy(key).orderBy("t").rangeBetween(-(feature.micros - 1), 0),
+        ordered=W.partitionBy(key).orderBy("t", "ord"),
+        micros=feature.micros,
+        values=(source or INPUTS["time"]).spark(),
+        mask=condition.spark() if condition else None))
 
 
 def entity_rows(tx: DataFrame, entity: Entity) -> DataFrame:
@@ -77,10 +69,7 @@ def entity_rows(tx: DataFrame, entity: Entity) -> DataFrame:
     from pyspark.sql import functions as F
 
     key = ENTITY_KEYS[entity]
-    cols = [_aggregate(w).alias(w.name) for w in windows_for(entity)]
-    if entity == "card":
-        cols += [F.col("t").alias("card_last_event_time_us"),
-                 F.col("lat").alias("card_last_lat"), F.col("lon").alias("card_last_lon")]
+    cols = [_aggregate(f).alias(f.name) for f in features_for(entity)]
     rows = tx.select(key, "t", "ord", "event_time", *cols)
     last_of_tie = W.partitionBy(key, "t").orderBy(F.col("ord").desc())
     schema = view_schema(entity)
@@ -118,7 +107,7 @@ def backfill_stream_features(settings: Settings, start: date | None = None,
           .withColumn("ord", F.monotonically_increasing_id())
           .withColumn("t", F.unix_micros("event_time")).cache())
     say(f"backfill: {tx.count():,} transactions read ({first - timedelta(days=history)} … "
-        f"{last}); windows {', '.join(sorted({w.name for w in WINDOWS}))}")
+        f"{last}); features {', '.join(sorted(f.name for f in FEATURES))}")
     wanted = [d.isoformat() for d in days_between(first, last)]
     for entity in ENTITIES:
         view = stream_view_name(entity)

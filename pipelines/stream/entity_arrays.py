@@ -33,30 +33,28 @@ from typing import Any
 
 import numpy as np
 
-from kestrel.errors import KestrelError
-from kestrel.windows import ENTITY_KEYS
-from pipelines.stream import columnar
-from pipelines.stream.state import (
+from kestrel.features.event import (
     AMOUNT,
     COUNTRY,
+    ENTITY_KEYS,
+    FLOAT_FIELDS,
     LAT,
     LON,
     MCC,
     TERMINAL,
     VALUES,
     Event,
-    EventLog,
-    WindowSet,
 )
+from kestrel.features.registry import ArrayWindow
+from pipelines.stream.state import EventLog, WindowSet
 
 _NO_TIME = np.iinfo(np.int64).min
 _KEY_BITS = 62  # of a _SortKey (non-negative int64)
 _DEFAULTS: dict[int, Any] = {AMOUNT: 0.0, COUNTRY: "", TERMINAL: "", MCC: "", LAT: 0.0,
                              LON: 0.0}
-_FLOATS = (AMOUNT, LAT, LON)
-FIELDS: dict[str, tuple[int, ...]] = {  # what each entity's windows and rules read
-    "card": (AMOUNT, COUNTRY, TERMINAL, LAT, LON),
-    "customer": (AMOUNT, MCC),
+RULE_FIELDS: dict[str, tuple[int, ...]] = {  # what the alert rules read (pipelines/stream/rules.py)
+    "card": (COUNTRY,),
+    "customer": (),
     "terminal": (),
 }
 
@@ -114,16 +112,12 @@ class EntityArrays:
         duplicate checks (a customer's partition state; forwarded terminal updates). Cards
         need none, and a set insert and removal per event cost ~8 % of applying a batch."""
         self.entity = windows.entity
-        self.fields = FIELDS[windows.entity]
-        read = {f for _, group in windows.groups for _, kind, f in group if kind != "count"}
-        if self.entity == "card":
-            read |= {LAT, LON}
-        if not read <= set(self.fields):
-            raise KestrelError(
-                f"a {self.entity} window in kestrel/windows.py reads an event field the "
-                "entity's array state does not keep; add it to FIELDS in "
-                "pipelines/stream/entity_arrays.py")
-        self.groups = windows.groups
+        # the event fields kept: what the declared features and the alert rules read
+        self.fields = tuple(sorted({*windows.reads, *RULE_FIELDS[windows.entity]}))
+        self.plan = [
+            (micros, [(f.name, f.aggregate.array, f.source.array if f.source else None,
+                       f.condition.array if f.condition else None) for f in group])
+            for micros, group in windows.plan]
         self.horizon_us = windows.horizon_us
         self.kept_us = kept_us
         self.slack_us = slack_us
@@ -302,7 +296,7 @@ class EntityArrays:
             query = np.flatnonzero(emit | newest)
             at, at_time = code[query], time[query]
             new_txn = new_txn[~is_slow[codes[placed]]]
-        features = self._features(query, at, at_time, first_after, code, cols)
+        features = self._features(query, at, at_time, first_after, code, time, cols)
         if len(self._key_array) < len(self.keys):
             self._key_array = np.array(self.keys, dtype=object)
         rows_mask, newest_mask = emit[query], newest[query]
@@ -323,24 +317,18 @@ class EntityArrays:
         return Applied(accepted, rows, latest, slow)
 
     def _features(self, query: np.ndarray, at: np.ndarray, at_time: np.ndarray,
-                  first_after: Any, code: np.ndarray, cols: dict[int, np.ndarray]
-                  ) -> dict[str, np.ndarray]:
-        """The entity's window features as of each queried position (WindowSet.features)."""
+                  first_after: Any, code: np.ndarray, time: np.ndarray,
+                  cols: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
+        """The entity's features as of each queried position (WindowSet.features), with each
+        aggregation's array implementation."""
         out: dict[str, np.ndarray] = {}
-        for micros, group in self.groups:
+        for micros, group in self.plan:
             lo = first_after(at, at_time - micros)
-            for name, kind, f in group:
-                if kind == "count":
-                    out[name] = query - lo + 1
-                elif kind == "sum":
-                    out[name] = columnar.round2(columnar.window_sum(cols[f], lo, query))
-                else:
-                    prev = columnar.prev_same_in_windows(code, cols[f], lo, query)
-                    out[name] = columnar.window_distinct(prev, lo, query)
-        if self.entity == "card":
-            out["card_last_event_time_us"] = at_time
-            out["card_last_lat"] = cols[LAT][query]
-            out["card_last_lon"] = cols[LON][query]
+            for name, array, value, keep in group:
+                out[name] = array(ArrayWindow(
+                    values=time if value is None else value(time, cols),
+                    mask=None if keep is None else keep(time, cols),
+                    lo=lo, idx=query, group=code, time=time))
         return out
 
     def _evict(self) -> None:
@@ -436,4 +424,4 @@ class EntityArrays:
 
 
 def _dtype(f: int) -> Any:
-    return np.float64 if f in _FLOATS else object
+    return np.float64 if f in FLOAT_FIELDS else object

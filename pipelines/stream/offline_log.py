@@ -20,13 +20,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kestrel.features import features_for
 from kestrel.lake import fsync_dir, write_parquet_durable
-from kestrel.windows import ENTITIES, ENTITY_KEYS, Entity, feature_names, stream_view_name
+from kestrel.windows import ENTITIES, ENTITY_KEYS, Entity, stream_view_name
 
 ColumnBlock = dict[str, Any]
 """Rows as columns: column name → values (a list or a numpy array), event_timestamp in µs."""
 
 TS = pa.timestamp("us", tz="UTC")
+ARROW_TYPES = {"int64": pa.int64(), "float64": pa.float64()}  # a feature's declared type
 
 
 def log_dir(var_dir: Path) -> Path:
@@ -35,11 +37,7 @@ def log_dir(var_dir: Path) -> Path:
 
 def view_schema(entity: Entity) -> pa.Schema:
     fields = [pa.field(ENTITY_KEYS[entity], pa.string())]
-    for name in feature_names(entity):
-        if name.endswith(("_lat", "_lon")) or "_sum_" in name:
-            fields.append(pa.field(name, pa.float64()))
-        else:
-            fields.append(pa.field(name, pa.int64()))
+    fields += [pa.field(f.name, ARROW_TYPES[f.dtype]) for f in features_for(entity)]
     fields += [pa.field("event_timestamp", TS), pa.field("created", TS)]
     return pa.schema(fields)
 

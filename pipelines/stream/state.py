@@ -1,36 +1,40 @@
 """One entity's stream state as an event list, and its window aggregates: the reference.
 
 An EventLog keeps an entity's events of its longest window plus the allowed lateness, sorted
-by event time (an out-of-order event is inserted in place); WindowSet computes aggregates as
-of an event (kestrel.windows explains why the latest), from the same
-:data:`kestrel.windows.WINDOWS` the offline side uses. The processor holds its state as
-arrays per partition (entity_arrays.py, which must give the same rows: its tests compare the
-two) and checks entities out as EventLogs for work event by event: cards that may raise an
-alert, parity's capture, replaying a changelog.
+by event time (an out-of-order event is inserted in place); WindowSet computes the declared
+features (kestrel/features/definitions.py) as of an event — kestrel.windows explains why the
+latest — with each aggregation's reference implementation (kestrel/features/aggregations).
+The processor holds its state as arrays per partition (entity_arrays.py, which must give the
+same rows: its tests compare the two) and checks entities out as EventLogs for work event by
+event: cards that may raise an alert, replaying a changelog.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
-from typing import Any, Final
+from typing import Any
 
 import orjson
 
-from kestrel.windows import Entity, Window, feature_names, windows_for
+from kestrel.features import features_for
+from kestrel.features.event import (
+    AMOUNT,
+    COUNTRY,
+    LAT,
+    LON,
+    MCC,
+    TERMINAL,
+    TIME,
+    TXN,
+    VALUES,
+    Entity,
+    Event,
+)
+from kestrel.features.spec import Feature
 
-# An event as the state keeps it: (txn_id, time_us, amount, country, terminal_id, mcc, lat, lon)
-Event = tuple[str, int, float, str, str, str, float, float]
-TXN: Final = 0
-TIME: Final = 1
-AMOUNT: Final = 2
-COUNTRY: Final = 3
-TERMINAL: Final = 4
-MCC: Final = 5
-LAT: Final = 6
-LON: Final = 7
-VALUES: Final = (AMOUNT, COUNTRY, TERMINAL, MCC, LAT, LON)  # the fields after txn_id and time
-_FIELDS = {"country": COUNTRY, "terminal": TERMINAL, "mcc": MCC}  # distinct-counted
+__all__ = ["AMOUNT", "COUNTRY", "LAT", "LON", "MCC", "TERMINAL", "TIME", "TXN", "VALUES",
+           "Event", "EventLog", "WindowSet"]
 
 
 class EventLog:
@@ -85,21 +89,24 @@ class EventLog:
 
 
 class WindowSet:
-    """Computes one entity type's window features from its EventLog."""
+    """Computes one entity type's declared features from its EventLog, with the reference
+    implementations; ``plan`` groups them by span for the array engine too."""
 
     def __init__(self, entity: Entity):
         self.entity = entity
-        self.windows: tuple[Window, ...] = windows_for(entity)
-        by_length: dict[int, list[Window]] = defaultdict(list)
-        for w in self.windows:
-            by_length[w.micros].append(w)
-        # per window length: (feature name, kind, event field) — resolved once, not per event
-        self._groups = [
-            (micros, [(w.name, w.aggregation, _FIELDS.get(w.field or "", AMOUNT)) for w in ws])
-            for micros, ws in sorted(by_length.items())]
-        self.horizon_us = max(w.micros for w in self.windows)
-        self.groups = self._groups  # what entity_arrays takes
-        self.names = feature_names(entity)
+        self.declared: tuple[Feature, ...] = features_for(entity)
+        by_span: dict[int, list[Feature]] = defaultdict(list)
+        for f in self.declared:
+            by_span[f.micros].append(f)
+        # per span (µs, ascending): its features — resolved once, not per event
+        self.plan: list[tuple[int, list[Feature]]] = sorted(by_span.items())
+        self._reference = [
+            (micros, [(f.name, f.aggregate.reference, f.source.reference if f.source else None,
+                       f.condition.reference if f.condition else None) for f in group])
+            for micros, group in self.plan]
+        self.horizon_us = max(f.micros for f in self.declared)
+        self.names = tuple(f.name for f in self.declared)
+        self.reads = sorted({i for f in self.declared for i in f.reads})
 
     def served_before(self, log: EventLog, time_us: int) -> dict[str, Any] | None:
         """The row the online store holds for a lookup at ``time_us``: the features as of
@@ -114,29 +121,21 @@ class WindowSet:
         return self.features(log, j)
 
     def features(self, log: EventLog, at: int = -1) -> dict[str, Any]:
-        """Aggregates as of event ``at`` (default: the latest): over ``(t - length, t]``
-        for every window of the entity, with t that event's time."""
+        """The features as of event ``at`` (default: the latest): each over ``(t - span,
+        t]``, with t that event's time."""
         times, events = log.times, log.events
         end = len(events) if at == -1 else at + 1
         t_last = times[end - 1]
         out: dict[str, Any] = {}
-        for micros, group in self._groups:
+        for micros, group in self._reference:
             lo = bisect_right(times, t_last - micros, 0, end)
-            chunk: list[Event] | None = None  # sliced only when a value is aggregated
-            for name, kind, i in group:
-                if kind == "count":
-                    out[name] = end - lo
-                    continue
-                if chunk is None:
-                    chunk = events[lo:end]
-                if kind == "sum":  # only amounts are summed
-                    out[name] = round(sum(e[AMOUNT] for e in chunk), 2)
-                else:
-                    out[name] = len({e[i] for e in chunk})
-        if self.entity == "card":
-            last = events[end - 1]
-            out["card_last_event_time_us"] = last[TIME]
-            out["card_last_lat"] = last[LAT]
-            out["card_last_lon"] = last[LON]
+            chunk = events[lo:end]
+            for name, reference, value, keep in group:
+                if keep is not None:
+                    kept = [e for e in chunk if keep(e)]
+                    out[name] = reference([e[TIME] for e in kept] if value is None
+                                          else [value(e) for e in kept])
+                else:  # without an input, an aggregation sees the times
+                    out[name] = reference(times[lo:end] if value is None
+                                          else [value(e) for e in chunk])
         return out
-

@@ -19,8 +19,9 @@ import pytest
 import redis
 from feast import FeatureStore, FileSource
 
+from kestrel.features import features_for
 from kestrel.settings import Settings
-from kestrel.windows import ENTITY_KEYS, Entity, feature_names, stream_view_name, windows_for
+from kestrel.windows import ENTITY_KEYS, Entity, feature_names, stream_view_name
 from pipelines.features.online_writer import OnlineWriter, RespTransaction, ViewWriter
 from pipelines.features.store import apply, feature_store
 from tests.conftest import make_settings
@@ -71,11 +72,8 @@ def uid(prefix: str) -> str:
 def stream_row(entity: Entity, seed: int) -> dict[str, Any]:
     """A full row of an entity's stream view, every value distinct and exactly representable."""
     row: dict[str, Any] = {}
-    for i, name in enumerate(feature_names(entity)):
-        row[name] = seed * 100 + i + 0.25 if name.endswith(("_lat", "_lon")) else seed * 100 + i
-    for w in windows_for(entity):
-        if w.aggregation == "sum":
-            row[w.name] = float(row[w.name]) + 0.5
+    for i, f in enumerate(features_for(entity)):
+        row[f.name] = seed * 100 + i + (0.25 if f.dtype == "float64" else 0)
     return row
 
 

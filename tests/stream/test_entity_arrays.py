@@ -11,7 +11,6 @@ import numpy as np
 import orjson
 import pytest
 
-from kestrel.errors import KestrelError
 from kestrel.windows import Entity
 from pipelines.stream import entity_arrays
 from pipelines.stream.entity_arrays import Applied, EntityArrays
@@ -113,12 +112,12 @@ def test_batches_equal_one_event_at_a_time(entity: Entity, seed: int, key_bits: 
             events.append((key, event))
         values = {f: np.array([e[f] for _, e in events],
                               np.float64 if f in (AMOUNT, LAT, LON) else object)
-                  for f in entity_arrays.FIELDS[entity]}
+                  for f in state.fields}
         applied = state.apply([k for k, _ in events], [e[0] for _, e in events],
                               np.array([e[TIME] for _, e in events], np.int64), values, rules)
         rows: dict[tuple[str, int], Any] = {}
         online: dict[str, tuple[Any, int]] = {}
-        fields = entity_arrays.FIELDS[entity]
+        fields = state.fields
         before = {key: [_kept(e, fields) for e in log.events] for key, log in ref.logs.items()}
         accepted = [ref.apply(key, event, rows, online) for key, event in events]
         assert applied.accepted.tolist() == accepted
@@ -186,8 +185,7 @@ def test_checkout_and_put_keep_marks_and_values() -> None:
     assert again.marks == {"velocity": 7} and "a" in state.ids
     assert state.snapshot() == {"c1": {"e": [["a", 10 * HOUR, 12.5, "FR", "T1", 48.8, 2.3]],
                                        "m": {"velocity": 7}}}
-    assert MCC not in entity_arrays.FIELDS["card"] and COUNTRY in entity_arrays.FIELDS["card"]
-    assert TERMINAL in entity_arrays.FIELDS["card"]
+    assert MCC not in state.fields and COUNTRY in state.fields and TERMINAL in state.fields
 
 
 def test_an_event_too_old_for_its_entity_is_refused_not_placed() -> None:
@@ -202,12 +200,11 @@ def test_an_event_too_old_for_its_entity_is_refused_not_placed() -> None:
     assert state.apply([], [], np.zeros(0, np.int64)).accepted.tolist() == []
 
 
-def test_a_field_the_arrays_do_not_keep_is_refused_at_construction(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(entity_arrays.FIELDS, "customer", (AMOUNT,))  # no mcc
-    ws = WindowSet("customer")
-    with pytest.raises(KestrelError, match="FIELDS"):
-        EntityArrays(ws, ws.horizon_us, SLACK)
+def test_the_fields_kept_are_what_the_declared_features_and_rules_read() -> None:
+    assert EntityArrays(WindowSet("customer"), HOUR, SLACK).fields == (AMOUNT, MCC)
+    assert EntityArrays(WindowSet("terminal"), HOUR, SLACK).fields == ()
+    assert EntityArrays(WindowSet("card"), HOUR, SLACK).fields == (AMOUNT, COUNTRY, TERMINAL,
+                                                                    LAT, LON)
 
 
 def test_a_batch_whose_entities_all_go_event_by_event_computes_no_rows() -> None:
@@ -215,7 +212,7 @@ def test_a_batch_whose_entities_all_go_event_by_event_computes_no_rows() -> None
     state = EntityArrays(ws, ws.horizon_us + SLACK, SLACK)
     values = {f: np.array([1.0, 2.0] if f in (AMOUNT, LAT, LON) else ["FR", "DE"], dtype=object
                           if f not in (AMOUNT, LAT, LON) else np.float64)
-              for f in entity_arrays.FIELDS["card"]}
+              for f in (AMOUNT, COUNTRY, TERMINAL, LAT, LON)}
     applied = state.apply(["c1", "c2"], ["a", "b"], np.array([HOUR, 2 * HOUR]), values,
                           rules=[(HOUR, 1)])
     assert applied.rows is None and applied.latest is None

@@ -21,6 +21,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from kestrel.features import FEATURES
 from kestrel.pan import CardTokenizer
 from kestrel.redis_keys import insight_cache_key
 from kestrel.services import free_port
@@ -33,7 +34,7 @@ from kestrel.topics import (
     TRANSACTIONS_LATE,
     partitions_for,
 )
-from kestrel.windows import WINDOWS, stream_view_name
+from kestrel.windows import stream_view_name
 from pipelines.features.online_writer import OnlineWriter
 from pipelines.ingest import EventProducer
 from pipelines.simulator.config import SimulationConfig
@@ -105,7 +106,7 @@ def test_features_match_an_independent_pandas_computation(stream_settings: Setti
         for _, row in sample.iterrows():
             mine = by_key[row[key]]
             t = row["event_timestamp"].value // 1000
-            for w in (w for w in WINDOWS if w.entity == entity):
+            for w in (w for w in FEATURES if w.entity == entity):
                 inside = mine[(mine.t > t - w.micros) & (mine.t <= t)]
                 if w.aggregation == "count":
                     expected = len(inside)
@@ -129,7 +130,7 @@ def test_online_store_holds_each_entitys_latest_row(stream_settings: Settings) -
     latest = rows.sort_values(["event_timestamp", "created"]).groupby("card_id").tail(1)
     store = feature_store(stream_settings)
     cards = latest.card_id.tolist()[:20]
-    names = [w.name for w in WINDOWS if w.entity == "card"]
+    names = [w.name for w in FEATURES if w.entity == "card"]
     got = store.get_online_features(
         features=[f"{stream_view_name('card')}:{n}" for n in names],
         entity_rows=[{"card_id": c} for c in cards]).to_dict()
