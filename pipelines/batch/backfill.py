@@ -63,19 +63,20 @@ def _aggregate(feature: Feature) -> Column:
         mask=condition.spark() if condition else None))
 
 
-def entity_rows(tx: DataFrame, entity: Entity) -> DataFrame:
-    """One row per (key, event time) of ``tx``: the stream's row for that event."""
+def entity_rows(tx: DataFrame, entity: Entity,
+                features: tuple[Feature, ...] | None = None) -> DataFrame:
+    """One row per (key, event time) of ``tx``: the stream's row for that event, with the
+    entity's declared features (or ``features``, for tests)."""
     from pyspark.sql import Window as W
     from pyspark.sql import functions as F
 
     key = ENTITY_KEYS[entity]
-    cols = [_aggregate(f).alias(f.name) for f in features_for(entity)]
-    rows = tx.select(key, "t", "ord", "event_time", *cols)
+    features = features_for(entity) if features is None else features
+    rows = tx.select(key, "t", "ord", "event_time",
+                     *[_aggregate(f).alias(f.name) for f in features])
     last_of_tie = W.partitionBy(key, "t").orderBy(F.col("ord").desc())
-    schema = view_schema(entity)
     return (rows.withColumn("_n", F.row_number().over(last_of_tie)).where(F.col("_n") == 1)
-            .select(*[F.col(f.name) for f in schema if f.name not in ("event_timestamp",
-                                                                       "created")],
+            .select(key, *[f.name for f in features],
                     F.col("event_time").alias("event_timestamp"),
                     F.col("event_time").alias("created"),
                     F.date_format("event_time", "yyyy-MM-dd").alias("day")))

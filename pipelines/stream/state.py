@@ -92,9 +92,11 @@ class WindowSet:
     """Computes one entity type's declared features from its EventLog, with the reference
     implementations; ``plan`` groups them by span for the array engine too."""
 
-    def __init__(self, entity: Entity):
+    def __init__(self, entity: Entity, features: tuple[Feature, ...] | None = None):
+        """``features``: the entity's declared features unless given (tests give others)."""
         self.entity = entity
-        self.declared: tuple[Feature, ...] = features_for(entity)
+        self.declared: tuple[Feature, ...] = (features_for(entity) if features is None
+                                              else features)
         by_span: dict[int, list[Feature]] = defaultdict(list)
         for f in self.declared:
             by_span[f.micros].append(f)
