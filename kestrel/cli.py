@@ -241,10 +241,12 @@ def stream(
     """Compute live window features from `transactions` into Redis and the offline log."""
     from kestrel.errors import KestrelError
     from pipelines.features.online_writer import OnlineWriter
+    from pipelines.features.store import check_registry
     from pipelines.stream.processor import StreamProcessor
 
     settings = _settings()
     try:
+        check_registry(settings)  # a stale registry would hand training other definitions
         processor = StreamProcessor(settings, OnlineWriter(settings, dedup=False),
                                     metrics_port=settings.stream_metrics_port or None)
         stats = processor.run(idle_seconds=idle_seconds)
@@ -263,6 +265,22 @@ def features_apply() -> None:
     from pipelines.features.store import apply
 
     apply(_settings(), echo=typer.echo)
+
+
+@features_app.command("lock")
+def features_lock() -> None:
+    """Add new feature service versions to feature_repo/services.lock.json (a locked version
+    never changes: models trained on it are served by it; edit one and this refuses)."""
+    from kestrel.errors import KestrelError
+    from pipelines.features.store import LOCK_FILE, update_lock
+
+    try:
+        added = update_lock(_settings())
+    except KestrelError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"locked {', '.join(added)} in {LOCK_FILE}" if added
+               else f"every declared version is already locked in {LOCK_FILE}")
 
 
 @features_app.command("compact")

@@ -26,11 +26,12 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlparse
 
 import yaml
-from feast import FeatureStore, Project, RepoConfig
+from feast import FeatureService, FeatureStore, FeatureView, Project, RepoConfig
+from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_contents import RepoContents
 from feast.repo_operations import apply_total_with_repo_instance, parse_repo
 
-from kestrel.errors import ConfigError
+from kestrel.errors import ConfigError, KestrelError
 from kestrel.settings import Settings
 
 # Feast warns on every on-demand view use; ours are python-mode and small. Said once here.
@@ -227,3 +228,179 @@ def apply(settings: Settings, echo: Callable[[str], None] = print) -> ApplySumma
     for line in summary.lines():
         echo(line)
     return summary
+
+
+# --- drift between the registry and feature_repo/, and the service lock ---------------------
+
+LOCK_FILE = REPO_DIR / "services.lock.json"
+APPLY_COMMAND = "kestrel features apply"
+
+
+class RegistryDrift(KestrelError):
+    """The Feast registry holds other definitions than feature_repo/ (a view's schema or a
+    service's feature list): the message names the command that registers the repo's."""
+
+
+class ServiceLockError(KestrelError):
+    """A feature service version pinned in feature_repo/services.lock.json was edited."""
+
+
+Outputs = dict[str, list[str]]
+"""A feature service's outputs: view (or on-demand view) name → feature names, in order."""
+
+
+def service_outputs(service: FeatureService) -> Outputs:
+    return {p.name: [f.name for f in p.features] for p in service.feature_view_projections}
+
+
+def view_schema(view: FeatureView | OnDemandFeatureView) -> dict[str, str]:
+    """A view's features as name → Feast type (the entity columns are not features)."""
+    return {f.name: str(f.dtype) for f in view.features}
+
+
+@dataclass(frozen=True)
+class Definitions:
+    """What a side (the registry or the repo) defines: views' schemas, services' outputs."""
+
+    views: dict[str, dict[str, str]]
+    services: dict[str, Outputs]
+
+
+def repo_definitions(repo: RepoContents) -> Definitions:
+    views = {v.name: view_schema(v) for v in [*repo.feature_views, *repo.on_demand_feature_views]}
+    return Definitions(views, {s.name: service_outputs(s) for s in repo.feature_services})
+
+
+def registry_definitions(store: FeatureStore) -> Definitions:
+    """What the registry holds now (its cache bypassed: another process may have applied)."""
+    registry, project = store.registry, store.project
+    views = [*registry.list_feature_views(project, allow_cache=False),
+             *registry.list_on_demand_feature_views(project, allow_cache=False)]
+    services = registry.list_feature_services(project, allow_cache=False)
+    return Definitions({v.name: view_schema(v) for v in views},
+                       {s.name: service_outputs(s) for s in services})
+
+
+def compare_definitions(registry: Definitions, repo: Definitions) -> list[str]:
+    """Every difference that matters to readers of the registry, one phrase each: a view or
+    service the registry lacks, a feature missing, extra or of another type, a service whose
+    projection lists other features (order included: it is the column order of its reads).
+    Objects only the registry holds are not drift (``feast apply`` would delete them; nothing
+    the repo defines reads them)."""
+    problems: list[str] = []
+    for name, schema in repo.views.items():
+        held = registry.views.get(name)
+        if held is None:
+            problems.append(f"view {name} is not registered")
+            continue
+        missing = [f for f in schema if f not in held]
+        extra = [f for f in held if f not in schema]
+        retyped = [f"{f} {held[f]}→{t}" for f, t in schema.items() if f in held and held[f] != t]
+        for what, names in (("lacks", missing), ("has removed", extra), ("retypes", retyped)):
+            if names:
+                problems.append(f"view {name} {what} {', '.join(names)}")
+    for name, outputs in repo.services.items():
+        held_outputs = registry.services.get(name)
+        if held_outputs is None:
+            problems.append(f"service {name} is not registered")
+        elif held_outputs != outputs:
+            changed = sorted(v for v in {*outputs, *held_outputs}
+                             if outputs.get(v) != held_outputs.get(v))
+            problems.append(f"service {name} reads other features of {', '.join(changed)}")
+    return problems
+
+
+def registry_drift(settings: Settings, repo: RepoContents | None = None,
+                   store: FeatureStore | None = None) -> list[str] | None:
+    """The differences between the registry and feature_repo/ (``[]``: none); None when the
+    registry holds nothing of this project yet (never applied)."""
+    store = store or feature_store(settings)
+    held = registry_definitions(store)
+    if not held.views and not held.services:
+        return None
+    return compare_definitions(held, repo_definitions(repo or load_repo(settings)))
+
+
+def drift_message(problems: list[str]) -> str:
+    shown = "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3
+                                       else "")
+    return (f"the Feast registry differs from feature_repo/ ({shown}); run `{APPLY_COMMAND}` "
+            "to register the repository's definitions")
+
+
+def check_registry(settings: Settings, repo: RepoContents | None = None) -> bool:
+    """Raise :class:`RegistryDrift` when the registry differs from the repo (what
+    ``kestrel stream`` runs at start). A registry never applied is not drift: the stream
+    writes Redis and the log without it; returns False then, True when it matches."""
+    problems = registry_drift(settings, repo)
+    if problems:
+        raise RegistryDrift(drift_message(problems))
+    return problems is not None
+
+
+def ensure_applied(settings: Settings, echo: Callable[[str], None] = print) -> list[str]:
+    """Apply the repo when the registry lacks it or differs from it (what ``kestrel train``
+    and ``kestrel training-set`` run first, and ``kestrel parity`` may); returns the
+    differences that were fixed (``["never applied"]`` for an empty registry, ``[]``: the
+    registry already matched and nothing was done)."""
+    problems = registry_drift(settings)
+    if problems == []:
+        return []
+    fixed = problems if problems is not None else ["never applied"]
+    echo(f"the Feast registry differs from feature_repo/ ({'; '.join(fixed)}): "
+         f"applying it ({APPLY_COMMAND}) …")
+    apply(settings, echo=lambda line: echo(f"  {line}"))
+    return fixed
+
+
+def read_lock(path: Path = LOCK_FILE) -> dict[str, Outputs]:
+    if not path.exists():
+        return {}
+    data: dict[str, Outputs] = json.loads(path.read_text())["services"]
+    return data
+
+
+def lock_problems(services: dict[str, Outputs], locked: dict[str, Outputs]) -> list[str]:
+    """Locked service versions whose outputs changed or that disappeared (one line each)."""
+    problems = []
+    for name, outputs in locked.items():
+        now = services.get(name)
+        if now is None:
+            problems.append(f"{name} is locked but no longer declared")
+        elif now != outputs:
+            diff = sorted(v for v in {*now, *outputs} if now.get(v) != outputs.get(v))
+            problems.append(f"{name} changed its features of {', '.join(diff)}")
+    return problems
+
+
+def locked_services(repo: RepoContents) -> dict[str, Outputs]:
+    """The services the lock covers: the versioned model inputs (kestrel.features'
+    STREAM_INPUTS). customer_insights_v1 follows its views on purpose (no model reads it)."""
+    from kestrel.features import STREAM_INPUTS
+
+    return {s.name: service_outputs(s) for s in repo.feature_services if s.name in STREAM_INPUTS}
+
+
+def update_lock(settings: Settings, path: Path = LOCK_FILE) -> list[str]:
+    """Add every declared model-input service version missing from the lock; refuse (raise
+    ServiceLockError) when a locked version changed. Returns the versions added."""
+    services = locked_services(load_repo(settings))
+    locked = read_lock(path)
+    problems = lock_problems(services, locked)
+    if problems:
+        raise ServiceLockError(lock_message(problems))
+    added = sorted(set(services) - set(locked))
+    if added:
+        doc = {"about": "Outputs of each feature service version a model may be trained on; "
+                        "a locked version never changes (declare a new version instead). "
+                        "`kestrel features lock` adds new versions.",
+               "services": {**locked, **{n: services[n] for n in added}}}
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+    return added
+
+
+def lock_message(problems: list[str]) -> str:
+    return (f"locked feature service versions were edited ({'; '.join(problems)}): a served "
+            "version never changes; declare a new version (fraud_scoring_vN in "
+            "kestrel/features/definitions.py STREAM_INPUTS and feature_repo/kestrel_repo/"
+            "services.py), then run `kestrel features lock` to lock it")

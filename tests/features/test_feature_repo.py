@@ -110,7 +110,8 @@ def test_apply_registers_every_object_with_metadata(feast_settings: Settings) ->
     assert summary.on_demand_feature_views == ("card_velocity_features",
                                                "customer_context_features",
                                                "txn_request_features")
-    assert summary.feature_services == ("customer_insights_v1", "fraud_scoring_v1")
+    assert summary.feature_services == ("customer_insights_v1", "fraud_scoring_v1",
+                                        "fraud_scoring_v2")
     assert printed[0].startswith("project kestrel")
 
     store = feature_store(feast_settings)
@@ -118,7 +119,7 @@ def test_apply_registers_every_object_with_metadata(feast_settings: Settings) ->
                *store.list_on_demand_feature_views(), *store.list_feature_services(),
                *store.list_data_sources()]
     objects = [o for o in objects if o.name != "__dummy"]
-    assert len(objects) == 3 + 5 + 3 + 2 + 9
+    assert len(objects) == 3 + 5 + 3 + 3 + 9
     for obj in objects:
         assert obj.description, obj.name
         assert obj.owner == "fraud-platform@kestrel.dev", obj.name
@@ -246,7 +247,8 @@ def test_fraud_scoring_reads_back_what_the_writer_wrote(store: FeatureStore,
     rows = [{"card_id": card, "customer_id": customer, "terminal_id": terminal, **request},
             {"card_id": uid("nobody"), "customer_id": uid("nobody"),
              "terminal_id": uid("nobody"), **request}]
-    got = store.get_online_features(features=store.get_feature_service("fraud_scoring_v1"),
+    # v2 reads every feature the stream views hold today (v1 a subset: test_services.py)
+    got = store.get_online_features(features=store.get_feature_service("fraud_scoring_v2"),
                                     entity_rows=rows).to_dict()
 
     for entity, values in written.items():
