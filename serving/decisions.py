@@ -122,8 +122,12 @@ class Decider:
         n = len(events)
         cause: str | None = None
         frame: FeatureFrame | None = None
+        model = self.model.current  # one reference: its service and its booster agree
+        # the features of the service the model was trained on (its feature_service tag)
+        reader = self.features if model is None else self.features.for_service(
+            model.feature_service)
         try:  # Redis waits at most what is left of the budget
-            frame = self.features.read(events, t0 + self.budget_s)
+            frame = reader.read(events, t0 + self.budget_s)
         except BudgetSpent:
             cause = "budget"
         except RedisUnavailable:  # logged when Redis goes and comes back (redis_guard.py),
@@ -133,7 +137,6 @@ class Decider:
             log.warning("online features unavailable, rules decide: %s", exc)
         t1 = time.perf_counter()
         metrics.STAGE_SECONDS.labels("features").observe(t1 - t0)
-        model = self.model.current
         probs: Any = None
         rows: Any = None
         if cause is None and model is None:

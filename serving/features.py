@@ -1,4 +1,4 @@
-"""Online features for ``fraud_scoring_v1``, read straight from Redis in Feast's format.
+"""Online features of a feature service, read straight from Redis in Feast's format.
 
 Feast's ``get_online_features`` costs ~0.35 ms for one view and builds protos and Arrow
 tables per call; a decision needs five views and a batch needs up to 10,000 rows. The stored
@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -35,9 +35,14 @@ from kestrel.events import TransactionEvent
 from kestrel.settings import Settings
 from pipelines.features.online_writer import ViewWriter, read_replies
 from pipelines.features.store import load_repo, repo_config
+
+if TYPE_CHECKING:
+    from feast.repo_contents import RepoContents
 from serving.redis_guard import RedisGuard, RedisUnavailable
 
 FEATURE_SERVICE = "fraud_scoring_v1"
+"""The service read when no model is loaded (the frame is still audited and published); with
+a model, the service its registry version's ``feature_service`` tag names."""
 _DOUBLE = struct.Struct("<d").unpack_from
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -168,32 +173,49 @@ class FeatureFrame:
         return [b"[%s]" % row for row in whole[2:-2].split(b"],[")]
 
 
+class UnknownFeatureService(KestrelError):
+    """A model names a feature service feature_repo/ does not declare."""
+
+
 class OnlineFeatures:
-    """Reads the fraud_scoring_v1 vector of transactions from Redis and adds request features.
+    """Reads one feature service's vector of transactions from Redis and adds request
+    features: exactly the service's projections (a ``fraud_scoring_v1`` model never reads,
+    nor depends on, a feature added to the views later). :meth:`for_service` gives the reader
+    of another service over the same Redis client, so serving reads what the loaded model's
+    ``feature_service`` tag names (serving/model.py).
 
     Reads go through ``guard``, the worker's Redis circuit breaker (serving/redis_guard.py):
     while it is open they fail at once, without touching Redis."""
 
-    def __init__(self, settings: Settings, redis: Redis, guard: RedisGuard):
-        repo = load_repo(settings)
+    def __init__(self, settings: Settings, redis: Redis, guard: RedisGuard,
+                 service: str = FEATURE_SERVICE, repo: RepoContents | None = None):
+        repo = repo or load_repo(settings)
         config = repo_config(settings)
-        service = next(s for s in repo.feature_services if s.name == FEATURE_SERVICE)
-        wanted = {p.name for p in service.feature_view_projections}
-        views = [v for v in repo.feature_views if v.name in wanted]
+        found = next((s for s in repo.feature_services if s.name == service), None)
+        if found is None:
+            known = ", ".join(sorted(s.name for s in repo.feature_services))
+            raise UnknownFeatureService(
+                f"feature service {service!r} is not declared in feature_repo/ (declared: "
+                f"{known}); deploy the code that declares it, or register a model trained "
+                "on a declared one")
+        projected = {p.name: [f.name for f in p.features]
+                     for p in found.feature_view_projections}
+        views = [v for v in repo.feature_views if v.name in projected]
         by_key: dict[str, list[tuple[ViewWriter, str]]] = {}
         for view in views:
             writer = ViewWriter(config, view)
-            for feature in view.features:
-                by_key.setdefault(writer.join_key, []).append((writer, feature.name))
+            for name in projected[view.name]:
+                by_key.setdefault(writer.join_key, []).append((writer, name))
         self._reads = [
             _EntityRead(key, pairs[0][0], tuple(name for _, name in pairs),
                         tuple(_mmh3(f"{w.view_name}:{name}") for w, name in pairs))
             for key, pairs in sorted(by_key.items())
         ]
-        odfvs = sorted((o for o in repo.on_demand_feature_views if o.name in wanted),
+        odfvs = sorted((o for o in repo.on_demand_feature_views if o.name in projected),
                        key=lambda o: o.name)
         self._odfvs: list[Callable[[dict[str, Any]], dict[str, list[Any]]]] = [
             o.feature_transformation.udf for o in odfvs]  # type: ignore[union-attr]
+        self.service = service
         self.request_names = tuple(f.name for o in odfvs for f in o.features)
         self.stored_names = tuple(n for r in self._reads for n in r.names)
         self.names = self.stored_names + self.request_names
@@ -203,8 +225,26 @@ class OnlineFeatures:
                 f.name for o in odfvs for p in o.source_feature_view_projections.values()
                 for f in p.features))
         self._resp = [(r.join_key, r.writer.key, r.head, r.tail) for r in self._reads]
+        self.settings = settings
         self.redis = redis
         self.guard = guard
+        self._repo = repo
+        self._siblings: dict[str, OnlineFeatures] = {service: self}
+
+    def for_service(self, service: str) -> OnlineFeatures:
+        """The reader of ``service`` (this one when it is this service's), sharing the Redis
+        client, the breaker and the loaded repo; built once per service."""
+        reader = self._siblings.get(service)
+        if reader is None:
+            reader = OnlineFeatures(self.settings, self.redis, self.guard, service, self._repo)
+            reader._siblings = self._siblings
+            self._siblings[service] = reader
+        return reader
+
+    def service_names(self, service: str) -> tuple[str, ...]:
+        """Every output of ``service`` (stored, then request-time): what a model tagged with
+        it may read (raises UnknownFeatureService)."""
+        return self.for_service(service).names
 
     def read(self, events: Sequence[TransactionEvent],
              deadline: float = math.inf) -> FeatureFrame:

@@ -16,17 +16,21 @@ from kestrel.settings import Settings
 BASE_TIME = datetime(2018, 6, 1, 12, 0, tzinfo=UTC)
 
 
-def model_features() -> list[str]:
-    from training.features import MODEL_FEATURES
+def model_features(service: str | None = None) -> list[str]:
+    from training.features import FEATURE_SERVICE
+    from training.features import model_features as inputs
 
-    return list(MODEL_FEATURES)
+    return list(inputs(service or FEATURE_SERVICE))
 
 
 def register_tiny_model(settings: Settings, seed: int = 0, challenge: float = 0.5,
                         decline: float = 0.8, alias: bool = True,
-                        n_estimators: int = 20) -> str:
+                        n_estimators: int = 20, feature_service: str | None = None,
+                        tag_service: bool = True) -> str:
     """Fit an XGBClassifier (depth 3) on synthetic rows (fraud = big amount or a busy card)
-    and register it like training does: signature columns in order, threshold tags, alias.
+    and register it like training does: signature columns in order (the inputs of
+    ``feature_service``, default training's), threshold and feature_service tags, alias
+    (``tag_service=False``: a version without its service tag, which serving refuses).
     Tests keep it tiny; `kestrel bench serve` asks for the trained champion's 300 trees, since
     the cost of TreeSHAP grows with them."""
     import mlflow
@@ -35,7 +39,10 @@ def register_tiny_model(settings: Settings, seed: int = 0, challenge: float = 0.
     from mlflow.models import infer_signature
     from mlflow.tracking import MlflowClient
 
-    features = model_features()
+    from training.features import FEATURE_SERVICE
+
+    service = feature_service or FEATURE_SERVICE
+    features = model_features(service)
     rng = np.random.default_rng(seed)
     n = 2000
     x = pd.DataFrame(rng.uniform(0, 1, (n, len(features))), columns=features)
@@ -63,9 +70,10 @@ def register_tiny_model(settings: Settings, seed: int = 0, challenge: float = 0.
             input_example=x.head(2), registered_model_name=settings.model_name,
             pip_requirements=[f"xgboost=={xgboost.__version__}"])
     version = str(info.registered_model_version)
-    for key, value in {"feature_service": "fraud_scoring_v1",
-                       "threshold_challenge": repr(challenge),
-                       "threshold_decline": repr(decline)}.items():
+    tags = {"threshold_challenge": repr(challenge), "threshold_decline": repr(decline)}
+    if tag_service:
+        tags["feature_service"] = service
+    for key, value in tags.items():
         client.set_model_version_tag(settings.model_name, version, key, value)
     if alias:
         client.set_registered_model_alias(settings.model_name, settings.champion_alias, version)
@@ -110,7 +118,7 @@ def register_copy(settings: Settings, version: str, challenge: float, decline: f
     client = MlflowClient(settings.mlflow_uri, registry_uri=settings.mlflow_uri)
     old = client.get_model_version(settings.model_name, version)
     new = client.create_model_version(settings.model_name, str(old.source), run_id=old.run_id)
-    for key, value in {"feature_service": "fraud_scoring_v1",
+    for key, value in {"feature_service": old.tags["feature_service"],
                        "threshold_challenge": repr(challenge),
                        "threshold_decline": repr(decline)}.items():
         client.set_model_version_tag(settings.model_name, new.version, key, value)

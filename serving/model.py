@@ -6,6 +6,15 @@ together in one immutable :class:`LoadedModel`, so a request sees either the old
 new one, never a mix. A background thread polls the alias every
 ``KESTREL_MODEL_POLL_SECONDS`` and loads a new version before swapping the reference: no
 request waits on a load and nothing is ever half-swapped.
+
+Each registered version names the feature service it was trained on in its
+``feature_service`` tag (training/registry.py sets it); serving reads exactly that service's
+features for it (serving.features.OnlineFeatures.for_service), so a ``fraud_scoring_v1``
+champion keeps being served with v1's inputs while v2 models are trained, until a v2 model
+replaces it. A version without the tag, naming a service feature_repo/ does not declare, or
+whose signature asks for a feature its service does not provide is refused at load
+(:class:`ModelRefused`, logged as an error and shown by /v1/ready): guessing its inputs
+would score with the wrong columns silently.
 """
 
 from __future__ import annotations
@@ -14,11 +23,13 @@ import logging
 import math
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kestrel.errors import KestrelError
 from kestrel.settings import Settings
 
 if TYPE_CHECKING:
@@ -26,6 +37,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kestrel.serving.model")
 WIDE_ROWS = 256  # from this many rows on, predictions use every core
+SERVICE_TAG = "feature_service"
+ServiceNames = Callable[[str], tuple[str, ...]]
+"""A feature service's outputs by name (serving.features.OnlineFeatures.service_names)."""
+
+
+class ModelRefused(KestrelError):
+    """A registered model version serving cannot score with; the message says what to fix."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +52,7 @@ class LoadedModel:
     features: tuple[str, ...]
     booster: Any  # xgboost.Booster
     tags: dict[str, str] = field(default_factory=dict)
+    feature_service: str = ""  # the tag's service: the features serving reads for it
     native: Any = field(init=False, repr=False, compare=False)  # serving.xgb_native.NativeScorer
     _picks: dict[tuple[str, ...], np.ndarray] = field(  # a frame's columns, in order
         init=False, repr=False, compare=False, default_factory=dict)
@@ -121,36 +140,68 @@ def serving_booster(booster: Any, features: tuple[str, ...]) -> Any:
     return serving
 
 
-def load_champion(settings: Settings) -> LoadedModel:
-    """Load the version the champion alias points at (raises when there is none)."""
+def load_champion(settings: Settings, service_names: ServiceNames | None = None) -> LoadedModel:
+    """Load the version the champion alias points at (raises when there is none, and
+    ModelRefused as :func:`_load_version` says)."""
     import mlflow
     import mlflow.xgboost
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(settings.mlflow_uri, registry_uri=settings.mlflow_uri)
     mv = client.get_model_version_by_alias(settings.model_name, settings.champion_alias)
-    return _load_version(settings, mv.version, dict(mv.tags or {}), mlflow)
+    return _load_version(settings, mv.version, dict(mv.tags or {}), mlflow, service_names)
+
+
+def feature_service_of(settings: Settings, version: str, tags: dict[str, str],
+                       features: tuple[str, ...],
+                       service_names: ServiceNames | None = None) -> str:
+    """The feature service a version's tag names, checked against what serving can read."""
+    where = f"model {settings.model_name} version {version}"
+    service = tags.get(SERVICE_TAG, "").strip()
+    if not service:
+        raise ModelRefused(
+            f"{where} has no {SERVICE_TAG!r} tag, so serving cannot know which feature "
+            "service it was trained on; tag the version with the service its training set "
+            "came from (MlflowClient().set_model_version_tag(name, version, "
+            f"'{SERVICE_TAG}', 'fraud_scoring_vN')) or register a model trained by "
+            "`kestrel train`, then move the alias")
+    if service_names is not None:
+        try:
+            names = set(service_names(service))
+        except KestrelError as exc:
+            raise ModelRefused(f"{where}: {exc}") from exc
+        missing = [f for f in features if f not in names]
+        if missing:
+            raise ModelRefused(
+                f"{where} reads {', '.join(missing)}, which its feature service {service} "
+                "does not provide; fix its feature_service tag or retrain it with "
+                "`kestrel train`")
+    return service
 
 
 def _load_version(settings: Settings, version: str, tags: dict[str, str],
-                  mlflow: Any) -> LoadedModel:
+                  mlflow: Any, service_names: ServiceNames | None = None) -> LoadedModel:
     mlflow.set_registry_uri(settings.mlflow_uri)
     mlflow.set_tracking_uri(settings.mlflow_uri)
     uri = f"models:/{settings.model_name}/{version}"
     info = mlflow.models.get_model_info(uri)
     if info.signature is None or info.signature.inputs is None:
-        raise ValueError(f"{uri} has no signature; the feature order comes from it")
+        raise ModelRefused(f"{uri} has no signature, and the feature order comes from it; "
+                           "register it with a signature (training/registry.py does)")
     features = tuple(info.signature.inputs.input_names())
+    service = feature_service_of(settings, str(version), tags, features, service_names)
     model = mlflow.xgboost.load_model(uri)
     booster = model.get_booster() if hasattr(model, "get_booster") else model
-    return LoadedModel(str(version), features, serving_booster(booster, features), tags)
+    return LoadedModel(str(version), features, serving_booster(booster, features), tags,
+                       service)
 
 
 class ModelHolder:
     """The current champion (or None) plus the poll thread that swaps it."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, service_names: ServiceNames | None = None):
         self.settings = settings
+        self.service_names = service_names  # checks a version's tag against the repo
         self.current: LoadedModel | None = None
         self.last_error: str | None = None
         self._stop = threading.Event()
@@ -167,7 +218,13 @@ class ModelHolder:
                                                    self.settings.champion_alias)
             if self.current is not None and self.current.version == str(mv.version):
                 return False
-            loaded = _load_version(self.settings, mv.version, dict(mv.tags or {}), mlflow)
+            loaded = _load_version(self.settings, mv.version, dict(mv.tags or {}), mlflow,
+                                   self.service_names)
+        except ModelRefused as exc:  # a registry mistake, not a passing outage: loudly
+            if self.last_error != str(exc):
+                log.error("champion model refused: %s", exc)
+            self.last_error = str(exc)
+            return False
         except Exception as exc:
             if self.last_error != str(exc):
                 log.warning("champion model not loaded: %s", exc)
@@ -176,8 +233,8 @@ class ModelHolder:
         previous = self.current.version if self.current else None
         self.current = loaded  # one reference assignment: the swap
         self.last_error = None
-        log.info("serving model %s version %s (was %s)", self.settings.model_name,
-                 loaded.version, previous)
+        log.info("serving model %s version %s on feature service %s (was %s)",
+                 self.settings.model_name, loaded.version, loaded.feature_service, previous)
         return True
 
     def start(self) -> None:

@@ -60,7 +60,6 @@ class Runtime:
                               key=settings.secret("audit_key"),
                               max_queued=settings.audit_queue_records)
         self.rules = RulesEngine.from_file(settings.rules_path)
-        self.model = ModelHolder(settings)
         self.alerts = AlertStore(self.redis, self.redis_guard)
         self.insights = Insights(self.redis, self.alerts, settings.insight_schema_version,
                                  settings.insight_cache_ttl_seconds, self.redis_guard)
@@ -73,6 +72,9 @@ class Runtime:
         self._lock = threading.Lock()
         self.features = OnlineFeatures(settings, self.scoring_redis, self.redis_guard)
         self.batch_features = OnlineFeatures(settings, self.batch_redis, self.redis_guard)
+        # a version is refused unless its feature_service tag names a service that provides
+        # every input of its signature (serving/model.py)
+        self.model = ModelHolder(settings, self.features.service_names)
         self.decider = Decider(settings, self.features, self.model, self.rules, None, self.audit)
         self.batch_decider = Decider(settings, self.batch_features, self.model, self.rules,
                                      None, self.audit)
