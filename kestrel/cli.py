@@ -353,13 +353,22 @@ def batch(
 def backfill(
     start: Annotated[str | None, _START] = None,
     end: Annotated[str | None, _END] = None,
+    online: Annotated[bool, typer.Option(
+        help="Then write each entity's newest backfilled value of every feature it lacks "
+             "online into Redis (after adding a feature; never overwrites)")] = False,
 ) -> None:
     """Compute the stream views' rows for history from the lake with Spark and write them to
-    the offline feature log (for training sets over days the stream never saw)."""
-    from pipelines.batch.backfill import backfill_stream_features
+    the offline feature log (for training sets over days the stream never saw, and for
+    features added since the stream wrote its rows: docs/schema-evolution.md)."""
+    from pipelines.batch.backfill import backfill_stream_features, fill_online
 
-    backfill_stream_features(_settings(), _day(start, "start"), _day(end, "end"),
+    settings = _settings()
+    backfill_stream_features(settings, _day(start, "start"), _day(end, "end"),
                              progress=typer.echo)
+    if online:
+        typer.echo("online store: filling features entities lack …")
+        filled = fill_online(settings, progress=typer.echo)
+        typer.echo(f"online fill done: {sum(filled.values()):,} values written")
 
 
 @app.command()
@@ -483,6 +492,40 @@ def train(
 
         path = result_from_report(report, quick=False).write(out)
         typer.echo(f"metrics written to {path}")
+
+
+@app.command("training-set")
+def training_set(
+    out: Annotated[Path, typer.Option(help="Parquet file to write")],
+    service: Annotated[str | None, typer.Option(
+        help="Feature service version (default: the one new models train on)")] = None,
+    start: Annotated[str | None, _START] = None,
+    end: Annotated[str | None, _END] = None,
+    engine: Annotated[str, typer.Option(help="asof (fast) | feast (get_historical_features)")
+                      ] = "asof",
+    prepare: Annotated[bool, typer.Option(
+        help="First backfill missing stream-view days and run the batch views")] = False,
+) -> None:
+    """Build a point-in-time training set of a feature service into Parquet and summarize it
+    (rows, label rate, coverage per feature); trains nothing. Stops when a feature's coverage
+    is below KESTREL_TRAINING_MIN_COVERAGE, naming the command that fills it."""
+    from kestrel.errors import KestrelError
+    from training.features import FEATURE_SERVICE
+    from training.training_set import write_training_set
+
+    if engine not in ("asof", "feast"):
+        _fail(ValueError("--engine must be asof or feast"))
+    settings = _settings()
+    try:
+        summary = write_training_set(settings, service or FEATURE_SERVICE,
+                                     _day(start, "start"), _day(end, "end"), out,
+                                     engine=engine, prepare=prepare,  # type: ignore[arg-type]
+                                     progress=typer.echo)
+    except KestrelError as exc:
+        _fail(exc)
+        return
+    for line in summary.lines():
+        typer.echo(line)
 
 
 @app.command("mlflow-ui")

@@ -158,6 +158,12 @@ class Settings(BaseSettings):
         "training sets the decline threshold to stay within it."
     )
     train_seed: int = Field(42, ge=0, description="Seed of every model `kestrel train` fits.")
+    training_min_coverage: float = Field(
+        0.95, ge=0, le=1, description="Training sets: least share of rows with a value each "
+        "feature must reach where one is due (a stream feature: rows whose entity was seen "
+        "earlier in the set); below it `kestrel train` and `kestrel training-set` stop and "
+        "name the features and the command that fills them."
+    )
 
     # --- HTTP service --------------------------------------------------------------------
     serve_host: str = Field("127.0.0.1", description="Address `kestrel serve` binds.")

@@ -1,4 +1,5 @@
-"""Point-in-time feature rows for transactions, from the ``fraud_scoring_v1`` feature service.
+"""Point-in-time feature rows for transactions, from a fraud feature service (default
+``training.features.FEATURE_SERVICE``, the version new models train on).
 
 The service is read from the Feast registry (``kestrel features apply``): its feature views
 (stream and batch) and its on-demand views. For each transaction at T, each view's row is the
@@ -39,6 +40,7 @@ from feast.on_demand_feature_view import OnDemandFeatureView
 from kestrel.lake import read_table
 from kestrel.settings import Settings
 from pipelines.features.store import feature_store
+from pipelines.stream.offline_log import open_log
 from training.errors import TrainingError
 from training.features import FEATURE_SERVICE
 
@@ -107,7 +109,8 @@ def _read_view_rows(view: FeatureView, names: list[str], upto: pd.Timestamp,
     if not path.exists():  # nothing written yet: no rows, the same columns as below
         return pd.DataFrame({("_row_ts" if c == ts else c): pd.Series(dtype="float64")
                              for c in cols if c != created})
-    data = ds.dataset(path, format="parquet", partitioning="hive")
+    # files written before a feature existed lack its column: it reads as null (open_log)
+    data = open_log(path, cols, partitioning="hive")
     ts_type = data.schema.field(ts).type
     flt = ds.field(ts) <= pa.scalar(upto.to_pydatetime(), ts_type)
     if since is not None:
@@ -158,13 +161,14 @@ def _as_inputs(series: pd.Series) -> list[Any]:
 
 def historical_features(settings: Settings, transactions: pd.DataFrame,
                         engine: Engine = "asof", progress: Progress | None = None,
-                        store: FeatureStore | None = None) -> tuple[pd.DataFrame, ServiceParts]:
-    """Per transaction (``ENTITY_COLUMNS``), every output of the feature service as it was
-    just before the transaction: the transaction's columns plus one float64 column per
-    feature, in the service's order."""
+                        store: FeatureStore | None = None,
+                        service: str = FEATURE_SERVICE) -> tuple[pd.DataFrame, ServiceParts]:
+    """Per transaction (``ENTITY_COLUMNS``), every output of the feature service ``service``
+    as it was just before the transaction: the transaction's columns plus one float64 column
+    per feature, in the service's order."""
     say = progress or (lambda _line: None)
     store = store or feature_store(settings)
-    parts = service_parts(store)
+    parts = service_parts(store, service)
     entities = transactions.copy()
     entities["event_time"] = pd.to_datetime(entities["event_time"], utc=True)
     entities["_asked"] = entities["event_time"] - JUST_BEFORE

@@ -20,9 +20,10 @@ import pandas as pd
 from kestrel.lake import list_partitions, read_table
 from kestrel.settings import Settings
 from labels.store import latest_per_txn, read_labels
+from training.coverage import Coverage, check, measure
 from training.dataset import Engine, ServiceParts, historical_features, transactions_between
 from training.errors import TrainingError
-from training.features import MODEL_FEATURES
+from training.features import FEATURE_SERVICE, MODEL_FEATURES
 from training.metrics import evaluate_scores, threshold_for_budget
 from training.models import FAMILIES, Family
 from training.protocol import DAY, Fold, Protocol
@@ -87,17 +88,31 @@ def _fraud_cards(settings: Settings, labels: pd.DataFrame, upto: date) -> pd.Dat
         ["card_id", "event_time", "first_known"]]
 
 
-def build_training_set(settings: Settings, protocol: Protocol, engine: Engine = "asof",
-                       progress: Progress | None = None) -> TrainingSet:
-    """Point-in-time feature rows for every day the protocol touches (training.dataset), the
-    labels, and the cards known compromised, with a manifest of what went in."""
+@dataclass
+class FeatureRows:
+    """Point-in-time rows of a service (``truth``: the latest label; NaN: none), each
+    feature's coverage, and every label row (txn_id, is_fraud, labelled_at)."""
+
+    frame: pd.DataFrame
+    parts: ServiceParts
+    coverage: dict[str, Coverage]
+    labels: pd.DataFrame
+
+
+def feature_rows(settings: Settings, first: date, last: date, engine: Engine = "asof",
+                 progress: Progress | None = None, service: str = FEATURE_SERVICE,
+                 min_coverage: float | None = None) -> FeatureRows:
+    """Point-in-time rows of ``service`` for the lake's transactions of ``first`` …
+    ``last`` (training.dataset), with the latest label of each (``truth``; NaN: none) and
+    each feature's coverage; raises TrainingError when a feature's coverage is below
+    ``min_coverage`` (default ``KESTREL_TRAINING_MIN_COVERAGE``; training/coverage.py says
+    which rows count). What ``kestrel train`` and ``kestrel training-set`` both build on."""
     say = progress or _quiet
-    began = time.perf_counter()
-    first, last = protocol.span()
-    say(f"training set: transactions {first} … {last} through feature service "
-        f"fraud_scoring_v1 (engine {engine})")
+    say(f"training set: transactions {first} … {last} through feature service {service} "
+        f"(engine {engine})")
     tx = transactions_between(settings.lake_dir, first, last)
-    frame, parts = historical_features(settings, tx, engine=engine, progress=say)
+    frame, parts = historical_features(settings, tx, engine=engine, progress=say,
+                                       service=service)
     frame["day"] = frame["event_time"].dt.strftime("%Y-%m-%d")
     label_rows = read_labels(settings.lake_dir).select(
         ["txn_id", "is_fraud", "labelled_at"]).to_pandas()
@@ -105,10 +120,28 @@ def build_training_set(settings: Settings, protocol: Protocol, engine: Engine = 
         columns={"is_fraud": "truth"})
     frame = frame.merge(truth, on="txn_id", how="left")
     frame["truth"] = frame["truth"].astype("float64")
+    coverage = measure(frame, {v.name: names for v, names in parts.views})
+    threshold = settings.training_min_coverage if min_coverage is None else min_coverage
+    for name, c in coverage.items():
+        say(f"  coverage {name}: {c.share:.1%} ({c.present:,} of {c.due:,} rows due)")
+    check(coverage, threshold, first.isoformat(), last.isoformat())
+    return FeatureRows(frame, parts, coverage, label_rows)
+
+
+def build_training_set(settings: Settings, protocol: Protocol, engine: Engine = "asof",
+                       progress: Progress | None = None) -> TrainingSet:
+    """Point-in-time feature rows for every day the protocol touches (training.dataset), the
+    labels, and the cards known compromised, with a manifest of what went in."""
+    say = progress or _quiet
+    began = time.perf_counter()
+    first, last = protocol.span()
+    rows = feature_rows(settings, first, last, engine, say)
+    frame, parts, coverage, label_rows = rows.frame, rows.parts, rows.coverage, rows.labels
     in_span = label_rows[label_rows["txn_id"].isin(frame["txn_id"])]
     compromised = _fraud_cards(settings, label_rows, last)
     ts = TrainingSet(frame, in_span, compromised, protocol, parts)
     ts.manifest = _manifest(ts, engine, time.perf_counter() - began)
+    ts.manifest["coverage"] = {n: round(c.share, 6) for n, c in coverage.items()}
     say(f"  {len(frame):,} rows, {int(np.nansum(frame['truth'])):,} frauds, "
         f"{int(frame['truth'].isna().sum()):,} without a label "
         f"({time.perf_counter() - began:.1f} s)")

@@ -158,7 +158,8 @@ def log_model_version(settings: Settings, client: MlflowClient, run_id: str,
             registered_model_name=settings.model_name,
             pip_requirements=[f"xgboost=={xgboost.__version__}"])
     version = str(info.registered_model_version)
-    tags = {"feature_service": FEATURE_SERVICE,
+    # serving reads exactly this service's features for this version (serving/model.py)
+    tags = {"feature_service": manifest.get("feature_service", FEATURE_SERVICE),
             "threshold_challenge": repr(float(thresholds.get("challenge", 1.0))),
             "threshold_decline": repr(float(thresholds.get("decline", 1.0))),
             "test_average_precision": repr(float(result.mean["average_precision"])),

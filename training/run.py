@@ -1,6 +1,7 @@
 """`kestrel train`: the whole chain on what is in the lake, with progress.
 
-1. the Feast registry (``kestrel features apply``) when the feature service is not there;
+1. the Feast registry (``kestrel features apply``) when it is missing or differs from
+   feature_repo/ (pipelines.features.store.ensure_applied);
 2. the stream views' history: days of the lake without a Spark backfill file in the stream
    feature log are backfilled (``pipelines.batch.backfill.backfill_stream_features``; rows
    the real stream wrote win over backfill rows, so this never overrides served values);
@@ -37,15 +38,13 @@ class TrainReport:
 
 
 def ensure_feature_repo(settings: Settings, say: Progress) -> None:
-    from pipelines.features.store import apply, feature_store
-    from training.dataset import service_parts
-    from training.errors import TrainingError
+    """Apply feature_repo/ when the registry lacks it or differs from it (a view's schema, a
+    service's feature list): training reads the service from the registry, and a stale one
+    would build the set of another definition. Re-applying is what an operator would run
+    (`kestrel features apply`), and it changes nothing the stream or serving read."""
+    from pipelines.features.store import ensure_applied
 
-    try:
-        service_parts(feature_store(settings))
-    except TrainingError:
-        say("registering the feature repository with Feast …")
-        apply(settings, echo=lambda line: say(f"  {line}"))
+    ensure_applied(settings, echo=say)
 
 
 def missing_backfill_days(settings: Settings, upto: date) -> list[date]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from kestrel.features import features_for
@@ -40,6 +41,26 @@ def view_schema(entity: Entity) -> pa.Schema:
     fields += [pa.field(f.name, ARROW_TYPES[f.dtype]) for f in features_for(entity)]
     fields += [pa.field("event_timestamp", TS), pa.field("created", TS)]
     return pa.schema(fields)
+
+
+def open_log(source: Path | list[Path], columns: list[str] | None = None,
+             partitioning: str | None = None) -> ds.Dataset:
+    """A dataset over log files written by different versions of the code (schema
+    generations): its schema is the union of the files' schemas plus ``columns`` it lacks
+    (as float64), so a column a file does not have reads as nulls instead of failing
+    (``ArrowInvalid: No match for FieldRef``) the moment a feature is added to a deployment
+    with history. Readers then decide what a null means (docs/schema-evolution.md)."""
+    data = ds.dataset(source, format="parquet", partitioning=partitioning)
+    schemas = [f.physical_schema for f in data.get_fragments()]
+    schema = pa.unify_schemas(schemas, promote_options="permissive") if schemas else data.schema
+    for name in columns or []:
+        if schema.get_field_index(name) < 0 and data.schema.get_field_index(name) < 0:
+            schema = schema.append(pa.field(name, pa.float64()))
+    if partitioning is not None:  # keep the partition fields the dataset discovered
+        for f in data.schema:
+            if schema.get_field_index(f.name) < 0:
+                schema = schema.append(f)
+    return ds.dataset(source, format="parquet", partitioning=partitioning, schema=schema)
 
 
 class OfflineLog:
@@ -114,7 +135,9 @@ class OfflineLog:
         files = sorted(f for f in folder.glob("part-*.parquet")) if folder.exists() else []
         if len(files) <= 1 and not self._has_versions(files, entity):
             return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-        table = pa.concat_tables([pq.read_table(f, schema=self._schemas[entity]) for f in files])
+        # older files may lack features added since: they read as nulls (open_log)
+        schema = self._schemas[entity]
+        table = open_log(files, schema.names).to_table(columns=schema.names).cast(schema)
         key = ENTITY_KEYS[entity]
         frame = table.to_pandas()
         frame = frame.sort_values("created", kind="stable").drop_duplicates(

@@ -13,13 +13,14 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from kestrel.features import STREAM_INPUTS
 from kestrel.pan import CardTokenizer
 from kestrel.settings import Settings
 from pipelines.simulator.config import SimulationConfig
 from pipelines.simulator.to_lake import write_to_lake
 from tests.conftest import TEST_SECRET, make_settings
 from training.dataset import historical_features, transactions_between
-from training.features import MODEL_FEATURES
+from training.features import FEATURE_SERVICE, MODEL_FEATURES
 from training.models import Family, small_grids
 from training.pipeline import build_training_set, make_protocol, register, train_models
 from training.run import run_training
@@ -51,7 +52,7 @@ def test_registered_champion_as_serving_expects(lake: Settings) -> None:
     client = MlflowClient(tracking_uri=lake.mlflow_uri, registry_uri=lake.mlflow_uri)
     version = client.get_model_version_by_alias(lake.model_name, lake.champion_alias)
     tags = version.tags
-    assert tags["feature_service"] == "fraud_scoring_v1"
+    assert tags["feature_service"] == FEATURE_SERVICE  # serving reads it (serving/model.py)
     challenge, decline = float(tags["threshold_challenge"]), float(tags["threshold_decline"])
     assert 0 < challenge <= decline <= 1
     uri = f"models:/{lake.model_name}@{lake.champion_alias}"
@@ -78,7 +79,8 @@ def test_registered_champion_as_serving_expects(lake: Settings) -> None:
     assert xgb_run.data.tags["gate_decision"] == "promoted"
     manifest_path = client.download_artifacts(xgb_run.info.run_id, "reports/manifest.json")
     manifest = json.loads(Path(manifest_path).read_text())
-    assert manifest["feature_service"] == "fraud_scoring_v1"
+    assert manifest["feature_service"] == FEATURE_SERVICE
+    assert set(STREAM_INPUTS[FEATURE_SERVICE]) <= set(manifest["coverage"])
     assert manifest["folds"]["test-0"]["train_frauds"] > 0
 
 
