@@ -79,7 +79,13 @@ class Settings(BaseSettings):
     )
     feast_online_key_ttl_seconds: int | None = Field(
         None, ge=1, description="Redis EXPIRE on an entity's online-feature hash after each "
-        "write (unset: never; it also expires the entity's batch features)."
+        "write (unset: the feature retention; it also expires the entity's batch features)."
+    )
+    feature_retention_days: int = Field(
+        30, ge=1, description="How long an entity's features are kept after its last event: "
+        "the online key's TTL (unless KESTREL_FEAST_ONLINE_KEY_TTL_SECONDS) and the stream "
+        "views' Feast ttl. Training and serving agree for entities seen within it "
+        "(docs/feature-state.md)."
     )
 
     # --- Spark ---------------------------------------------------------------------------

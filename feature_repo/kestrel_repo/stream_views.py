@@ -21,11 +21,13 @@ from kestrel.windows import ENTITY_KEYS, Entity, stream_view_name
 from kestrel_repo.common import OWNER, feature_log_dir, settings, tags
 from kestrel_repo.entities import ENTITIES
 
-# No ttl (0 = unlimited in Feast): online reads never apply a ttl, so an offline join that
-# dropped old rows would hand training a None where scoring saw the entity's last row — a
-# train/serve skew the parity check would catch. Staleness is a feature instead
-# (seconds since the card's last transaction).
-STREAM_TTL = timedelta(0)
+# The feature retention (KESTREL_FEATURE_RETENTION_DAYS, 30 days by default): a bound on
+# what is kept, not a feature semantic. Online reads apply no ttl, but the entity's Redis
+# key expires after the same retention (pipelines/features/store.py: online_key_ttl_seconds),
+# so an offline join limited to it keeps training and serving equal for entities seen within
+# the retention (docs/feature-state.md); staleness within it is a feature (seconds since the
+# card's last transaction). `kestrel features apply` refuses, in prod, a key TTL shorter.
+STREAM_TTL = timedelta(days=settings().feature_retention_days)
 
 EVENT_TIMESTAMP = "event_timestamp"
 CREATED = "created"

@@ -86,18 +86,43 @@ def feast_env(settings: Settings) -> dict[str, str]:
     """The ``KESTREL_FEAST_*`` variables ``feature_store.yaml`` expects, from Settings."""
     registry_url = settings.feast_registry_url
     ttl = settings.feast_registry_cache_ttl_seconds
-    key_ttl = settings.feast_online_key_ttl_seconds
+    key_ttl = online_key_ttl_seconds(settings)
     env = {
         "KESTREL_FEAST_REDIS": redis_connection_string(settings.redis_url),
         "KESTREL_FEAST_REGISTRY_TYPE": "sql" if registry_url else "file",
         "KESTREL_FEAST_REGISTRY": registry_url or str(registry_path(settings)),
         "KESTREL_FEAST_REGISTRY_TTL": str(int(ttl)),
-        "KESTREL_FEAST_KEY_TTL": "" if key_ttl is None else str(int(key_ttl)),
+        "KESTREL_FEAST_KEY_TTL": str(key_ttl),
     }
     for name, value in env.items():
         if "'" in value:  # the YAML single-quotes these values
             raise ConfigError(f"{name} may not contain a single quote: {value!r}")
     return env
+
+
+def online_key_ttl_seconds(settings: Settings) -> int:
+    """The Redis TTL of an entity's online-feature hash: a retention bound, not a feature
+    semantic (docs/feature-state.md). By default the feature retention, which is also the
+    stream views' Feast ttl, so an entity seen within it is served what training joins."""
+    return settings.feast_online_key_ttl_seconds or settings.feature_retention_days * 86_400
+
+
+def check_retention(settings: Settings, views: list[FeatureView]) -> None:
+    """Refuse (KESTREL_ENV=prod; elsewhere a warning, tests use short TTLs) an online key
+    TTL shorter than a view's ttl: the online store would drop an entity's row while
+    training still joins it, so training would see a value scoring no longer could."""
+    key_ttl = online_key_ttl_seconds(settings)
+    longer = sorted(v.name for v in views
+                    if v.ttl is not None and v.ttl.total_seconds() > key_ttl)
+    if not longer:
+        return
+    message = (f"the online key TTL ({key_ttl} s) is shorter than the ttl of "
+               f"{', '.join(longer)}: raise KESTREL_FEATURE_RETENTION_DAYS (or unset "
+               "KESTREL_FEAST_ONLINE_KEY_TTL_SECONDS) so online rows outlive what training "
+               "joins")
+    if settings.env == "prod":
+        raise ConfigError(message)
+    warnings.warn(message, stacklevel=2)
 
 
 def expand(text: str, env: dict[str, str]) -> str:
@@ -219,6 +244,7 @@ def apply(settings: Settings, echo: Callable[[str], None] = print) -> ApplySumma
     """
     store = feature_store(settings)
     repo = load_repo(settings)
+    check_retention(settings, list(repo.feature_views))
     if not repo.projects:
         repo.projects.append(Project(name=store.project,
                                      description=store.config.project_description or ""))

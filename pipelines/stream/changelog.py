@@ -12,8 +12,9 @@ partition:
   written as a **snapshot**, and the changelog is emptied, in that same MULTI/EXEC.
 
 On assignment the processor rebuilds a partition's state from its snapshot plus the changelog
-replayed through the same code that applied the events live, so the state is exactly the one
-the last commit left (eviction and alert marks included).
+replayed through the same code that applied the events live, batch by batch (entities whose
+windows are over are expired after each, as live: EntityArrays.expire), so the state is
+exactly the one the last commit left (eviction and alert marks included).
 
 Keys are per consumer group (like the offsets): ``kestrel:stream:<group>:changelog:<topic>:<p>``
 and ``kestrel:stream:<group>:snapshot:<topic>:<p>``.
@@ -105,15 +106,26 @@ def _joined(parts: list[Column]) -> Column:
     return column
 
 
-def load(client: redis.Redis, group_id: str, topic: str,
-         partition: int) -> tuple[dict[str, Any] | None, list[Sequence[Any]]]:
-    """(snapshot document or None, changelog entries in order) of one partition."""
+def load_batches(client: redis.Redis, group_id: str, topic: str, partition: int
+                 ) -> tuple[dict[str, Any] | None, list[list[Sequence[Any]]]]:
+    """(snapshot document or None, changelog entries in order, one list per batch) of one
+    partition. A restore replays batch by batch: the live run expired entities after each
+    batch (EntityArrays.expire), and the replay must expire at the same points to end in
+    the same state."""
     pipe = client.pipeline(transaction=True)
     pipe.get(snapshot_key(group_id, topic, partition))
     pipe.lrange(changelog_key(group_id, topic, partition), 0, -1)
     snap, blobs = cast(tuple[bytes | None, list[bytes]], tuple(pipe.execute()))
-    entries: list[Sequence[Any]] = []
+    batches: list[list[Sequence[Any]]] = []
     for blob in blobs:
         doc = orjson.loads(blob)
-        entries.extend(zip(*doc["columns"], strict=True) if isinstance(doc, dict) else doc)
-    return (orjson.loads(snap) if snap else None), entries
+        batches.append(list(zip(*doc["columns"], strict=True)) if isinstance(doc, dict)
+                       else doc)
+    return (orjson.loads(snap) if snap else None), batches
+
+
+def load(client: redis.Redis, group_id: str, topic: str,
+         partition: int) -> tuple[dict[str, Any] | None, list[Sequence[Any]]]:
+    """(snapshot document or None, changelog entries in order) of one partition."""
+    snap, batches = load_batches(client, group_id, topic, partition)
+    return snap, [entry for batch in batches for entry in batch]

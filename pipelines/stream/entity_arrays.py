@@ -23,6 +23,20 @@ entity's later events whose windows now include it, once per batch with their fi
 latest minus ``kept_us`` are evicted after the batch. Entities that need event-by-event work
 (cards that may raise an alert, parity's capture, replaying a changelog) are checked out as
 EventLogs (``checkout``, or ``apply``'s ``slow``) and written back with ``put``.
+
+Bounded state (docs/feature-state.md): the arrays keep a ``clock``, the newest event time
+they were given — for cards and customers the partition's stream time (every event the
+partition accepts reaches both), for terminals the `transactions.by-terminal` partition's
+own. An event older than the clock minus ``slack_us`` is refused like one too old for its
+entity (for cards and customers the processor's lateness check already sent it to
+`transactions.late`; for terminals this is what makes dropping a whole entity safe), so no
+event the arrays accept can reach back to an entity whose latest event is at or before
+``clock - kept_us``: its windows, its allowance for events out of order and its duplicate
+check are all over. ``expire`` drops such entities whole — events, txn_ids, marks, floor and
+code (freed codes are reused by new entities) — so the state holds the entities active
+within the horizon plus the slack, not every entity ever seen. The processor calls it once
+per batch and partition, and a restore calls it after each changelog batch it replays, so a
+restored state equals the live one (tests/stream/test_bounded_state.py).
 """
 
 from __future__ import annotations
@@ -134,20 +148,38 @@ class EntityArrays:
         self.marks: dict[int, dict[str, int]] = {}
         self.ids: set[str] = set()
         self.keep_ids = keep_ids
+        # the newest event time given (see the module docstring), and the codes of expired
+        # entities, for new ones to take (last = _NO_TIME while free)
+        self.clock = _NO_TIME
+        self._free: list[int] = []
 
     def __len__(self) -> int:
         return len(self.time)
 
+    @property
+    def entities(self) -> int:
+        """Entities held (the state's size besides its events)."""
+        return len(self.index)
+
     # --- codes and rows ---------------------------------------------------------------------
     def _codes(self, keys: Iterable[str]) -> np.ndarray:
-        index, known = self.index, self.keys
+        index, known, free = self.index, self.keys, self._free
         codes: list[int] = []
+        reused: list[int] = []
         for key in keys:
             code = index.get(key)
             if code is None:
-                code = index[key] = len(known)
-                known.append(key)
+                if free:  # an expired entity's code (its last, floor and marks were reset)
+                    code = index[key] = free.pop()
+                    known[code] = key
+                    reused.append(code)
+                else:
+                    code = index[key] = len(known)
+                    known.append(key)
             codes.append(code)
+        for c in reused:  # the cached array holds the expired entity's key
+            if c < len(self._key_array):
+                self._key_array[c] = known[c]
         grow = len(known) - len(self.last)
         if grow:
             self.last = np.concatenate((self.last, np.full(grow, _NO_TIME, np.int64)))
@@ -235,14 +267,24 @@ class EntityArrays:
         if not n:
             return Applied(np.zeros(0, dtype=bool))
         codes = self._codes(keys)
-        prior = self._prior(codes, times)
+        # behind the clock (the newest time so far, this one included: it changes nothing);
+        # such an event must not count as its entity's latest for the ones after it
+        behind = times < np.maximum(np.maximum.accumulate(times), self.clock) - self.slack_us
+        if behind.all():
+            return Applied(~behind)
+        if behind.any():
+            prior = np.full(n, _NO_TIME, np.int64)
+            prior[~behind] = self._prior(codes[~behind], times[~behind])
+        else:
+            prior = self._prior(codes, times)
         known = prior != _NO_TIME
-        refused = known & (times < np.where(known, prior, 0) - self.slack_us)
+        refused = behind | known & (times < np.where(known, prior, 0) - self.slack_us)
         accepted = ~refused
         out_of_order = known & ~refused & (times < prior)
         if not accepted.any():
             return Applied(accepted)
         placed = np.flatnonzero(accepted)
+        self.clock = max(self.clock, int(times[placed].max()))
         values = values or {}
         held = len(self.time)
         old_code = self.code
@@ -340,6 +382,35 @@ class EntityArrays:
         np.maximum.at(self.floor, self.code[gone], self.time[gone])
         self._drop(gone)
 
+    def expire(self) -> int:
+        """Drop every entity whose latest event is at or before ``clock - kept_us`` (nothing
+        the arrays can still accept reaches it: see the module docstring), and the codes no
+        event ever reached (an entity checked out and handed back empty, or whose events
+        were all refused); returns how many entities went. Driven by event time only, so a
+        changelog replayed batch by batch expires what the live run did."""
+        last = self.last
+        dead = last == _NO_TIME
+        if self.clock != _NO_TIME:
+            dead |= last <= self.clock - self.kept_us
+        if self._free:
+            dead[self._free] = False  # already free
+        if not dead.any():
+            return 0
+        if len(self.code):
+            gone = dead[self.code]
+            if gone.any():
+                self._drop(gone)
+        codes = np.flatnonzero(dead)
+        last[codes] = _NO_TIME
+        self.floor[codes] = 0
+        index, keys, marks = self.index, self.keys, self.marks
+        for c in codes.tolist():
+            del index[keys[c]]
+            keys[c] = ""
+            marks.pop(c, None)
+        self._free.extend(codes[::-1].tolist())  # the lowest first
+        return len(codes)
+
     # --- event by event -------------------------------------------------------------------
     def checkout(self, key: str) -> EventLog:
         """An entity's state as an EventLog (empty for an entity not seen yet), to be
@@ -367,6 +438,7 @@ class EntityArrays:
                 self.marks.pop(c, None)
             if log.times:
                 self.last[c] = log.times[-1]
+                self.clock = max(self.clock, log.times[-1])
             if self.keep_ids:
                 self.ids.update(log.ids)
         if events:

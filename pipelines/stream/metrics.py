@@ -2,7 +2,9 @@
 
 Prometheus (``/metrics`` on ``KESTREL_STREAM_METRICS_PORT``): events by outcome, alerts by
 rule, online rows written, batches, the freshness histogram (event produced → its features
-committed to the online store), events/s, and lag per partition.
+committed to the online store), events/s, lag per partition, and the state's size: entities
+and events held per entity type (bounded by the spec: docs/feature-state.md; a count that
+only grows means entities are not being expired).
 
 Lag: the local broker reports wrong high watermarks (DESIGN.md), so end offsets cannot be
 had from it. Lag is therefore given from what the app itself tracks: per partition, the age
@@ -88,6 +90,12 @@ class StreamMetrics:
         self.lag = Gauge("kestrel_stream_lag_seconds",
                          "Age of the newest applied record per partition", ["partition"],
                          registry=r)
+        self.entities = Gauge("kestrel_stream_state_entities",
+                              "Entities held in the stream state, per entity type",
+                              ["entity"], registry=r)
+        self.events_held = Gauge("kestrel_stream_state_events",
+                                 "Events held in the stream state, per entity type",
+                                 ["entity"], registry=r)
         self.port = port
         if port:
             try:
@@ -100,6 +108,7 @@ class StreamMetrics:
         self._fresh: deque[float] = deque(maxlen=5000)
         self._totals: dict[str, int] = {}
         self._lag: dict[str, float] = {}
+        self._state: dict[str, list[int]] = {}
 
     def observe_batch(self, outcomes: dict[str, int], alerts: dict[str, int], rows: int,
                       freshness_s: list[float], newest_ts_ms: dict[str, int]) -> None:
@@ -126,6 +135,13 @@ class StreamMetrics:
         self.rate.set(rate)
         self._rate = rate
 
+    def observe_state(self, sizes: dict[str, tuple[int, int]]) -> None:
+        """The state's size after a batch: per entity type, (entities, events) held."""
+        for entity, (entities, events) in sizes.items():
+            self.entities.labels(entity).set(entities)
+            self.events_held.labels(entity).set(events)
+            self._state[entity] = [entities, events]
+
     def summary(self) -> dict[str, Any]:
         fresh = sorted(self._fresh)
 
@@ -136,7 +152,8 @@ class StreamMetrics:
         return {"instance": self.instance, "at": time.time(), "totals": self._totals,
                 "events_per_s": round(getattr(self, "_rate", 0.0), 1),
                 "freshness_p50_ms": pct(0.5), "freshness_p99_ms": pct(0.99),
-                "lag_seconds": self._lag, "metrics_port": self.port}
+                "lag_seconds": self._lag, "metrics_port": self.port,
+                "state": dict(self._state)}
 
     def publish(self, client: redis.Redis) -> None:
         client.set(metrics_key_prefix(self.group_id) + self.instance,

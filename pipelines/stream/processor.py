@@ -197,6 +197,7 @@ class StreamStats:
     alerts: int = 0
     terminal_applied: int = 0
     late_for_entity: int = 0
+    expired: int = 0  # entities dropped from the state (EntityArrays.expire)
     batches: int = 0
     started: float = field(default_factory=time.monotonic)
     first_record_at: float | None = None
@@ -609,34 +610,37 @@ class StreamProcessor:
     def restore_partition(self, topic: str, part: int) -> None:
         """Rebuild a partition's state from its snapshot and changelog (pipelines/stream/
         changelog.py), replaying the changelog through the code that applied it live."""
-        snap, entries = changelog.load(self.redis, self.group_id, topic, part)
+        snap, batches = changelog.load_batches(self.redis, self.group_id, topic, part)
         kinds: tuple[Entity, ...] = ("card", "customer") if topic == TRANSACTIONS \
             else ("terminal",)
         for kind in kinds:
             table = self.tables[kind][part] = self._new_table(kind)
             table.load((snap or {}).get(kind) or {})
-        if topic == TRANSACTIONS:
-            epoch = datetime.fromtimestamp(0, UTC)
-            for card_id, customer_id, *rest in entries:
-                event = cast(Event, tuple(rest))
-                card = self._log("card", part, card_id)
-                customer = self._log("customer", part, customer_id)
-                if self._place(card, event) is not None:
-                    self._evict("card", card)
-                if self._place(customer, event) is not None:
-                    self._evict("customer", customer)
-                for rule in self.rules:  # the alert marks, as the live run left them
-                    evaluate(card_id, customer_id, card, rule, epoch)
-            self._put_back()
-        elif entries:
-            self.tables["terminal"][part].apply(
-                [terminal_id for _, _, terminal_id in entries],
-                [txn_id for txn_id, _, _ in entries],
-                np.array([time_us for _, time_us, _ in entries], np.int64))
-        self._since_snapshot[(topic, part)] = len(entries)
-        if entries or snap:
+        epoch = datetime.fromtimestamp(0, UTC)
+        for entries in batches:  # expired after each, as the live run did (_expire)
+            if topic == TRANSACTIONS:
+                for card_id, customer_id, *rest in entries:
+                    event = cast(Event, tuple(rest))
+                    card = self._log("card", part, card_id)
+                    customer = self._log("customer", part, customer_id)
+                    if self._place(card, event) is not None:
+                        self._evict("card", card)
+                    if self._place(customer, event) is not None:
+                        self._evict("customer", customer)
+                    for rule in self.rules:  # the alert marks, as the live run left them
+                        evaluate(card_id, customer_id, card, rule, epoch)
+                self._put_back()
+            elif entries:
+                self.tables["terminal"][part].apply(
+                    [terminal_id for _, _, terminal_id in entries],
+                    [txn_id for txn_id, _, _ in entries],
+                    np.array([time_us for _, time_us, _ in entries], np.int64))
+            self._expire(topic, part)
+        entries_count = sum(len(entries) for entries in batches)
+        self._since_snapshot[(topic, part)] = entries_count
+        if entries_count or snap:
             log.info("state restored", extra={"partition": f"{topic}:{part}",
-                                              "changelog_events": len(entries)})
+                                              "changelog_events": entries_count})
 
     def _place(self, state: EventLog, event: Event) -> int | None:
         """Insert an event into a card's or customer's state; the event's index, or None
@@ -683,6 +687,22 @@ class StreamProcessor:
     def _evict(self, entity: Entity, state: EventLog) -> None:
         state.evict_before(state.times[-1] - self._kept_us(entity))
 
+    def _expire(self, topic: str, part: int) -> None:
+        """Drop the partition's entities whose windows and slack are over (EntityArrays.
+        expire): after each batch that changed the partition (its changelog entries), and
+        after each changelog batch a restore replays, so live and restored state agree."""
+        kinds: tuple[Entity, ...] = ("card", "customer") if topic == TRANSACTIONS \
+            else ("terminal",)
+        for kind in kinds:
+            table = self.tables[kind].get(part)
+            if table is not None:
+                self.stats.expired += table.expire()
+
+    def state_size(self) -> dict[Entity, tuple[int, int]]:
+        """Per entity type: (entities, events) held over every partition (a metric)."""
+        return {e: (sum(t.entities for t in self.tables[e].values()),
+                    sum(len(t) for t in self.tables[e].values())) for e in ENTITIES}
+
     def partition_state(self, topic: str, part: int) -> dict[str, dict[str, Any]]:
         """A partition's state as a document (what a snapshot holds)."""
         kinds: tuple[Entity, ...] = ("card", "customer") if topic == TRANSACTIONS \
@@ -722,6 +742,9 @@ class StreamProcessor:
                                                now, parsed)
         else:
             produced_at = self._apply_per_event(batch, rows, columns, online, producer, now)
+        for topic, part in list(self._changes):  # the partitions this batch changed
+            self._expire(topic, part)
+        self.metrics.observe_state(self.state_size())
         batch_id = f"{time.time_ns() // 1_000_000:013d}-{uuid.uuid4().hex[:6]}"
         timing = self.stats.stage_ms
         t0 = time.perf_counter()

@@ -129,7 +129,7 @@ def test_apply_registers_every_object_with_metadata(feast_settings: Settings) ->
         view = store.get_feature_view(stream_view_name(entity))
         assert tuple(f.name for f in view.features) == feature_names(entity)
         assert view.join_keys == [ENTITY_KEYS[entity]]
-        assert view.online and view.ttl == timedelta(0)  # unlimited: see stream_views.py
+        assert view.online and view.ttl == timedelta(days=30)  # the retention: stream_views.py
         assert view.stream_source is not None
         assert view.stream_source.name == f"{view.name}_push"
         log = cast(FileSource, view.batch_source)
@@ -192,7 +192,9 @@ def test_writer_stores_exactly_what_feast_stores(feast_settings: Settings, store
     for key in keys:
         mine = stored(c_ours, key)
         assert mine and mine == stored(c_theirs, key) == stored(c_columns, key)
-        assert ttl(c_ours, key) == ttl(c_theirs, key) == -1
+        retention = 30 * 86_400  # the default key TTL: the feature retention
+        assert retention - 60 < ttl(c_ours, key) <= retention
+        assert retention - 60 < ttl(c_theirs, key) <= retention
 
 
 @pytest.mark.parametrize("dedup,columns", [(True, False), (False, False), (False, True)])

@@ -80,7 +80,8 @@ def test_add_columns_queues_the_same_bytes_from_arrays_and_lists(tmp_path: Path)
 def test_add_columns_queues_the_bytes_of_add_row_by_row(tmp_path: Path, ttl: int) -> None:
     """The bulk path (rows read out of one byte matrix) against the per-row path, on keys of
     varied lengths (non-ASCII ones too), missing values, integers of every varint length and
-    times with and without a fraction; with and without a key TTL (EXPIRE per row)."""
+    times with and without a fraction; with a key TTL of its own and the default one, the
+    feature retention (EXPIRE per row)."""
     settings = make_settings(tmp_path / "var", **(
         {"feast_online_key_ttl_seconds": ttl} if ttl else {}))
     for entity in ("card", "customer", "terminal"):
@@ -106,7 +107,8 @@ def test_add_columns_queues_the_bytes_of_add_row_by_row(tmp_path: Path, ttl: int
         writer.add(per_row, [(k, {name: columns[name][i] for name in names}, times[i])
                              for i, k in enumerate(keys)])
         assert b"".join(bulk._parts) == b"".join(per_row._parts), entity
-        assert queued == bulk.commands == per_row.commands == n * (2 if ttl else 1)
+        # EXPIRE per row: a key TTL of its own, or the default, the feature retention
+        assert queued == bulk.commands == per_row.commands == n * 2
         # numpy columns (the stream's): NaN for a missing double, 0 for a missing integer
         arrays = {name: np.array([float("nan") if v is None else v for v in values])
                   if any(isinstance(v, float) for v in values)

@@ -44,14 +44,14 @@ def test_feast_env_file_registry(settings: Settings) -> None:
         "KESTREL_FEAST_REGISTRY_TYPE": "file",
         "KESTREL_FEAST_REGISTRY": str((settings.var_dir / "feast" / "registry.db").resolve()),
         "KESTREL_FEAST_REGISTRY_TTL": "60",
-        "KESTREL_FEAST_KEY_TTL": "",
+        "KESTREL_FEAST_KEY_TTL": str(30 * 86_400),  # the feature retention
     }
     config = repo_config(settings)
     assert config.project == "kestrel"
     assert config.registry.registry_type == "file"
     assert config.registry.path == str(registry_path(settings))
     assert config.online_store.connection_string == "127.0.0.1:1,db=0"
-    assert config.online_store.key_ttl_seconds is None
+    assert config.online_store.key_ttl_seconds == 30 * 86_400
     assert config.entity_key_serialization_version == 3
 
 
