@@ -10,9 +10,8 @@ computed and evicted at once:
   amount, country, terminal, mcc, lat, lon, by their index in the Event tuple): every event
   held, sorted by (entity code, time); events of equal time stay in order of arrival (a later
   one after the ones it ties with, as ``EventLog.add`` places it);
-- per entity code: ``last``, its latest event time, ``floor``, the newest event time evicted
-  (what ``WindowSet.served_before`` needs to say "history gone"), and ``marks``, the alert
-  rules' marks (rules.evaluate);
+- per entity code: ``last``, its latest event time, and ``marks``, the alert rules' marks
+  (rules.evaluate);
 - ``ids``: the txn_ids held (duplicate checks), unless made with ``keep_ids=False``.
 
 A batch's result is the one applying its events one by one gives (EventLog +
@@ -20,7 +19,7 @@ WindowSet.features; tests/stream/test_entity_arrays.py checks it): an event olde
 entity's latest minus ``slack_us`` is refused; one out of order re-emits the rows of the
 entity's later events whose windows now include it, once per batch with their final values
 (the offline log keeps a batch's last version of a row anyway); events at or before the
-latest minus ``kept_us`` are evicted after the batch. Entities that need event-by-event work
+clock (below) minus ``kept_us`` are evicted after the batch. Entities that need event-by-event work
 (cards that may raise an alert, parity's capture, replaying a changelog) are checked out as
 EventLogs (``checkout``, or ``apply``'s ``slow``) and written back with ``put``.
 
@@ -32,11 +31,14 @@ entity (for cards and customers the processor's lateness check already sent it t
 `transactions.late`; for terminals this is what makes dropping a whole entity safe), so no
 event the arrays accept can reach back to an entity whose latest event is at or before
 ``clock - kept_us``: its windows, its allowance for events out of order and its duplicate
-check are all over. ``expire`` drops such entities whole — events, txn_ids, marks, floor and
-code (freed codes are reused by new entities) — so the state holds the entities active
-within the horizon plus the slack, not every entity ever seen. The processor calls it once
-per batch and partition, and a restore calls it after each changelog batch it replays, so a
-restored state equals the live one (tests/stream/test_bounded_state.py).
+check are all over. So every event at or before ``clock - kept_us`` is evicted, whatever its
+entity, and so is every mark of that age; ``expire`` drops the entities left with nothing —
+txn_ids, marks and code (freed codes are reused by new entities) — so the state holds the
+entities active within the horizon plus the slack, not every entity ever seen. What is held
+after ``expire`` is a function of the events accepted and the clock alone, not of where
+batches were cut: a run restarted after a crash ends with the state of a clean run. The
+processor calls it once per batch and partition, and a restore calls it after each
+changelog batch it replays (tests/stream/test_bounded_state.py).
 """
 
 from __future__ import annotations
@@ -144,7 +146,6 @@ class EntityArrays:
         self.txn = np.zeros(0, dtype=object)
         self.values: dict[int, np.ndarray] = {f: np.zeros(0, _dtype(f)) for f in self.fields}
         self.last = np.zeros(0, np.int64)
-        self.floor = np.zeros(0, np.int64)
         self.marks: dict[int, dict[str, int]] = {}
         self.ids: set[str] = set()
         self.keep_ids = keep_ids
@@ -169,7 +170,7 @@ class EntityArrays:
         for key in keys:
             code = index.get(key)
             if code is None:
-                if free:  # an expired entity's code (its last, floor and marks were reset)
+                if free:  # an expired entity's code (its last and marks were reset)
                     code = index[key] = free.pop()
                     known[code] = key
                     reused.append(code)
@@ -183,7 +184,6 @@ class EntityArrays:
         grow = len(known) - len(self.last)
         if grow:
             self.last = np.concatenate((self.last, np.full(grow, _NO_TIME, np.int64)))
-            self.floor = np.concatenate((self.floor, np.zeros(grow, np.int64)))
         return np.array(codes, np.int64)
 
     def _span(self, code: int) -> tuple[int, int]:
@@ -204,11 +204,8 @@ class EntityArrays:
         return list(zip(*cols, strict=True))
 
     def _marks(self, code: int) -> dict[str, int]:
-        """An entity's marks as an EventLog holds them (the floor as "_floor", when set)."""
-        marks = dict(self.marks.get(code, {}))
-        if self.floor[code]:
-            marks["_floor"] = int(self.floor[code])
-        return marks
+        """An entity's marks as an EventLog holds them."""
+        return dict(self.marks.get(code, {}))
 
     def _log(self, code: int) -> EventLog:
         lo, hi = self._span(code)
@@ -374,13 +371,12 @@ class EntityArrays:
         return out
 
     def _evict(self) -> None:
-        """Forget events at or before their entity's latest minus kept_us (they left every
-        window and the allowance for events out of order)."""
-        gone = self.time <= self.last[self.code] - self.kept_us
-        if not gone.any():
+        """Forget events at or before the clock minus kept_us: no event the arrays can still
+        accept has them in a window or within its allowance for events out of order."""
+        if self.clock == _NO_TIME or not len(self.time) \
+                or self.time.min() > self.clock - self.kept_us:
             return
-        np.maximum.at(self.floor, self.code[gone], self.time[gone])
-        self._drop(gone)
+        self._drop(self.time <= self.clock - self.kept_us)
 
     def expire(self) -> int:
         """Drop every entity whose latest event is at or before ``clock - kept_us`` (nothing
@@ -388,10 +384,16 @@ class EntityArrays:
         event ever reached (an entity checked out and handed back empty, or whose events
         were all refused); returns how many entities went. Driven by event time only, so a
         changelog replayed batch by batch expires what the live run did."""
+        self._evict()  # entities handed back from event-by-event work hold older ones
         last = self.last
         dead = last == _NO_TIME
         if self.clock != _NO_TIME:
-            dead |= last <= self.clock - self.kept_us
+            bound = self.clock - self.kept_us
+            dead |= last <= bound
+            for c, marks in list(self.marks.items()):  # a mark that old bounds no evidence
+                kept = {rule: t for rule, t in marks.items() if t > bound}
+                if len(kept) < len(marks):
+                    self.marks[c] = kept
         if self._free:
             dead[self._free] = False  # already free
         if not dead.any():
@@ -402,7 +404,6 @@ class EntityArrays:
                 self._drop(gone)
         codes = np.flatnonzero(dead)
         last[codes] = _NO_TIME
-        self.floor[codes] = 0
         index, keys, marks = self.index, self.keys, self.marks
         for c in codes.tolist():
             del index[keys[c]]
@@ -431,7 +432,7 @@ class EntityArrays:
         sizes = [len(log.events) for log in logs.values()]
         for c, log in zip(codes.tolist(), logs.values(), strict=True):
             marks = dict(log.marks)
-            self.floor[c] = marks.pop("_floor", 0)
+            marks.pop("_floor", None)  # what snapshots written before expire() held
             if marks:
                 self.marks[c] = marks
             else:
@@ -463,7 +464,7 @@ class EntityArrays:
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """The state as a snapshot document: key → {"e": [[txn_id, time µs, *the values of
-        ``fields``], …], "m": marks (the rules', and "_floor": newest time evicted)}."""
+        ``fields``], …], "m": the rules' marks}."""
         txns, times = self.txn.tolist(), self.time.tolist()
         values = [self.values[f].tolist() for f in self.fields]
         out: dict[str, dict[str, Any]] = {}
@@ -490,8 +491,7 @@ class EntityArrays:
         self.put(logs)
 
     def logs(self) -> dict[str, EventLog]:
-        """Every entity's events as an EventLog (with its marks), for
-        ``WindowSet.served_before`` (parity's comparison)."""
+        """Every entity's events as an EventLog (with its marks)."""
         return {self.keys[c]: self._log(c) for c, _, _ in self._groups()}
 
 

@@ -73,7 +73,6 @@ class EventLog:
             return  # the usual case: nothing left every window since the last event
         i = bisect_right(self.times, time_us)
         if i:
-            self.marks["_floor"] = max(self.marks.get("_floor", 0), self.times[i - 1])
             for e in self.events[:i]:
                 self.ids.discard(e[TXN])
             del self.times[:i]
@@ -110,17 +109,11 @@ class WindowSet:
         self.names = tuple(f.name for f in self.declared)
         self.reads = sorted({i for f in self.declared for i in f.reads})
 
-    def served_before(self, log: EventLog, time_us: int) -> dict[str, Any] | None:
+    def served_before(self, log: EventLog, time_us: int) -> dict[str, Any]:
         """The row the online store holds for a lookup at ``time_us``: the features as of
-        the entity's latest event strictly before it (all None when there is none). None
-        when the state no longer holds the history to say (evicted)."""
+        the entity's latest event strictly before it held (all None when there is none)."""
         j = bisect_left(log.times, time_us) - 1
-        floor = log.marks.get("_floor", 0)
-        if j < 0:
-            return None if floor else dict.fromkeys(self.names)
-        if floor and floor > log.times[j] - self.horizon_us:
-            return None
-        return self.features(log, j)
+        return dict.fromkeys(self.names) if j < 0 else self.features(log, j)
 
     def features(self, log: EventLog, at: int = -1) -> dict[str, Any]:
         """The features as of event ``at`` (default: the latest): each over ``(t - span,

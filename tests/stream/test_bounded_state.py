@@ -97,7 +97,7 @@ def test_state_stays_within_the_entities_active_within_horizon_and_slack(entity:
     # 8 days of churn: the unbounded state holds every entity ever seen
     assert unbounded.entities >= len({k for k, _ in history})
     assert unbounded.entities > 2 * bounded.entities
-    assert len(unbounded) > 1.5 * len(bounded)
+    assert len(unbounded) == len(bounded)  # events go by the clock either way; entities not
 
 
 @pytest.mark.parametrize("entity", ["card", "customer", "terminal"])

@@ -68,6 +68,16 @@ class Reference:
         log.evict_before(log.times[-1] - self.kept)
         return True
 
+    def end_batch(self) -> None:
+        """What EntityArrays.expire does after a batch: forget every event and mark at or
+        before the clock minus kept, and the entities left with none."""
+        bound = self.clock - self.kept
+        for key, log in list(self.logs.items()):
+            log.evict_before(bound)
+            log.marks = {rule: t for rule, t in log.marks.items() if t > bound}
+            if not log.events:
+                del self.logs[key]
+
 
 def _value(v: Any) -> Any:
     """A numpy value as the reference gives it (missing: None, where arrays hold NaN)."""
@@ -155,6 +165,8 @@ def test_batches_equal_one_event_at_a_time(entity: Entity, seed: int, key_bits: 
             for i in positions:
                 sub.apply(key, events[i][1], slow_rows, slow_online)
         state.put(sub.logs)
+        state.expire()
+        ref.end_batch()
         slowed += len(applied.slow)
         got_rows, got_online = _as_reference(applied, ws.entity + "_id")
         got_rows.update(slow_rows)
@@ -166,8 +178,7 @@ def test_batches_equal_one_event_at_a_time(entity: Entity, seed: int, key_bits: 
     snap = state.snapshot()
     assert {k: d["e"] for k, d in snap.items()} == {
         key: [list(_kept(e, fields)) for e in log.events] for key, log in ref.logs.items()}
-    assert {k: d["m"].get("_floor", 0) for k, d in snap.items()} == {
-        k: log.marks.get("_floor", 0) for k, log in ref.logs.items()}
+    assert {k: d["m"] for k, d in snap.items()} == {k: log.marks for k, log in ref.logs.items()}
     assert state.ids == ({txn for log in ref.logs.values() for txn in log.ids}
                          if entity != "card" else set())
 
@@ -188,11 +199,11 @@ def test_a_snapshot_restores_the_same_state_and_reads_eventlog_tuples() -> None:
     old = {"term0": {"e": [["x1", 5, 0.0, "", "term0", "", 0.0, 0.0]], "m": {"_floor": 2}}}
     legacy = EntityArrays(ws, ws.horizon_us + SLACK, SLACK)
     legacy.load(old)
-    assert legacy.snapshot() == {"term0": {"e": [["x1", 5]], "m": {"_floor": 2}}}
+    assert legacy.snapshot() == {"term0": {"e": [["x1", 5]], "m": {}}}  # no floor any more
     assert "x1" in legacy.ids
     log = legacy.logs()["term0"]
     assert log.events == [("x1", 5, 0.0, "", "term0", "", 0.0, 0.0)]
-    assert log.marks == {"_floor": 2}
+    assert log.marks == {}
 
 
 def test_checkout_and_put_keep_marks_and_values() -> None:
