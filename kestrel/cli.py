@@ -267,6 +267,26 @@ def features_apply() -> None:
     apply(_settings(), echo=typer.echo)
 
 
+@features_app.command("list")
+def features_list() -> None:
+    """The declared stream features (kestrel/features/definitions.py): entity, aggregation,
+    input, span, type, and the fraud feature service versions whose models take each."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from kestrel.features import FEATURES, STREAM_INPUTS
+    from kestrel.features.spec import window_label
+
+    table = Table("feature", "entity", "aggregation", "input", "filter", "span", "type",
+                  "model input of", box=None)
+    for f in FEATURES:
+        used = [name for name, inputs in STREAM_INPUTS.items() if f.name in inputs]
+        table.add_row(f.name, f.entity, f.aggregation, f.input or "", f.filter or "",
+                      window_label(f.span) + ("" if f.window else " (max_age)"), f.dtype,
+                      ", ".join(used))
+    Console(width=160).print(table)
+
+
 @features_app.command("lock")
 def features_lock() -> None:
     """Add new feature service versions to feature_repo/services.lock.json (a locked version

@@ -73,3 +73,17 @@ def test_an_override_swaps_an_engine_in_and_back() -> None:
     assert aggregation("max").array is not None
     with pytest.raises(FeatureSpecError, match="no engine"), override("max", gpu=np.max):
         pass
+
+
+def test_kestrel_features_list_prints_every_declared_feature() -> None:
+    from typer.testing import CliRunner
+
+    from kestrel.cli import app
+
+    out = CliRunner().invoke(app, ["features", "list"], env={"KESTREL_ENV": "dev"})
+    assert out.exit_code == 0, out.output
+    for f in FEATURES:
+        assert f.name in out.output
+    line = next(x for x in out.output.splitlines() if "card_night_txn_count_24h" in x)
+    assert "night" in line and "int64" in line and "fraud_scoring_v2" in line
+    assert "fraud_scoring_v1" not in line
