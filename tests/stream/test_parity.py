@@ -1,4 +1,6 @@
-"""Online/offline parity: every served vector equals the offline builder's, feature by feature."""
+"""Online/offline parity on the path production runs: every row the stream wrote to the online
+store equals what Feast's point-in-time join reads at its time, and Redis holds the last row
+written per key, feature by feature."""
 
 from __future__ import annotations
 
@@ -17,7 +19,11 @@ def test_replayed_days_have_zero_mismatches(settings: Settings) -> None:
     assert report.transactions > 2000
     names = {n for e in ENTITIES for n in feature_names(e)}
     assert set(report.features) == names
+    # paced replay: most (entity, event) rows reach the online store (3 per transaction)
+    assert report.online_rows > 2 * report.transactions
+    assert report.redis_keys > 0
     for name, fp in report.features.items():
-        assert fp.compared >= report.transactions * 0.9, name
+        # each of its entity's online rows offline, and each of its keys in Redis
+        assert fp.compared >= report.transactions * 0.75, name
         assert fp.mismatches == 0, (name, fp.examples)
     assert report.not_comparable == 0
