@@ -6,7 +6,7 @@ stores are untouched), with an online sink that writes to Redis through the prod
 OnlineWriter and records every row it is handed (:class:`RecordingSink`). The events are
 produced at a steady rate while the stream runs (``run_parity``'s ``rate``), so that most
 (entity, event) rows reach the online store, as with live traffic. Then, feature by
-feature, two comparisons:
+feature, three comparisons:
 
 - *offline*: every row written to the online store — per (view, entity key, event time t)
   the last version written — against what training reads for that entity at t: Feast's
@@ -15,11 +15,16 @@ feature, two comparisons:
   ``t + 1 µs`` — it asks the join at ``T − 1 µs``, so at t, and the join includes the row
   stamped t (its newest ``created`` version);
 - *redis*: the final contents of the online store, read back through Feast's
-  ``get_online_features``, against the last row written for each entity key.
+  ``get_online_features``, against the last row written for each entity key;
+- *engine*: every row written online against the stream's other engine, the per-event
+  WindowSet (pipelines/stream/state.py), recomputed from the replayed events.
 
 The first shows the offline log holds every value the online store served, at the time it
 was served (what the point-in-time contract of kestrel/windows.py needs); the second that
-the rows reached Redis as written. Per feature it reports how many values were compared,
+the rows reached Redis as written. Both compare the array path with itself — online and
+offline rows are written from the same computed values — so a wrong value shows in
+neither; the third compares the two engines, and goes red when the array path alone is
+wrong (an off-by-one in a distinct count did). Per feature it reports how many values were compared,
 how many differ (a missing value only equals a missing value; numbers within 1e-9) and the
 largest absolute difference; the expected figure is zero.
 
@@ -34,13 +39,15 @@ from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from kestrel.pan import CardTokenizer
 from kestrel.services import private_services
@@ -50,9 +57,11 @@ from pipelines.features.historical import stream_features_before
 from pipelines.features.online_writer import OnlineWriter, RespTransaction
 from pipelines.features.store import apply, feature_store
 from pipelines.simulator.config import SimulationConfig
+from pipelines.simulator.generator import iter_days
 from pipelines.simulator.to_kafka import stream_to_kafka
 from pipelines.stream.offline_log import OfflineLog
 from pipelines.stream.processor import StreamProcessor
+from pipelines.stream.state import Event, EventLog, WindowSet
 
 TOLERANCE = 1e-9
 PARITY_EVENTS_PER_SECOND = 100.0
@@ -216,6 +225,38 @@ def _drain(processor: StreamProcessor, worker: threading.Thread,
             processor.request_stop()
 
 
+def compare_engines(events: pd.DataFrame, sink: RecordingSink,
+                    report: dict[str, FeatureParity]) -> None:
+    """Every row written online against the per-event engine (WindowSet, state.py) over the
+    replayed events: the entity's events up to the row's time, in order of arrival, with
+    the window aggregates as of the last of them. The array path and the per-event path
+    are two engines of one definition; the offline and redis checks compare the array
+    path with itself, this one with the other engine."""
+    entity_of = _entity_of_view()
+    ordered = events.assign(time_us=events["event_time"].dt.as_unit("us").astype("int64"))
+    ordered = ordered.sort_values("time_us", kind="stable")  # ties: in order of arrival
+    logs: dict[Entity, dict[str, EventLog]] = {}
+    for entity in ENTITIES:
+        logs[entity] = {}
+        columns = [ordered[c].tolist() for c in ("txn_id", "time_us", "amount", "country",
+                                                  "terminal_id", "mcc", "lat", "lon")]
+        for key, *event in zip(ordered[ENTITY_KEYS[entity]].tolist(), *columns, strict=True):
+            logs[entity].setdefault(key, EventLog()).add(cast(Event, tuple(event)))
+    windows = {e: WindowSet(e) for e in ENTITIES}
+    for (view, key, t), written in sink.rows.items():
+        entity = entity_of[view]
+        log = logs[entity].get(key)
+        at = bisect_right(log.times, t) - 1 if log is not None else -1
+        if log is None or at < 0 or log.times[at] != t:
+            for name in written:  # the stream wrote a row for an event that was not sent
+                _tally(report[name], written[name], None, f"engine {key} @ {t}")
+            continue
+        expected = windows[entity].features(log, at)
+        for name in feature_names(entity):
+            if name in written:
+                _tally(report[name], written[name], expected[name], f"engine {key} @ {t}")
+
+
 def run_parity(settings: Settings, days: int, customers: int = 1000, terminals: int = 2000,
                seed: int = 42, progress: Any = print,
                rate: float = PARITY_EVENTS_PER_SECOND) -> ParityReport:
@@ -252,6 +293,9 @@ def run_parity(settings: Settings, days: int, customers: int = 1000, terminals: 
         compare_offline(own, sink, report)
         progress("reading the online store back (Feast get_online_features) …")
         keys_read = compare_redis(own, sink, report)
+    progress("recomputing every online row with the per-event engine (state.py) …")
+    events = pa.concat_tables([b.transactions for b in iter_days(config, tokenize)])
+    compare_engines(events.to_pandas(), sink, report)
     return ParityReport(days, sent.transactions, report, online_rows=len(sink.rows),
                         redis_keys=keys_read)
 

@@ -1,6 +1,6 @@
 """Online/offline parity on the path production runs: every row the stream wrote to the online
-store equals what Feast's point-in-time join reads at its time, and Redis holds the last row
-written per key, feature by feature."""
+store equals what Feast's point-in-time join reads at its time and what the per-event engine
+computes, and Redis holds the last row written per key, feature by feature."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def test_replayed_days_have_zero_mismatches(settings: Settings) -> None:
     assert report.online_rows > 2 * report.transactions
     assert report.redis_keys > 0
     for name, fp in report.features.items():
-        # each of its entity's online rows offline, and each of its keys in Redis
-        assert fp.compared >= report.transactions * 0.75, name
+        # each of its entity's online rows offline and per event, each key in Redis
+        assert fp.compared >= report.transactions * 1.5, name
         assert fp.mismatches == 0, (name, fp.examples)
     assert report.not_comparable == 0
