@@ -118,10 +118,15 @@ AGGREGATIONS: dict[str, Callable[[pd.DataFrame, str | None], Any]] = {
     "mean": _mean, "last": _last, "since_last": _since_last,
 }
 
+def _night(events: pd.DataFrame) -> pd.Series:
+    # 22:00-05:59 UTC: the project's night since the request-time txn_is_night flag
+    # (feature_repo/kestrel_repo/request_views.py), not just the hours before 06:00
+    hour = (events["time_us"] % DAY_US) // HOUR_US
+    return (hour >= 22) | (hour < 6)
+
+
 # filter name → per event, whether the filtered windows count it (from the events' columns)
-FILTERS: dict[str, Callable[[pd.DataFrame], pd.Series]] = {
-    "night": lambda events: (events["time_us"] % DAY_US) // HOUR_US < 6,  # UTC hour < 6
-}
+FILTERS: dict[str, Callable[[pd.DataFrame], pd.Series]] = {"night": _night}
 
 
 class UnknownDefinition(ValueError):

@@ -105,6 +105,15 @@ def test_reference_on_hand_worked_events() -> None:
     assert late["card_last_event_time_us"] == t[2] and late["card_last_lon"] == -3.0
 
 
+def test_night_is_22_to_6_utc() -> None:
+    events = _events([("B", timedelta(hours=-6, minutes=-1), 1.0, "FR"),  # 21:59: day
+                      ("B", timedelta(hours=-6), 2.0, "FR"),  # 22:00: night
+                      ("B", timedelta(hours=1, minutes=59), 4.0, "FR"),  # 05:59: night
+                      ("B", timedelta(hours=2), 8.0, "FR")])  # 06:00: day
+    spec = Spec("card", "night_sum", 24 * HOUR, "sum", "amount", filter="night")
+    assert expected_rows(events, "card", [spec])["night_sum"].tolist() == [0.0, 2.0, 6.0, 6.0]
+
+
 def test_reference_names_what_it_cannot_compute() -> None:
     events = _events([("A", timedelta(0), 1.0, "FR")])
     with pytest.raises(UnknownDefinition, match=r"aggregation 'median' is not in AGGREGATIONS"):
