@@ -16,6 +16,12 @@ replayed through the same code that applied the events live, batch by batch (ent
 windows are over are expired after each, as live: EntityArrays.expire), so the state is
 exactly the one the last commit left (eviction and alert marks included).
 
+A snapshot document is ``{entity type: {entity key: its events and marks}}`` plus, under
+:data:`KEPT`, per entity type the span the state was kept for and its clock
+(:func:`snapshot_document`): a restore under a spec with a longer window rebuilds the span
+the snapshot lacks from the lake (pipelines/stream/rebuild.py). Snapshots written before
+held no :data:`KEPT`; :func:`recorded` reads that as "unknown" (see there).
+
 Keys are per consumer group (like the offsets): ``kestrel:stream:<group>:changelog:<topic>:<p>``
 and ``kestrel:stream:<group>:snapshot:<topic>:<p>``.
 """
@@ -60,6 +66,32 @@ def group_prefix(group_id: str) -> str:
 
 
 Column = Sequence[Any] | np.ndarray
+
+KEPT = "kept"
+"""The snapshot document's key for what each entity type's state was kept for: ``{entity
+type: [kept_us, clock µs]}`` (entity types are card, customer, terminal: no clash)."""
+
+
+def snapshot_document(state: dict[str, dict[str, Any]],
+                      kept: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    """A partition's snapshot: ``state`` (entity type → EntityArrays.snapshot()) and, per
+    entity type, (the span µs behind its clock the state holds every event of, the clock).
+    The span is recorded so that a restore knows what it lacks when the spec's horizon
+    has grown since (the events are all that is stored: the span cannot be read off them,
+    an entity idle for a while holds none of its recent past); the clock, because an empty
+    state has none to take it from."""
+    return {**state, KEPT: {kind: [int(k), int(c)] for kind, (k, c) in kept.items()}}
+
+
+def recorded(snap: dict[str, Any] | None, kind: str) -> tuple[int | None, int | None]:
+    """(kept_us, clock) a snapshot recorded for an entity type; (None, None) when it holds
+    none — a snapshot written before they were recorded: what horizon it was kept for
+    cannot be known, so a restore treats the whole current span as possibly missing
+    (rebuild.py rebuilds it, adding only what the state does not already hold)."""
+    entry = ((snap or {}).get(KEPT) or {}).get(kind)
+    if not entry:
+        return None, None
+    return int(entry[0]), int(entry[1])
 
 
 class Entries:

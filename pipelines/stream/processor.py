@@ -78,7 +78,7 @@ from pipelines.batching import consume_in_batches, stop_on_signals
 from pipelines.dlq import dead_letter
 from pipelines.features.online_writer import RespTransaction, resp_keys_command
 from pipelines.ingest import EventProducer
-from pipelines.stream import batch_decode, changelog, columnar, recent, records
+from pipelines.stream import batch_decode, changelog, columnar, rebuild, recent, records
 from pipelines.stream.entity_arrays import EntityArrays
 from pipelines.stream.event_time import UNREADABLE, event_time_keys, event_times_us
 from pipelines.stream.metrics import StreamMetrics
@@ -198,6 +198,7 @@ class StreamStats:
     terminal_applied: int = 0
     late_for_entity: int = 0
     expired: int = 0  # entities dropped from the state (EntityArrays.expire)
+    rebuilt: int = 0  # events a restore loaded from the lake for a longer span (rebuild.py)
     batches: int = 0
     started: float = field(default_factory=time.monotonic)
     first_record_at: float | None = None
@@ -261,6 +262,9 @@ class StreamProcessor:
         # the events this batch applied, per (topic, partition): its changelog entries
         self._changes: dict[tuple[str, int], changelog.Entries] = defaultdict(changelog.Entries)
         self._since_snapshot: dict[tuple[str, int], int] = {}
+        # per (entity, partition) restored: the time after which its state holds every
+        # event (rebuild.py; a lake that lacked days leaves it above clock - kept_us)
+        self._complete_after: dict[tuple[Entity, int], int | None] = {}
         # the customers' recent-transactions entries of this batch (recent.py), in order
         self._recent_customers: list[str] = []
         self._recent_docs: list[pa.Array] = []
@@ -613,9 +617,15 @@ class StreamProcessor:
         snap, batches = changelog.load_batches(self.redis, self.group_id, topic, part)
         kinds: tuple[Entity, ...] = ("card", "customer") if topic == TRANSACTIONS \
             else ("terminal",)
-        for kind in kinds:
+        count = self._partitions.get(topic) or partitions_for(topic, self.settings)
+        rebuilt = 0
+        for kind in kinds:  # the span a longer window needs and the snapshot lacks: the lake
             table = self.tables[kind][part] = self._new_table(kind)
             table.load((snap or {}).get(kind) or {})
+            done = rebuild.restore(table, part, snap, self.settings.lake_dir, count)
+            self._complete_after[(kind, part)] = done.complete_after if done else None
+            rebuilt += done.events if done else 0
+        self.stats.rebuilt += rebuilt
         epoch = datetime.fromtimestamp(0, UTC)
         for entries in batches:  # expired after each, as the live run did (_expire)
             if topic == TRANSACTIONS:
@@ -637,10 +647,21 @@ class StreamProcessor:
                     np.array([time_us for _, time_us, _ in entries], np.int64))
             self._expire(topic, part)
         entries_count = sum(len(entries) for entries in batches)
-        self._since_snapshot[(topic, part)] = entries_count
+        # rebuilt: the next batch snapshots it, so a restart need not read the lake again
+        self._since_snapshot[(topic, part)] = changelog.SNAPSHOT_EVENTS if rebuilt \
+            else entries_count
         if entries_count or snap:
             log.info("state restored", extra={"partition": f"{topic}:{part}",
                                               "changelog_events": entries_count})
+
+    def _kept(self, topic: str, part: int) -> dict[str, tuple[int, int]]:
+        """Per entity type of a partition: (the span its state holds every event of, its
+        clock), for its snapshot (changelog.snapshot_document, rebuild.kept_for)."""
+        kinds: tuple[Entity, ...] = ("card", "customer") if topic == TRANSACTIONS \
+            else ("terminal",)
+        return {kind: (rebuild.kept_for(table, self._complete_after.get((kind, part))),
+                       table.clock)
+                for kind in kinds if (table := self.tables[kind].get(part)) is not None}
 
     def _place(self, state: EventLog, event: Event) -> int | None:
         """Insert an event into a card's or customer's state; the event's index, or None
@@ -1292,7 +1313,8 @@ class StreamProcessor:
             since = self._since_snapshot.get((topic, part), 0) + len(entries)
             if since >= changelog.SNAPSHOT_EVENTS:
                 tx.command("SET", changelog.snapshot_key(self.group_id, topic, part),
-                           orjson.dumps(self.partition_state(topic, part)))
+                           orjson.dumps(changelog.snapshot_document(
+                               self.partition_state(topic, part), self._kept(topic, part))))
                 tx.command("DEL", changelog.changelog_key(self.group_id, topic, part))
                 since = 0
             else:
