@@ -20,10 +20,7 @@ from kestrel.features import FEATURES, Feature, features_for
 from kestrel.features.definitions import H24
 from kestrel.features.event import ENTITIES, ENTITY_KEYS, Entity
 
-__all__ = ["ENTITIES", "ENTITY_KEYS", "FEATURES", "WINDOWS", "Entity", "Feature",
-           "features_for"]
-
-WINDOWS = FEATURES  # the name the stream features had before kestrel.features
+__all__ = ["ENTITIES", "ENTITY_KEYS", "FEATURES", "Entity", "Feature", "features_for"]
 
 
 def horizon(entity: Entity) -> timedelta:

@@ -17,7 +17,7 @@ the last one in order of arrival.
 
 Each definition is read by its attributes only — ``entity``, ``name``, ``micros``,
 ``aggregation``, ``field`` (an input name, or None) and ``filter`` (None, or a filter name) —
-so the declarative spec that replaces ``kestrel.windows.WINDOWS`` can be checked as it is.
+so any feature spec (``kestrel.features.FEATURES``, or a test's own) is checked as it is.
 An aggregation, input or filter this module does not know raises and names what to add:
 a new kind of feature cannot pass unchecked.
 
@@ -57,13 +57,6 @@ class Definition(Protocol):
 # "time" is the event time in µs since the epoch (an int, as the stream keeps it)
 INPUTS: dict[str, str] = {"amount": "amount", "country": "country", "terminal": "terminal_id",
                           "mcc": "mcc", "lat": "lat", "lon": "lon", "time": "time_us"}
-
-# The card's latest event, per card: not windows today (kestrel.windows.CARD_LAST_EVENT_
-# FEATURES). Checked as ``last`` over every event at or before t, unless a definition of
-# the same name exists (the spec may come to define them as ``last`` aggregations itself).
-CARD_EXTRAS: dict[str, str] = {"card_last_event_time_us": "time", "card_last_lat": "lat",
-                               "card_last_lon": "lon"}
-
 
 def _values(window: pd.DataFrame, column: str | None) -> pd.Series:
     if column is None:
@@ -138,14 +131,14 @@ def key_column(entity: str) -> str:
 
 
 def stream_definitions() -> tuple[Any, ...]:
-    """The stream features as defined today; the one place to point at the new spec."""
-    from kestrel.windows import WINDOWS
+    """The declared stream features (kestrel/features/definitions.py)."""
+    from kestrel.features import FEATURES
 
-    return WINDOWS
+    return FEATURES
 
 
 def _filter_of(definition: Any) -> str | None:
-    return getattr(definition, "filter", None)  # today's Window has none
+    return definition.filter
 
 
 def _column_of(definition: Any) -> str | None:
@@ -193,16 +186,12 @@ def prepare(events: pd.DataFrame) -> pd.DataFrame:
 def expected_rows(events: pd.DataFrame, entity: str,
                   definitions: Iterable[Any] | None = None) -> pd.DataFrame:
     """One row per (entity key, event time t) of ``prepare``d events: the key, ``time_us``
-    (t) and every feature of ``entity`` as its definition says (plus the card extras)."""
+    (t) and every feature of ``entity`` as its definition says."""
     defs = [d for d in (stream_definitions() if definitions is None else definitions)
             if d.entity == entity]
     check_known(defs)
     plan = [(d.name, d.micros, AGGREGATIONS[d.aggregation], _column_of(d), _filter_of(d))
             for d in defs]
-    if entity == "card":
-        defined = {d.name for d in defs}
-        plan += [(name, None, _last, INPUTS[field], None)
-                 for name, field in CARD_EXTRAS.items() if name not in defined]
     key = key_column(entity)
     out: list[dict[str, Any]] = []
     for value, group in events.groupby(key, sort=True):

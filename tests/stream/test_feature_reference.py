@@ -21,7 +21,6 @@ from pipelines.simulator.config import SimulationConfig
 from pipelines.simulator.to_kafka import stream_to_kafka
 from tests.conftest import TEST_SECRET
 from tests.stream.feature_reference import (
-    CARD_EXTRAS,
     UnknownDefinition,
     compare,
     expected_rows,
@@ -40,9 +39,7 @@ ENTITIES = ("card", "customer", "terminal")
 
 
 def names_of(entity: str) -> list[str]:
-    names = [d.name for d in stream_definitions() if d.entity == entity]
-    extras = [n for n in CARD_EXTRAS if n not in names] if entity == "card" else []
-    return names + extras
+    return [d.name for d in stream_definitions() if d.entity == entity]
 
 
 # --- the reference itself, on events worked out by hand ------------------------------------
@@ -58,6 +55,7 @@ class Spec:
 
 T0 = datetime(2018, 4, 1, 4, 0, tzinfo=UTC)  # 04:00 UTC: night until 06:00
 MIN = 60 * 1_000_000
+DAY = 24 * 60 * MIN
 HOUR = 60 * MIN
 
 
@@ -85,7 +83,10 @@ def test_reference_on_hand_worked_events() -> None:
              Spec("card", "last_country_1h", HOUR, "last", "country"),
              Spec("card", "since_1h", HOUR, "since_last"),
              Spec("card", "night_n_3h", 3 * HOUR, "count", filter="night"),
-             Spec("card", "night_sum_3h", 3 * HOUR, "sum", "amount", filter="night")]
+             Spec("card", "night_sum_3h", 3 * HOUR, "sum", "amount", filter="night"),
+             Spec("card", "card_last_lat", DAY, "last", "lat"),
+             Spec("card", "card_last_lon", DAY, "last", "lon"),
+             Spec("card", "card_last_event_time_us", DAY, "last", "time")]
     rows = expected_rows(events, "card", specs).set_index("time_us")
     t = [int((T0 + d).timestamp() * 1_000_000) for d in
          (timedelta(0), timedelta(minutes=30), timedelta(hours=2))]
