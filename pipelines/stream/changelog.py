@@ -69,18 +69,21 @@ Column = Sequence[Any] | np.ndarray
 
 KEPT = "kept"
 """The snapshot document's key for what each entity type's state was kept for: ``{entity
-type: [kept_us, clock µs]}`` (entity types are card, customer, terminal: no clash)."""
+type: [kept_us, clock µs, [event fields held]]}`` (entity types are card, customer,
+terminal: no clash)."""
 
 
 def snapshot_document(state: dict[str, dict[str, Any]],
-                      kept: dict[str, tuple[int, int]]) -> dict[str, Any]:
+                      kept: dict[str, tuple[int, int, tuple[int, ...]]]) -> dict[str, Any]:
     """A partition's snapshot: ``state`` (entity type → EntityArrays.snapshot()) and, per
-    entity type, (the span µs behind its clock the state holds every event of, the clock).
+    entity type, (the span µs behind its clock the state holds every event of, the clock,
+    the event fields its events hold — EntityArrays.fields, in the order of their values).
     The span is recorded so that a restore knows what it lacks when the spec's horizon
     has grown since (the events are all that is stored: the span cannot be read off them,
     an entity idle for a while holds none of its recent past); the clock, because an empty
     state has none to take it from."""
-    return {**state, KEPT: {kind: [int(k), int(c)] for kind, (k, c) in kept.items()}}
+    return {**state, KEPT: {kind: [int(k), int(c), [int(f) for f in fields]]
+                            for kind, (k, c, fields) in kept.items()}}
 
 
 def recorded(snap: dict[str, Any] | None, kind: str) -> tuple[int | None, int | None]:
@@ -92,6 +95,13 @@ def recorded(snap: dict[str, Any] | None, kind: str) -> tuple[int | None, int | 
     if not entry:
         return None, None
     return int(entry[0]), int(entry[1])
+
+
+def recorded_fields(snap: dict[str, Any] | None, kind: str) -> tuple[int, ...] | None:
+    """The event fields a snapshot's events of an entity type hold, in order; None when it
+    recorded none (written before they were recorded)."""
+    entry = ((snap or {}).get(KEPT) or {}).get(kind)
+    return tuple(int(f) for f in entry[2]) if entry and len(entry) > 2 else None
 
 
 class Entries:

@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from kestrel.errors import KestrelError
 from kestrel.features.event import (
     AMOUNT,
     COUNTRY,
@@ -474,9 +475,15 @@ class EntityArrays:
                 "m": self._marks(c)}
         return out
 
-    def load(self, doc: dict[str, dict[str, Any]]) -> None:
-        """Add a snapshot document's entities (``snapshot``'s format, or EventLog tuples: an
-        event of 8 values) to an empty state."""
+    def load(self, doc: dict[str, dict[str, Any]],
+             fields: tuple[int, ...] | None = None) -> None:
+        """Add a snapshot document's entities (``snapshot``'s format, its values those of
+        ``fields`` — by default the state's own — or EventLog tuples: an event of 8 values)
+        to an empty state. Fields the state keeps and the snapshot lacks are refused
+        (SnapshotFieldsChanged): their values are not in it."""
+        held = self.fields if fields is None else fields
+        if set(self.fields) - set(held):
+            raise SnapshotFieldsChanged(self.entity, sorted(set(self.fields) - set(held)))
         logs: dict[str, EventLog] = {}
         for key, d in doc.items():
             events: list[Event] = []
@@ -484,7 +491,9 @@ class EntityArrays:
                 if len(e) == 8:
                     events.append(tuple(e))
                     continue
-                kept = dict(zip(self.fields, e[2:], strict=True))
+                if len(e) != 2 + len(held):
+                    raise SnapshotFieldsChanged(self.entity, [])
+                kept = dict(zip(held, e[2:], strict=True))
                 events.append((e[0], e[1], *(kept[f] if f in kept else self._filler(f, key)
                                              for f in VALUES)))
             logs[key] = EventLog(events, d.get("m") or {})
@@ -493,6 +502,15 @@ class EntityArrays:
     def logs(self) -> dict[str, EventLog]:
         """Every entity's events as an EventLog (with its marks)."""
         return {self.keys[c]: self._log(c) for c, _, _ in self._groups()}
+
+
+class SnapshotFieldsChanged(KestrelError):
+    """A snapshot whose events lack a field the entity's declared features now read."""
+
+    def __init__(self, entity: str, fields: list[int]):
+        self.fields = fields
+        super().__init__(f"the {entity} state's snapshot lacks event fields the declared "
+                         f"features now read ({fields or 'another set of fields'})")
 
 
 def _dtype(f: int) -> Any:

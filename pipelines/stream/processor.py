@@ -619,10 +619,10 @@ class StreamProcessor:
             else ("terminal",)
         count = self._partitions.get(topic) or partitions_for(topic, self.settings)
         rebuilt = 0
+        logged = {e[2] if topic == TRANSACTIONS else e[0] for b in batches for e in b}
         for kind in kinds:  # the span a longer window needs and the snapshot lacks: the lake
             table = self.tables[kind][part] = self._new_table(kind)
-            table.load((snap or {}).get(kind) or {})
-            done = rebuild.restore(table, part, snap, self.settings.lake_dir, count)
+            done = rebuild.restore(table, part, snap, self.settings.lake_dir, count, logged)
             self._complete_after[(kind, part)] = done.complete_after if done else None
             rebuilt += done.events if done else 0
         self.stats.rebuilt += rebuilt
@@ -654,13 +654,14 @@ class StreamProcessor:
             log.info("state restored", extra={"partition": f"{topic}:{part}",
                                               "changelog_events": entries_count})
 
-    def _kept(self, topic: str, part: int) -> dict[str, tuple[int, int]]:
+    def _kept(self, topic: str, part: int) -> dict[str, tuple[int, int, tuple[int, ...]]]:
         """Per entity type of a partition: (the span its state holds every event of, its
-        clock), for its snapshot (changelog.snapshot_document, rebuild.kept_for)."""
+        clock, its event fields), for its snapshot (changelog.snapshot_document,
+        rebuild.kept_for)."""
         kinds: tuple[Entity, ...] = ("card", "customer") if topic == TRANSACTIONS \
             else ("terminal",)
         return {kind: (rebuild.kept_for(table, self._complete_after.get((kind, part))),
-                       table.clock)
+                       table.clock, table.fields)
                 for kind in kinds if (table := self.tables[kind].get(part)) is not None}
 
     def _place(self, state: EventLog, event: Event) -> int | None:

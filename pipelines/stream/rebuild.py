@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -50,7 +50,7 @@ from kestrel.errors import LakeError
 from kestrel.features.event import Entity, Event
 from kestrel.lake import list_partitions, read_table
 from pipelines.stream import changelog
-from pipelines.stream.entity_arrays import EntityArrays
+from pipelines.stream.entity_arrays import EntityArrays, SnapshotFieldsChanged
 from pipelines.stream.state import EventLog
 
 log = logging.getLogger("kestrel.stream")
@@ -93,7 +93,8 @@ def kept_for(table: EntityArrays, complete_after: int | None) -> int:
 
 
 def rebuild(table: EntityArrays, partition: int, lake_dir: Path, partitions: int,
-            kept_us: int | None, clock: int | None) -> Rebuilt | None:
+            kept_us: int | None, clock: int | None,
+            logged: Collection[str] = ()) -> Rebuilt | None:
     """Add to a just loaded ``table`` the lake's events of its partition that its current
     span holds and the snapshot's (``kept_us``, ``clock``: changelog.recorded; None, None for
     a snapshot that recorded none) did not. None when nothing is missing. ``partitions``:
@@ -119,7 +120,7 @@ def rebuild(table: EntityArrays, partition: int, lake_dir: Path, partitions: int
             missing, complete_after = sorted({*missing, *days}), until
         else:
             events = _add(table, _mine(rows, table.entity, partition, partitions, since,
-                                       until))
+                                       until), logged)
     return Rebuilt(table.entity, partition, since, until, events, missing, complete_after)
 
 
@@ -151,9 +152,10 @@ def _mine(rows: pa.Table, entity: Entity, partition: int, partitions: int, since
     return rows.filter(pa.array([part_of[k] == partition for k in keys], pa.bool_()))
 
 
-def _add(table: EntityArrays, rows: pa.Table) -> int:
+def _add(table: EntityArrays, rows: pa.Table, logged: Collection[str] = ()) -> int:
     """Add the rows to their entities: per entity only what is older than its oldest
-    event held and not held already (txn_id); returns how many were added."""
+    event held and not held already (txn_id), nor in the changelog about to be replayed
+    (``logged``); returns how many were added."""
     oldest: dict[str, int] = {}
     if len(table.code):
         first = np.flatnonzero(np.r_[True, table.code[1:] != table.code[:-1]])
@@ -171,7 +173,8 @@ def _add(table: EntityArrays, rows: pa.Table) -> int:
     keys = col[_KEY_COLUMN[table.entity]].to_pylist()
     seen: set[str] = set()
     for key, event in zip(keys, zip(*filled, strict=True), strict=True):
-        if key is None or event[0] in seen or event[1] >= oldest.get(key, event[1] + 1):
+        if key is None or event[0] in seen or event[0] in logged \
+                or event[1] >= oldest.get(key, event[1] + 1):
             continue
         seen.add(event[0])
         by_key.setdefault(key, []).append(event)
@@ -187,15 +190,26 @@ def _add(table: EntityArrays, rows: pa.Table) -> int:
 
 
 def restore(table: EntityArrays, partition: int, snap: dict[str, Any] | None,
-            lake_dir: Path, partitions: int) -> Rebuilt | None:
-    """After a snapshot was loaded into ``table``: rebuild what the current span needs and
-    the snapshot's did not hold (``rebuild``), and say so in the log — one line of what was
-    rebuilt, or a warning naming the lake when days were missing. No snapshot: the
-    changelog replayed holds every event the partition ever applied, nothing is missing."""
+            lake_dir: Path, partitions: int, logged: Collection[str] = ()) -> Rebuilt | None:
+    """Load a snapshot's state into the empty ``table`` and rebuild what the current span
+    needs and the snapshot's did not hold (``rebuild``), saying so in the log — one line of
+    what was rebuilt, or a warning naming the lake when days were missing. When the declared
+    features now read an event field the snapshot's events lack (a card's first feature of
+    the mcc), its events cannot be loaded: the whole span is rebuilt from the lake instead
+    (the alert marks start afresh), leaving out the changelog's events (``logged``: they are
+    replayed next). No snapshot: the changelog replayed holds every event the partition
+    ever applied, nothing is missing."""
     if snap is None:
         return None
     kept_us, clock = changelog.recorded(snap, table.entity)
-    done = rebuild(table, partition, lake_dir, partitions, kept_us, clock)
+    try:
+        table.load(snap.get(table.entity) or {}, changelog.recorded_fields(snap, table.entity))
+    except SnapshotFieldsChanged as exc:
+        log.warning("%s: rebuilding partition %s's %s state from the lake", exc, partition,
+                    table.entity, extra={"entity": table.entity, "partition": partition})
+        table.load({})
+        kept_us = None
+    done = rebuild(table, partition, lake_dir, partitions, kept_us, clock, logged)
     if done is None:
         return None
     span = f"({_iso(done.since_us)}, {_iso(done.until_us)}]"

@@ -155,7 +155,7 @@ def test_a_longer_window_is_rebuilt_from_the_lake(
     assert second.stats.rebuilt > 0
     snaps = _snapshots(often)
     assert all(kept >= 48 * 3600 * 1_000_000 for s in snaps
-               for kept, _ in s[changelog.KEPT].values())
+               for kept, *_ in s[changelog.KEPT].values())
     reference = prepare(pa.concat_tables(days).to_pandas())
     start = pd.Timestamp(config.start, tz="UTC").value // 1000 + 2 * DAY_US  # the 3rd day
     for entity, names in NEW_NAMES.items():
@@ -169,6 +169,35 @@ def test_a_longer_window_is_rebuilt_from_the_lake(
         expected = expected[expected.time_us >= start]
         assert len(actual) > 100
         assert compare(expected, actual, entity, names, tolerance=1e-6) == {}, entity
+
+
+def test_a_feature_reading_a_new_event_field_rebuilds_from_the_lake(
+        often: Settings, monkeypatch: pytest.MonkeyPatch,
+        warnings: list[logging.LogRecord]) -> None:
+    """A card's first feature of the mcc: the snapshot's card events hold no mcc, so they
+    cannot be loaded; the card state is rebuilt from the lake and the feature is right."""
+    config = SimulationConfig(customers=120, terminals=240, days=3)
+    days = _days(config)
+    _send(often, days[:2])
+    run_stream(often)
+    write_to_lake(config, often.lake_dir, CardTokenizer(TEST_SECRET.encode()).token)
+    mcc = Feature("card", "distinct", "mcc", window=timedelta(hours=24))
+    monkeypatch.setattr(kestrel.features, "FEATURES", (*FEATURES, mcc))
+    day3 = _send(often, days[2:])
+    proc = _run(often)
+    assert proc.stats.applied == day3 and proc.stats.rebuilt > 0
+    assert any("lacks event fields" in r.getMessage() for r in warnings)
+    reference = prepare(pa.concat_tables(days).to_pandas())
+    start = pd.Timestamp(config.start, tz="UTC").value // 1000 + 2 * DAY_US
+    rows = open_log(log_dir(often.var_dir) / stream_view_name("card"),
+                    columns=[mcc.name]).to_table().to_pandas()
+    rows = rows.sort_values("created").groupby(["card_id", "event_timestamp"]).tail(1)
+    rows["time_us"] = rows["event_timestamp"].dt.as_unit("us").astype("int64")
+    actual = rows[rows.time_us >= start]
+    expected = expected_rows(reference, "card", [mcc])
+    assert len(actual) > 100
+    assert compare(expected[expected.time_us >= start], actual, "card", [mcc.name],
+                   tolerance=0) == {}
 
 
 def test_without_the_lake_a_warning_and_the_stream_runs_on(
@@ -187,7 +216,7 @@ def test_without_the_lake_a_warning_and_the_stream_runs_on(
     assert any("kestrel archive" in m and "lacks" in m for m in said), said
     # the next snapshots record that the state does not yet hold the 48 h: a restart with
     # the lake filled in tries again
-    kept = [k for s in _snapshots(often) for k, _ in s[changelog.KEPT].values()]
+    kept = [k for s in _snapshots(often) for k, *_ in s[changelog.KEPT].values()]
     assert kept and min(kept) < 48 * 3600 * 1_000_000
 
 
