@@ -71,7 +71,15 @@ def measure(frame: pd.DataFrame, views: dict[str, list[str]]) -> dict[str, Cover
 
 
 def check(coverage: dict[str, Coverage], threshold: float, first: str, last: str) -> None:
-    """Raise TrainingError naming every feature below ``threshold`` and what fills it."""
+    """Raise TrainingError naming every feature below ``threshold`` and what fills it; and
+    when a batch feature has no value at all (the batch views were never computed for the
+    range: not a matter of activity)."""
+    empty = [c.feature for c in coverage.values() if not c.enforced and c.due and not c.present]
+    if empty:
+        raise TrainingError(
+            f"batch features without a single value between {first} and {last}: "
+            f"{', '.join(empty)}; compute them with `kestrel batch --start {first} --end "
+            f"{last}` (or `kestrel training-set --prepare`)")
     low = sorted((c for c in coverage.values() if c.enforced and c.share < threshold),
                  key=lambda c: c.share)
     if not low:

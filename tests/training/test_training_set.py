@@ -33,7 +33,7 @@ from pipelines.simulator.config import SimulationConfig
 from pipelines.simulator.to_lake import write_to_lake
 from pipelines.stream.offline_log import log_dir
 from tests.conftest import TEST_SECRET, env_for, make_settings
-from training.coverage import measure
+from training.coverage import Coverage, check, measure
 from training.errors import TrainingError
 from training.pipeline import feature_rows
 
@@ -160,3 +160,16 @@ def test_a_feature_added_with_history_is_filled_offline_and_online(
     assert got[0] == pytest.approx(expected) and got[1] == 12345.0
     guard.close()
     client.close()
+
+
+def test_batch_features_without_any_value_stop_the_build() -> None:
+    """Missing batch values are mostly by design; none at all means `kestrel batch` never
+    ran for the range, and the set would train on NaN everywhere."""
+    batch = {"customer_avg_amount_1d": Coverage("customer_avg_amount_1d", 0, 3,
+                                                enforced=False),
+             "terminal_fraud_risk_1d": Coverage("terminal_fraud_risk_1d", 1, 3, enforced=False)}
+    with pytest.raises(TrainingError, match=r"customer_avg_amount_1d; compute them with "
+                                            r"`kestrel batch --start 2018-04-01"):
+        check(batch, 0.95, "2018-04-01", "2018-04-05")
+    check({"terminal_fraud_risk_1d": batch["terminal_fraud_risk_1d"]}, 0.95, "2018-04-01",
+          "2018-04-05")
