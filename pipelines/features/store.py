@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, unquote, urlparse
 
 import yaml
 from feast import FeatureService, FeatureStore, FeatureView, Project, RepoConfig
-from feast.on_demand_feature_view import OnDemandFeatureView
+from feast.base_feature_view import BaseFeatureView
 from feast.repo_contents import RepoContents
 from feast.repo_operations import apply_total_with_repo_instance, parse_repo
 
@@ -279,7 +279,7 @@ def service_outputs(service: FeatureService) -> Outputs:
     return {p.name: [f.name for f in p.features] for p in service.feature_view_projections}
 
 
-def view_schema(view: FeatureView | OnDemandFeatureView) -> dict[str, str]:
+def view_schema(view: BaseFeatureView) -> dict[str, str]:
     """A view's features as name → Feast type (the entity columns are not features)."""
     return {f.name: str(f.dtype) for f in view.features}
 

@@ -405,11 +405,11 @@ class EntityArrays:
                 self._drop(gone)
         codes = np.flatnonzero(dead)
         last[codes] = _NO_TIME
-        index, keys, marks = self.index, self.keys, self.marks
+        index, keys, held = self.index, self.keys, self.marks
         for c in codes.tolist():
             del index[keys[c]]
             keys[c] = ""
-            marks.pop(c, None)
+            held.pop(c, None)
         self._free.extend(codes[::-1].tolist())  # the lowest first
         return len(codes)
 

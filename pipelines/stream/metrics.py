@@ -22,6 +22,7 @@ import os
 import socket
 import time
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,8 @@ import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+from kestrel.features.event import Entity
 
 log = logging.getLogger("kestrel.stream")
 FRESHNESS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -135,7 +138,7 @@ class StreamMetrics:
         self.rate.set(rate)
         self._rate = rate
 
-    def observe_state(self, sizes: dict[str, tuple[int, int]]) -> None:
+    def observe_state(self, sizes: Mapping[Entity, tuple[int, int]]) -> None:
         """The state's size after a batch: per entity type, (entities, events) held."""
         for entity, (entities, events) in sizes.items():
             self.entities.labels(entity).set(entities)
