@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -101,9 +101,14 @@ def entity_rows(tx: DataFrame, entity: Entity,
 
 def backfill_stream_features(settings: Settings, start: date | None = None,
                              end: date | None = None,
-                             progress: Progress | None = None) -> dict[str, Any]:
+                             progress: Progress | None = None,
+                             exclude_txn_ids: Collection[str] = ()) -> dict[str, Any]:
     """Write the stream views' rows for the events of days ``start`` … ``end`` (default:
-    the whole lake) to the offline feature log; returns rows and files per view."""
+    the whole lake) to the offline feature log; returns rows and files per view.
+
+    ``exclude_txn_ids``: events to leave out as if the lake lacked them — what the stream
+    did not apply (sent to ``transactions.late`` or the DLQ), so that the backfill's rows
+    are comparable with the stream's (``kestrel parity``); empty by default."""
     from pyspark.sql import functions as F
 
     say = progress or (lambda _line: None)
@@ -120,9 +125,11 @@ def backfill_stream_features(settings: Settings, start: date | None = None,
         return result
     history = max(math.ceil(horizon(e) / timedelta(days=1)) for e in ENTITIES)
     spark = spark_session(settings, echo=say)
-    tx = (_read_lake(spark, settings.lake_dir, "transactions",
-                     first - timedelta(days=history), last, TX_COLUMNS)
-          .withColumn("ord", F.monotonically_increasing_id())
+    tx = _read_lake(spark, settings.lake_dir, "transactions",
+                    first - timedelta(days=history), last, TX_COLUMNS)
+    if exclude_txn_ids:
+        tx = tx.where(~F.col("txn_id").isin(sorted(exclude_txn_ids)))
+    tx = (tx.withColumn("ord", F.monotonically_increasing_id())
           .withColumn("t", F.unix_micros("event_time")).cache())
     say(f"backfill: {tx.count():,} transactions read ({first - timedelta(days=history)} … "
         f"{last}); features {', '.join(sorted(f.name for f in FEATURES))}")

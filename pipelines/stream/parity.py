@@ -6,7 +6,7 @@ stores are untouched), with an online sink that writes to Redis through the prod
 OnlineWriter and records every row it is handed (:class:`RecordingSink`). The events are
 produced at a steady rate while the stream runs (``run_parity``'s ``rate``), so that most
 (entity, event) rows reach the online store, as with live traffic. Then, feature by
-feature, three comparisons:
+feature, four comparisons:
 
 - *offline*: every row written to the online store — per (view, entity key, event time t)
   the last version written — against what training reads for that entity at t: Feast's
@@ -17,16 +17,22 @@ feature, three comparisons:
 - *redis*: the final contents of the online store, read back through Feast's
   ``get_online_features``, against the last row written for each entity key;
 - *engine*: every row written online against the stream's other engine, the per-event
-  WindowSet (pipelines/stream/state.py), recomputed from the replayed events.
+  WindowSet (pipelines/stream/state.py), recomputed from the replayed events;
+- *spark* (``report.spark``, pipelines/stream/parity_spark.py): every online row and every
+  offline-log row against the Spark backfill of the same events (less those the stream
+  sent to ``transactions.late`` or the DLQ), within 1e-6 — Spark adds in another order.
 
 The first shows the offline log holds every value the online store served, at the time it
 was served (what the point-in-time contract of kestrel/windows.py needs); the second that
 the rows reached Redis as written. Both compare the array path with itself — online and
 offline rows are written from the same computed values — so a wrong value shows in
 neither; the third compares the two engines, and goes red when the array path alone is
-wrong (an off-by-one in a distinct count did). Per feature it reports how many values were compared,
-how many differ (a missing value only equals a missing value; numbers within 1e-9) and the
-largest absolute difference; the expected figure is zero.
+wrong (an off-by-one in a distinct count did); the fourth compares the stream with the
+engine that training sets built from history are made with (the backfill), and goes red when
+either side alone is wrong. Per feature it reports how many values were compared, how many
+differ (a missing value only equals a missing value; numbers within 1e-9, 1e-6 against
+Spark) and the largest absolute difference; the expected figure is zero. docs/parity.md
+describes a run.
 
 Not compared here: whether the values are *right* (tests/stream/test_feature_reference.py
 checks every feature against a pandas reference written from the definitions); and rows the
@@ -43,7 +49,7 @@ from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
@@ -62,6 +68,9 @@ from pipelines.simulator.to_kafka import stream_to_kafka
 from pipelines.stream.offline_log import OfflineLog
 from pipelines.stream.processor import StreamProcessor
 from pipelines.stream.state import Event, EventLog, WindowSet
+
+if TYPE_CHECKING:
+    from pipelines.stream.parity_spark import SparkParity
 
 TOLERANCE = 1e-9
 PARITY_EVENTS_PER_SECOND = 100.0
@@ -88,10 +97,26 @@ class ParityReport:
     not_comparable: int = 0
     online_rows: int = 0  # distinct (view, key, event time) rows written to the online store
     redis_keys: int = 0  # entity keys read back from Redis
+    # the stream against the Spark backfill (parity_spark.py); None: run without Spark
+    spark: SparkParity | None = None
+    rows: ParityRows | None = None  # what was compared, with ``keep_rows`` (tests)
 
     @property
     def mismatches(self) -> int:
-        return sum(f.mismatches for f in self.features.values())
+        return (sum(f.mismatches for f in self.features.values())
+                + (self.spark.mismatches if self.spark is not None else 0))
+
+
+@dataclass
+class ParityRows:
+    """What a parity run compared, kept for tests that check it against an independent
+    reference (tests/stream/test_mutations.py): the replayed events in order of arrival,
+    and per entity the stream's offline log (newest version per (key, time)) and the
+    backfill's rows (empty without Spark), each with ``time_us``."""
+
+    events: pd.DataFrame
+    stream: dict[Entity, pd.DataFrame]
+    backfill: dict[Entity, pd.DataFrame]
 
 
 def _micros(t: datetime | int) -> int:
@@ -135,18 +160,22 @@ class RecordingSink:
             self._record(view, key, {name: col[i] for name, col in values.items()}, int(t))
 
 
-def _differs(a: Any, b: Any) -> tuple[bool, float]:
+def _differs(a: Any, b: Any, tolerance: float = TOLERANCE) -> tuple[bool, float]:
     a_missing = a is None or (isinstance(a, float) and pd.isna(a))
     b_missing = b is None or (isinstance(b, float) and pd.isna(b))
     if a_missing or b_missing:
         return a_missing != b_missing, 0.0
     diff = abs(float(a) - float(b))
-    return diff > TOLERANCE, diff
+    return diff > tolerance, diff
 
 
-def _tally(fp: FeatureParity, written: Any, read: Any, where: str) -> None:
+def tally(fp: FeatureParity, written: Any, read: Any, where: str,
+          tolerance: float = TOLERANCE, missing_row: bool = False) -> None:
+    """Count one comparison of a written value with the value read elsewhere; with
+    ``missing_row`` the other side has no row at all, a mismatch whatever was written."""
     fp.compared += 1
-    bad, diff = _differs(written, read)
+    bad, diff = _differs(written, read, tolerance)
+    bad = bad or missing_row
     fp.max_abs_diff = max(fp.max_abs_diff, diff)
     if bad:
         fp.mismatches += 1
@@ -178,7 +207,7 @@ def compare_offline(settings: Settings, sink: RecordingSink,
         read = offline.loc[str(i)]
         for name in feature_names(entity_of[view]):
             if name in written:
-                _tally(report[name], written[name], read[name], f"offline {key} @ {t}")
+                tally(report[name], written[name], read[name], f"offline {key} @ {t}")
 
 
 def compare_redis(settings: Settings, sink: RecordingSink,
@@ -201,7 +230,7 @@ def compare_redis(settings: Settings, sink: RecordingSink,
         for name in names:
             for key, value in zip(keys, got[name], strict=True):
                 if name in last[key]:
-                    _tally(report[name], last[key][name], value, f"redis {key}")
+                    tally(report[name], last[key][name], value, f"redis {key}")
     return keys_read
 
 
@@ -249,27 +278,34 @@ def compare_engines(events: pd.DataFrame, sink: RecordingSink,
         at = bisect_right(log.times, t) - 1 if log is not None else -1
         if log is None or at < 0 or log.times[at] != t:
             for name in written:  # the stream wrote a row for an event that was not sent
-                _tally(report[name], written[name], None, f"engine {key} @ {t}")
+                tally(report[name], written[name], None, f"engine {key} @ {t}",
+                      missing_row=True)
             continue
         expected = windows[entity].features(log, at)
         for name in feature_names(entity):
             if name in written:
-                _tally(report[name], written[name], expected[name], f"engine {key} @ {t}")
+                tally(report[name], written[name], expected[name], f"engine {key} @ {t}")
 
 
 def run_parity(settings: Settings, days: int, customers: int = 1000, terminals: int = 2000,
                seed: int = 42, progress: Any = print,
-               rate: float = PARITY_EVENTS_PER_SECOND) -> ParityReport:
+               rate: float = PARITY_EVENTS_PER_SECOND, with_spark: bool = True,
+               keep_rows: bool = False) -> ParityReport:
     """Replay, then compare (the module's docstring says what). The events are produced at
     ``rate`` per second while the stream runs, as live traffic arrives: a backlog consumed
     at once is applied in a batch or two, which write each entity to the online store about
     once, and the comparison would see little more than the last rows. At a hundred
     events per second each batch (``stream_batch_ms``) writes the entities it touched, so
-    most rows reach the online store."""
+    most rows reach the online store. ``with_spark``: also backfill the replayed days with
+    Spark and compare (parity_spark.py); ``keep_rows``: keep what was compared in
+    ``report.rows``."""
     config = SimulationConfig(customers=customers, terminals=terminals, days=days, seed=seed)
     tokenize = CardTokenizer(b"parity-replay-key-0123456789abcdef").token
     names = [n for e in ENTITIES for n in feature_names(e)]
     report = {n: FeatureParity() for n in names}
+    spark: SparkParity | None = None
+    stream_log: dict[Entity, pd.DataFrame] = {}
+    backfill: dict[Entity, pd.DataFrame] = {}
     with private_services(settings, with_redis=True) as own:
         own = own.model_copy(update={"stream_metrics_port": 0})
         sink = RecordingSink(OnlineWriter(own, dedup=False))  # as `kestrel stream` writes
@@ -293,9 +329,24 @@ def run_parity(settings: Settings, days: int, customers: int = 1000, terminals: 
         compare_offline(own, sink, report)
         progress("reading the online store back (Feast get_online_features) …")
         keys_read = compare_redis(own, sink, report)
-    progress("recomputing every online row with the per-event engine (state.py) …")
-    events = pa.concat_tables([b.transactions for b in iter_days(config, tokenize)])
-    compare_engines(events.to_pandas(), sink, report)
-    return ParityReport(days, sent.transactions, report, online_rows=len(sink.rows),
-                        redis_keys=keys_read)
+        if with_spark or keep_rows:
+            from pipelines.stream import parity_spark as ps
 
+            stream_log = ps.stream_log_rows(own)
+        if with_spark:
+            # after the offline comparison: the backfill's files join the same log folder
+            began = time.monotonic()
+            excluded, unidentified = ps.unapplied_txn_ids(own)
+            progress(f"backfilling the replayed days with Spark ({len(excluded):,} late/DLQ "
+                     "events left out) …")
+            backfill = ps.run_backfill(own, config, tokenize, excluded, progress)
+            spark = ps.SparkParity({n: FeatureParity() for n in names},
+                                   excluded=len(excluded), unidentified=unidentified)
+            ps.compare_spark(backfill, stream_log, sink, spark)
+            spark.seconds = time.monotonic() - began
+    progress("recomputing every online row with the per-event engine (state.py) …")
+    events = pa.concat_tables([b.transactions for b in iter_days(config, tokenize)]).to_pandas()
+    compare_engines(events, sink, report)
+    return ParityReport(days, sent.transactions, report, online_rows=len(sink.rows),
+                        redis_keys=keys_read, spark=spark,
+                        rows=ParityRows(events, stream_log, backfill) if keep_rows else None)
