@@ -252,7 +252,7 @@ def fill_online(settings: Settings, features: list[str] | None = None,
                         value = getattr(row, name)
                         if pd.notna(value):
                             field, encode = fields[name]
-                            pipe.hsetnx(redis_key, field, encode(value))
+                            pipe.hsetnx(redis_key, field, encode(value))  # type: ignore[arg-type]
                 set_count += sum(int(r) for r in pipe.execute())
             out[view] = set_count
             say(f"  {view}: {set_count:,} missing online values filled for "
