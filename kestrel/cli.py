@@ -423,9 +423,6 @@ def parity(
 
     show(f"parity over {report.transactions:,} transactions, {days} days: online vs offline "
          "log, Redis, per-event engine", report.features)
-    if report.not_comparable:
-        console.print(f"{report.not_comparable:,} terminal lookups not comparable (history "
-                      "evicted from the stream state)")
     for name, fp in report.features.items():
         for example in fp.examples:
             console.print(f"  {name}: {example}")

@@ -92,9 +92,6 @@ class ParityReport:
     days: int
     transactions: int
     features: dict[str, FeatureParity]
-    # rows the comparison could not be made for; none since parity compares what was
-    # written (every online row has an offline counterpart or counts as a mismatch)
-    not_comparable: int = 0
     online_rows: int = 0  # distinct (view, key, event time) rows written to the online store
     redis_keys: int = 0  # entity keys read back from Redis
     # the stream against the Spark backfill (parity_spark.py); None: run without Spark
