@@ -22,7 +22,8 @@ The format, as Feast 0.67's ``RedisOnlineStore.online_write_batch`` writes it:
   a Kestrel option between the two: a row with the same event time as the stored one wins
   (the stream can emit two rows for one entity at one microsecond; the offline log keeps both
   and Feast's join takes the later ``created``, so online should hold the later one too).
-* ``key_ttl_seconds``, when configured, sets EXPIRE on the entity's key after each write.
+* ``key_ttl_seconds``, when configured, sets EXPIRE on the entity's key after each write (the
+  stream's column writes: once per refresh interval, pipelines/features/key_ttl.py).
 
 Everything that does not change per row (field names, key prefix, encoders) is built once per
 view. Entity keys are not cached: building one costs less than a dictionary lookup would save.
@@ -59,6 +60,7 @@ from redis.exceptions import ResponseError
 
 from kestrel.errors import ConfigError
 from kestrel.settings import Settings
+from pipelines.features.key_ttl import KeyTtlRefresh
 from pipelines.features.store import load_repo, repo_config
 
 FeatureValue = int | float | None
@@ -501,8 +503,8 @@ class ViewWriter:
 
 
     def add_columns(self, tx: RespTransaction, keys: Sequence[str],
-                    columns: Mapping[str, Column], times_us: Sequence[int] | np.ndarray
-                    ) -> int:
+                    columns: Mapping[str, Column], times_us: Sequence[int] | np.ndarray,
+                    refresh: KeyTtlRefresh | None = None) -> int:
         """Queue one HSET per entity from columns (bulk loads): ``keys[i]`` gets
         ``columns[f][i]`` for every feature ``f`` and the event time ``times_us[i]`` (µs since
         the epoch, UTC). The bytes stored are those of :meth:`add`. Every piece of a row —
@@ -510,7 +512,9 @@ class ViewWriter:
         times, values: numpy columns with array operations) — is laid out as a column of one
         byte matrix, and the rows are read out of it at once (_join_rows): no Python object
         per row or per value (joining each row's pieces in Python cost ~1.5 µs per row of
-        a card's eleven features). Returns the number of commands queued."""
+        a card's eleven features). With a key TTL, each row's EXPIRE follows its HSET, or,
+        given ``refresh``, only the keys it says are due get one (with its TTL), after the
+        HSETs. Returns the number of commands queued."""
         unknown = [name for name in columns if name not in self._resp_fields]
         if unknown:
             raise KeyError(f"{self.view_name} has no feature(s) {unknown}; nothing was queued")
@@ -525,10 +529,17 @@ class ViewWriter:
             field, encode = self._resp_fields[name]
             pieces += [field, _resp_column(values, encode)]
         queued = n
-        if self.key_ttl_seconds:
+        if self.key_ttl_seconds and refresh is None:
             pieces += [b"*3\r\n$6\r\nEXPIRE\r\n", *key, _arg(self.key_ttl_seconds)]
             queued += n
         tx.raw(_join_rows(n, pieces), queued)
+        if self.key_ttl_seconds and refresh is not None:
+            due = [k for k, d in zip(keys, refresh.due(keys).tolist(), strict=True) if d]
+            if due:
+                tx.raw(_join_rows(len(due), [b"*3\r\n$6\r\nEXPIRE\r\n",
+                                             *self._resp_keys(due), _arg(refresh.ttl)]),
+                       len(due))
+                queued += len(due)
         return queued
 
     def _resp_keys(self, keys: Sequence[str]) -> list[bytes | Ragged]:
@@ -780,6 +791,9 @@ class OnlineWriter:
         self.views = {view.name: ViewWriter(config, view, dedup=dedup,
                                             overwrite_equal=overwrite_equal)
                       for view in load_repo(settings).feature_views}
+        # the stream's writes set each key's retention TTL once per interval (key_ttl.py)
+        self._refresh = {name: KeyTtlRefresh(w.key_ttl_seconds)
+                         for name, w in self.views.items() if w.key_ttl_seconds}
 
     def view(self, name: str) -> ViewWriter:
         try:
@@ -795,5 +809,6 @@ class OnlineWriter:
     def write_columns(self, tx: RespTransaction, view: str, keys: Sequence[str],
                       columns: Mapping[str, Column],
                       times_us: Sequence[int] | np.ndarray) -> None:
-        """Queue one row per key from columns (see ViewWriter.add_columns)."""
-        self.view(view).add_columns(tx, keys, columns, times_us)
+        """Queue one row per key from columns (see ViewWriter.add_columns; the key TTL is
+        refreshed once per interval: key_ttl.py)."""
+        self.view(view).add_columns(tx, keys, columns, times_us, self._refresh.get(view))
