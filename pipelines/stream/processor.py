@@ -78,7 +78,15 @@ from pipelines.batching import consume_in_batches, stop_on_signals
 from pipelines.dlq import dead_letter
 from pipelines.features.online_writer import RespTransaction, resp_keys_command
 from pipelines.ingest import EventProducer
-from pipelines.stream import batch_decode, changelog, columnar, rebuild, recent, records
+from pipelines.stream import (
+    batch_decode,
+    changelog,
+    columnar,
+    partition_end,
+    rebuild,
+    recent,
+    records,
+)
 from pipelines.stream.entity_arrays import EntityArrays
 from pipelines.stream.event_time import UNREADABLE, event_time_keys, event_times_us
 from pipelines.stream.metrics import StreamMetrics
@@ -283,7 +291,10 @@ class StreamProcessor:
         self._partitions: dict[str, int] = {}  # partition count of each input topic
         self._terminal_part: dict[str, int] = {}  # terminal_id → by-terminal partition
         self._paused: set[int] = set()
+        # at their end (partition_end.py): from an end-of-partition report until a record
+        # at or past the offset it named (_end_offset) arrives
         self._at_end: set[int] = set()
+        self._end_offset: dict[int, int] = {}
         self._buffered: dict[int, int] = {}  # per partition: its records in the buffer
         # the records _select held back, with their partitions, event times and parse (each
         # record is parsed once, on arrival)
@@ -524,8 +535,11 @@ class StreamProcessor:
         self._waiting = False
         owned, paused, buffered = self._owned, self._paused, self._buffered
         hold_limit = self._hold_limit()
-        for part, count in Counter([m.partition() or 0 for m in msgs
-                                    if m.topic() == TRANSACTIONS]).items():
+        counts = Counter([m.partition() or 0 for m in msgs if m.topic() == TRANSACTIONS])
+        back = self._at_end.intersection(counts)
+        if back:  # new data, or only records from before the end they reported?
+            self._at_end -= partition_end.delivered_past_end(msgs, back, self._end_offset)
+        for part, count in counts.items():
             if part not in owned:
                 continue
             n = buffered[part] = buffered.get(part, 0) + count
@@ -534,9 +548,13 @@ class StreamProcessor:
                 paused.add(part)
 
     def _on_eof(self, m: Message) -> None:
+        """A partition at its end holds no other back until a record past that end arrives
+        (_count); committing the records it delivered before does not change that."""
         self._waiting = False
         if m.topic() == TRANSACTIONS:
-            self._at_end.add(m.partition() or 0)
+            part = m.partition() or 0
+            self._at_end.add(part)
+            self._end_offset[part] = m.offset() or 0  # the next offset to be written
 
     def _pace(self, consumer: Consumer) -> None:
         """Keep the owned `transactions` partitions within MAX_PARTITION_SKEW_US of each
@@ -753,7 +771,6 @@ class StreamProcessor:
         next_offsets = {key: (batch[i].offset() or 0) + 1 for key, i in last.items()}
         newest = {str(part): batch[i].timestamp()[1] for (topic, part), i in last.items()
                   if topic == TRANSACTIONS}
-        self._at_end -= {part for topic, part in last if topic == TRANSACTIONS}  # data again
         txns = batch if len(last) == len(newest) else [
             m for m, topic in zip(batch, topics, strict=True) if topic == TRANSACTIONS]
         if parsed is not None and txns is not batch:

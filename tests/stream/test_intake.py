@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -92,6 +93,25 @@ def test_waiting_records_are_rescanned_only_when_something_changed(settings: Set
     take, hold = proc._select(hold)
     assert len(take) == 300 and hold == []
 
+
+
+def test_a_partition_stays_at_its_end_until_a_record_past_that_end_arrives(
+        settings: Settings) -> None:
+    """Records from before the offset an end-of-partition report named (the same poll, or
+    still buffered) are no new data: partition 0, at its end with nothing buffered, does not
+    cap partition 1 at its stream time plus MAX_PARTITION_SKEW_US. A record at that offset
+    is new data: partition 0 is live again and caps partition 1 once more."""
+    proc = _processor(settings)
+    proc._on_eof(Message(topic=TRANSACTIONS, partition=0, offset=3))
+    proc._count([_record(0, 2, T0)], cast(Any, None))
+    assert proc._at_end == {0}
+    later = [_record(1, i, T0 + i * HOUR_US) for i in range(5)]
+    take, hold = proc._select(later)
+    assert len(take) == 5 and hold == []
+    proc._count([_record(0, 3, T0)], cast(Any, None))
+    assert proc._at_end == set()
+    take, hold = proc._select(later)
+    assert [m.offset() for m in take] == [0, 1]
 
 def _reference_select(proc: StreamProcessor, buffer: list[Message]
                       ) -> tuple[list[Message], list[Message]]:

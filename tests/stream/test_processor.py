@@ -371,3 +371,41 @@ def test_broker_restart_replays_are_not_counted_twice(stream_settings: Settings)
         stop(again, BROKER)
     assert second.stats.applied == 50
     assert second.stats.duplicates + second.stats.late == 100
+
+
+def test_a_partition_at_its_end_does_not_hold_the_others_records_forever(
+        stream_settings: Settings) -> None:
+    """Live traffic that stops: partitions 0 and 1 deliver (their ends of partition arrive
+    before the batch holding their records commits, as one poll often brings both), then
+    only partition 1 gets events, three hours later in event time. Partition 0 has nothing
+    buffered and nothing more to deliver, so it must not cap partition 1 at its stream time
+    plus MAX_PARTITION_SKEW_US: that batch's commit used to strike partition 0 off the
+    partitions at their end, partition 1's records were held forever and a stream with
+    idle_seconds never stopped (seen at the end of parity's paced replays)."""
+    settings = stream_settings.model_copy(update={"stream_batch_ms": 1_000})
+    producer = EventProducer(settings)
+
+    def send(part: int, first: int, hours: int) -> None:
+        for i in range(first, first + 3):
+            event = {**make_event(i), "customer_id": f"P{part}",
+                     "event_time": f"2018-04-01T{hours:02d}:00:{i:02d}Z"}
+            producer.produce(TRANSACTIONS, event["customer_id"], encode(event), partition=part)
+        producer.flush()
+
+    send(0, 0, hours=0)
+    send(1, 10, hours=0)
+    proc = StreamProcessor(settings, OnlineWriter(settings, dedup=False))
+    worker = threading.Thread(target=proc.run, kwargs={"idle_seconds": 2.5})
+    worker.start()
+    deadline = time.monotonic() + 60
+    while proc.stats.applied < 6 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.stats.applied == 6
+    send(1, 20, hours=3)
+    worker.join(30)
+    stopped, applied = not worker.is_alive(), proc.stats.applied
+    if not stopped:
+        proc.request_stop()  # takes whatever is still held
+        worker.join(60)
+    assert stopped, f"stream did not stop: {applied} of 9 applied"
+    assert proc.stats.applied == 9
