@@ -69,7 +69,7 @@ from tests.stream.test_processor import _snapshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.faults]
 CONFIG = SimulationConfig(customers=2000, terminals=4000, days=3)
-KILL_STREAM_AT = (2_500, 6_000)  # transactions committed by the stream when it is killed
+KILL_STREAM_AT = (2_500, 4_000)  # transactions committed by the stream when it is killed
 KILL_ARCHIVE_AT = (2_000, 5_000)  # transactions in the lake when the archiver is killed
 BATCHES = {"KESTREL_STREAM_BATCH_RECORDS": "500", "KESTREL_ARCHIVE_BATCH_RECORDS": "1000"}
 # after the mark, round 1 kills as soon as a batch has staged its files (between staging and
