@@ -63,10 +63,10 @@ from kestrel.features.event import (
     Event,
 )
 from kestrel.features.registry import ArrayWindow
+from pipelines.stream.sort_key import SortKey
 from pipelines.stream.state import EventLog, WindowSet
 
 _NO_TIME = np.iinfo(np.int64).min
-_KEY_BITS = 62  # of a _SortKey (non-negative int64)
 _DEFAULTS: dict[int, Any] = {AMOUNT: 0.0, COUNTRY: "", TERMINAL: "", MCC: "", LAT: 0.0,
                              LON: 0.0}
 RULE_FIELDS: dict[str, tuple[int, ...]] = {  # what the alert rules read (pipelines/stream/rules.py)
@@ -74,38 +74,6 @@ RULE_FIELDS: dict[str, tuple[int, ...]] = {  # what the alert rules read (pipeli
     "customer": (),
     "terminal": (),
 }
-
-
-class _SortKey:
-    """One int64 per (entity code, time) that sorts code-major, time-minor, and queries
-    against it. The time part is the µs offset from the earliest time when the span fits
-    beside the code's bits (_KEY_BITS in all: about 2 years with 100,000 entities), else the
-    rank among the distinct times (np.unique: slower, any span)."""
-
-    def __init__(self, code: np.ndarray, time: np.ndarray, codes: int) -> None:
-        self.shift = _KEY_BITS - max(1, codes).bit_length()
-        self.origin = int(time.min())
-        self.ranks: np.ndarray | None = None
-        if int(time.max()) - self.origin < (1 << self.shift):
-            self.key = (code << self.shift) + (time - self.origin)
-        else:
-            self.ranks = np.unique(time)
-            self.scale = len(self.ranks) + 1  # a query's rank can be -1
-            self.key = code * self.scale + np.searchsorted(self.ranks, time)
-
-    def query(self, code: np.ndarray, bound: np.ndarray) -> np.ndarray:
-        """Keys q such that, in the sorted keys, searchsorted(q, "right") is the first
-        position of ``code`` with a time > ``bound``."""
-        if self.ranks is None:
-            offset = np.clip(bound - self.origin, -1, (1 << self.shift) - 1)
-            return (code << self.shift) + offset
-        return code * self.scale + np.searchsorted(self.ranks, bound, "right") - 1
-
-    def time_of(self, code: np.ndarray, key: np.ndarray) -> np.ndarray:
-        """The time a key of ``code`` stands for."""
-        if self.ranks is None:
-            return key - (code << self.shift) + self.origin
-        return self.ranks[key - code * self.scale]
 
 
 @dataclass
@@ -223,7 +191,7 @@ class EntityArrays:
     def _merged(self, code: np.ndarray, time: np.ndarray, txn: np.ndarray,
                 values: dict[int, np.ndarray]
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, np.ndarray],
-                           _SortKey, np.ndarray]:
+                           SortKey, np.ndarray]:
         """The held events and new ones (grouped or not) as one set of arrays sorted by
         (code, time) — the held ones are one sorted run, so a stable sort merges the new
         ones in; equal keys keep held first, then the order given — with the sort key and
@@ -232,7 +200,7 @@ class EntityArrays:
         time = np.concatenate((self.time, time))
         txn = np.concatenate((self.txn, txn))
         cols = {f: np.concatenate((self.values[f], values[f])) for f in self.fields}
-        sort = _SortKey(code, time, len(self.keys))
+        sort = SortKey(code, time, len(self.keys))
         perm = np.argsort(sort.key, kind="stable")
         return (code[perm], time[perm], txn[perm], {f: col[perm] for f, col in cols.items()},
                 sort, perm)
@@ -243,7 +211,7 @@ class EntityArrays:
         earlier event's of this batch; _NO_TIME when there is none)."""
         order = np.argsort(codes, kind="stable")  # per entity, in order of arrival
         c, t = codes[order], times[order]
-        keys = _SortKey(c, t, len(self.keys))
+        keys = SortKey(c, t, len(self.keys))
         running = np.maximum.accumulate(keys.key)  # per entity: its newest so far
         follows = c[1:] == c[:-1]
         before = np.full(len(c), _NO_TIME, np.int64)

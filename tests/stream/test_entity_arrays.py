@@ -13,7 +13,7 @@ import pytest
 
 from kestrel.features import registered
 from kestrel.windows import Entity
-from pipelines.stream import entity_arrays
+from pipelines.stream import sort_key
 from pipelines.stream.entity_arrays import Applied, EntityArrays
 from pipelines.stream.state import (
     AMOUNT,
@@ -120,7 +120,7 @@ def _kept(event: Event, fields: tuple[int, ...]) -> tuple[Any, ...]:
 @pytest.mark.parametrize("seed", range(4))
 def test_batches_equal_one_event_at_a_time(entity: Entity, seed: int, key_bits: int, spec: str,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(entity_arrays, "_KEY_BITS", key_bits)
+    monkeypatch.setattr(sort_key, "KEY_BITS", key_bits)
     rng = random.Random(seed)
     ws = _spec(entity, spec)
     kept = ws.horizon_us + SLACK
