@@ -138,10 +138,6 @@ class Feature:
         return int(self.span.total_seconds() * 1_000_000)
 
     @property
-    def length(self) -> timedelta:
-        return self.span
-
-    @property
     def reads(self) -> tuple[int, ...]:
         """The event fields the array engine keeps for it."""
         return tuple(sorted({f for i in (self.source, self.condition) if i for f in i.reads}))
