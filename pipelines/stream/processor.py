@@ -295,6 +295,10 @@ class StreamProcessor:
         # at or past the offset it named (_end_offset) arrives
         self._at_end: set[int] = set()
         self._end_offset: dict[int, int] = {}
+        # reported their end since a batch with their records last committed: what the
+        # consumer had of them is in the buffer (_batch_full; a live partition reports its
+        # end between arrivals, often with records past it in the same poll)
+        self._caught_up: set[int] = set()
         self._buffered: dict[int, int] = {}  # per partition: its records in the buffer
         # the records _select held back, with their partitions, event times and parse (each
         # record is parsed once, on arrival)
@@ -356,6 +360,7 @@ class StreamProcessor:
                     self._owned.discard(tp.partition)
                     self._paused.discard(tp.partition)
                     self._at_end.discard(tp.partition)
+                    self._caught_up.discard(tp.partition)
                 else:
                     self.tables["terminal"].pop(tp.partition, None)
                     self._owned_terminal.discard(tp.partition)
@@ -391,9 +396,14 @@ class StreamProcessor:
         return self.stats
 
     def _batch_full(self) -> bool:
-        """Every owned `transactions` partition is paused (ahead, or holding its limit) or
-        has nothing more: waiting for the batch's time limit would only add latency."""
-        return bool(self._owned) and all(p in self._paused or p in self._at_end
+        """Every owned `transactions` partition is paused (ahead, or holding its limit), at
+        its end, or caught up (reported its end since its records last committed): waiting
+        for the batch's time limit would only add latency. Under live traffic a partition is
+        rarely at its end when a poll finishes (records past the end it reported arrive in
+        the same poll), so "at its end" alone would leave nearly every batch to the time
+        limit."""
+        caught_up = self._at_end | self._caught_up
+        return bool(self._owned) and all(p in self._paused or p in caught_up
                                          for p in self._owned)
 
     def _share(self) -> int:
@@ -554,6 +564,7 @@ class StreamProcessor:
         if m.topic() == TRANSACTIONS:
             part = m.partition() or 0
             self._at_end.add(part)
+            self._caught_up.add(part)
             self._end_offset[part] = m.offset() or 0  # the next offset to be written
 
     def _pace(self, consumer: Consumer) -> None:
@@ -771,6 +782,7 @@ class StreamProcessor:
         next_offsets = {key: (batch[i].offset() or 0) + 1 for key, i in last.items()}
         newest = {str(part): batch[i].timestamp()[1] for (topic, part), i in last.items()
                   if topic == TRANSACTIONS}
+        self._caught_up.difference_update(int(part) for part in newest)
         txns = batch if len(last) == len(newest) else [
             m for m, topic in zip(batch, topics, strict=True) if topic == TRANSACTIONS]
         if parsed is not None and txns is not batch:

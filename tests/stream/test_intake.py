@@ -113,6 +113,27 @@ def test_a_partition_stays_at_its_end_until_a_record_past_that_end_arrives(
     take, hold = proc._select(later)
     assert [m.offset() for m in take] == [0, 1]
 
+def test_a_live_partition_that_reported_its_end_lets_the_batch_go_without_waiting(
+        settings: Settings) -> None:
+    """Live traffic: a poll brings partition 0's end of partition (offset 3) and, after it,
+    records past that end. Partition 0 is live again (it caps the others), but what the
+    consumer had of it when it reported its end is buffered: with partition 1 at its end,
+    the batch is full and goes without waiting for the time limit. (Counting only the
+    partitions at their end left nearly every batch of a steady stream to the time limit.)
+    A partition that has not reported its end since its records arrived keeps it waiting."""
+    proc = _processor(settings)
+    assert not proc._batch_full()
+    proc._on_eof(Message(topic=TRANSACTIONS, partition=1, offset=0))
+    proc._on_eof(Message(topic=TRANSACTIONS, partition=0, offset=3))
+    proc._count([_record(0, i, T0 + i) for i in range(3, 6)], cast(Any, None))
+    assert proc._at_end == {1}
+    assert proc._batch_full()
+    fresh = _processor(settings)
+    fresh._on_eof(Message(topic=TRANSACTIONS, partition=1, offset=0))
+    fresh._count([_record(0, i, T0 + i) for i in range(3)], cast(Any, None))
+    assert not fresh._batch_full()
+
+
 def _reference_select(proc: StreamProcessor, buffer: list[Message]
                       ) -> tuple[list[Message], list[Message]]:
     """_select's rules record by record, as its docstring states them (the array version
