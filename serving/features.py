@@ -2,8 +2,8 @@
 
 Feast's ``get_online_features`` costs ~0.35 ms for one view and builds protos and Arrow
 tables per call; a decision needs five views and a batch needs up to 10,000 rows. The stored
-layout is Feast's (see pipelines.features.online_writer): one hash per entity key holding every
-view of that entity, fields ``mmh3("<view>:<feature>")``, values serialized ``feast.Value``.
+layout is Feast's (kestrel/feast_codec.py, which also decodes): one hash per entity key holding
+every view of that entity, fields ``mmh3("<view>:<feature>")``, values serialized ``feast.Value``.
 So one pipelined round trip of three HMGETs per transaction (card, customer, terminal) reads
 the whole vector, and N transactions cost one round trip for 3·N HMGETs.
 
@@ -15,7 +15,6 @@ repo and called on the same inputs, so scoring runs the arithmetic training ran.
 from __future__ import annotations
 
 import math
-import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,15 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
-from feast.infra.online_stores.helpers import _mmh3
-from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from redis import Redis
-from redis.exceptions import ResponseError
 
 from kestrel.errors import KestrelError
 from kestrel.events import TransactionEvent
+from kestrel.feast_codec import ValueDecoder, feature_field
+from kestrel.resp import roundtrip
 from kestrel.settings import Settings
-from pipelines.features.online_writer import ViewWriter, read_replies
+from pipelines.features.online_writer import ViewWriter
 from pipelines.features.store import load_repo, repo_config
 
 if TYPE_CHECKING:
@@ -43,55 +41,9 @@ from serving.redis_guard import RedisGuard, RedisUnavailable
 FEATURE_SERVICE = "fraud_scoring_v1"
 """The service read when no model is loaded (the frame is still audited and published); with
 a model, the service its registry version's ``feature_service`` tag names."""
-_DOUBLE = struct.Struct("<d").unpack_from
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-
-
-def decode_value(raw: bytes | None) -> float:
-    """A serialized ``feast.Value`` as a float (NaN when missing or empty)."""
-    if not raw:
-        return math.nan
-    tag = raw[0]
-    if tag == 0x29 and len(raw) == 9:  # double_val
-        return float(_DOUBLE(raw, 1)[0])
-    if tag == 0x20:  # int64_val, varint (non-negative fast path)
-        value, shift = 0, 0
-        for byte in raw[1:]:
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                break
-        if shift <= 63:
-            return float(value)
-    proto = ValueProto.FromString(raw)
-    kind = proto.WhichOneof("val")
-    return math.nan if kind is None else float(getattr(proto, kind))
-
-
-_DECODED: dict[bytes | None, float] = {}
-_DECODED_MAX = 100_000
-
-
-def decode_cached(raw: bytes | None) -> float:
-    """``decode_value`` through a bounded memo: stored values repeat (counts, cents, flags),
-    and a dict lookup costs a tenth of a decode."""
-    value = _DECODED.get(raw)
-    if value is None:
-        value = decode_value(raw)
-        if len(_DECODED) >= _DECODED_MAX:
-            _DECODED.clear()
-        _DECODED[raw] = value
-    return value
-
-
-def decode_many(raws: list[bytes | None]) -> list[float]:
-    """``decode_cached`` of every value of one reply, with the memo's hits looked up by
-    ``map`` (no Python call per value: a batch decodes hundreds of thousands)."""
-    hits = list(map(_DECODED.get, raws))
-    if None not in hits:
-        return hits  # type: ignore[return-value]  # no None: every value was in the memo
-    return [decode_cached(r) if v is None else v for r, v in zip(raws, hits, strict=True)]
+_DECODER = ValueDecoder()  # the worker's memo of stored values, shared by every reader
 
 
 @dataclass(frozen=True)
@@ -118,38 +70,6 @@ class BudgetSpent(KestrelError):
     """The decision's latency budget ran out before the online features were read: rules
     decide (degraded, cause ``budget``). Raise KESTREL_SCORE_BUDGET_MS if it happens often
     while Redis is healthy."""
-
-
-def roundtrip(redis: Redis, payload: bytes, count: int,
-              timeout: float | None = None) -> list[Any]:
-    """Send RESP-encoded commands in one write and read ``count`` replies on one pooled
-    connection (redis-py's pipeline spends more Python per command than Redis spends
-    answering it). Any error drops the connection, so no unread reply reaches its next user.
-
-    ``timeout`` (seconds, > 0) bounds this call's wait for each read of the socket instead of
-    the client's socket timeout (a decision waits at most what is left of its budget); the
-    connection gets the client's timeout back afterwards."""
-    if timeout is not None and timeout <= 0:
-        raise ValueError(f"roundtrip timeout must be positive, not {timeout}")
-    pool = redis.connection_pool
-    conn = pool.get_connection()
-    sock = conn._sock if timeout is not None else None
-    try:
-        if sock is not None:
-            sock.settimeout(timeout)
-        conn.send_packed_command([payload])
-        replies = read_replies(conn, count)
-        failed = next((r for r in replies if isinstance(r, ResponseError)), None)
-        if failed is not None:
-            raise failed
-        return replies
-    except BaseException:
-        conn.disconnect()
-        raise
-    finally:
-        if sock is not None and conn._sock is sock:  # still connected
-            sock.settimeout(conn.socket_timeout)
-        pool.release(conn)
 
 
 @dataclass(frozen=True)
@@ -208,7 +128,7 @@ class OnlineFeatures:
                 by_key.setdefault(writer.join_key, []).append((writer, name))
         self._reads = [
             _EntityRead(key, pairs[0][0], tuple(name for _, name in pairs),
-                        tuple(_mmh3(f"{w.view_name}:{name}") for w, name in pairs))
+                        tuple(feature_field(w.view_name, name) for w, name in pairs))
             for key, pairs in sorted(by_key.items())
         ]
         odfvs = sorted((o for o in repo.on_demand_feature_views if o.name in projected),
@@ -295,7 +215,7 @@ class OnlineFeatures:
         for read, seen, rows in zip(self._reads, distinct, positions, strict=True):
             mine = replies[start:start + len(seen)]
             start += len(seen)
-            values = decode_many(list(chain.from_iterable(mine)))
+            values = _DECODER.decode_many(list(chain.from_iterable(mine)))
             table = np.array(values, dtype=np.float64).reshape(len(seen), len(read.names))
             blocks.append(table[np.array(rows, dtype=np.intp)])
         return np.hstack(blocks) if blocks else np.empty((len(events), 0))

@@ -31,9 +31,8 @@ from redis import Redis
 
 from kestrel.mcc import category_of as mcc_category
 from kestrel.redis_keys import insight_cache_key, insight_doc_key, recent_key, top_spenders_key
-from pipelines.features.online_writer import resp_command
+from kestrel.resp import resp_command, roundtrip
 from serving.alerts import AlertStore
-from serving.features import roundtrip
 from serving.redis_guard import RedisGuard, RedisUnavailable
 
 FIELDS = ("as_of", "today", "spend_today", "spend_7d", "spend_30d", "trend", "top_categories",
@@ -114,7 +113,7 @@ class Insights:
 
     def cached(self, customer_id: str) -> bytes | None:
         """The cached body, by a GET on a pooled connection without redis-py's command
-        layer (serving.features.roundtrip): the whole of a cache hit's Redis cost."""
+        layer (kestrel.resp.roundtrip): the whole of a cache hit's Redis cost."""
         key = insight_cache_key(customer_id, self.schema)
         value: Any = self.guard.call("insights", roundtrip, self.redis,
                                      resp_command(b"GET", key), 1)[0]

@@ -12,7 +12,7 @@ is down. It waits for Redis ``LIMITER_TIMEOUT_S`` at most (or the decision's who
 when that is shorter), on the event loop, and not at all while the worker's Redis circuit
 breaker is open (serving/redis_guard.py); two such timeouts in a row open the breaker.
 The script is sent as EVALSHA on a pooled connection without redis-py's command layer
-(serving.features.roundtrip: that layer cost more than the script), EVAL when Redis does not
+(kestrel.resp.roundtrip: that layer cost more than the script), EVAL when Redis does not
 know it yet.
 """
 
@@ -30,9 +30,8 @@ from redis import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from kestrel.errors import ConfigError, KestrelError
+from kestrel.resp import resp_command, roundtrip
 from kestrel.settings import Settings
-from pipelines.features.online_writer import resp_command
-from serving.features import roundtrip
 from serving.redis_guard import RedisGuard
 
 log = logging.getLogger("kestrel.serving.ratelimit")

@@ -74,7 +74,7 @@ FAST_FAILURES = bentoml.metrics.Counter(
     labelnames=["caller"])
 
 # what a Redis that is down looks like to a caller: redis-py's connection and timeout errors,
-# and the socket's own (serving.features.roundtrip reads the socket directly)
+# and the socket's own (kestrel.resp.roundtrip reads the socket directly)
 _DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 _TIMEOUTS = (RedisTimeoutError, TimeoutError)
 

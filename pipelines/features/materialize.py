@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 import redis
 
 from kestrel.redis_keys import insight_cache_key, insight_doc_key, top_spenders_key
+from kestrel.resp import RespTransaction
 from kestrel.settings import Settings
 from kestrel.windows import ENTITY_KEYS, batch_feature_names, batch_view_name
 from pipelines.batch.fingerprint import Manifest
@@ -52,7 +53,7 @@ from pipelines.batch.layout import (
     partition_files,
     partition_values,
 )
-from pipelines.features.online_writer import OnlineWriter, RespTransaction
+from pipelines.features.online_writer import OnlineWriter
 
 Progress = Callable[[str], None]
 WATERMARK_KEY = "kestrel:materialize:{name}"

@@ -20,9 +20,10 @@ import redis
 from feast import FeatureStore, FileSource
 
 from kestrel.features import features_for
+from kestrel.resp import RespTransaction
 from kestrel.settings import Settings
 from kestrel.windows import ENTITY_KEYS, Entity, feature_names, stream_view_name
-from pipelines.features.online_writer import OnlineWriter, RespTransaction, ViewWriter
+from pipelines.features.online_writer import OnlineWriter, ViewWriter
 from pipelines.features.store import apply, feature_store
 from tests.conftest import make_settings
 
@@ -179,14 +180,16 @@ def test_writer_stores_exactly_what_feast_stores(feast_settings: Settings, store
         rows[2][1][feature_names(entity)[-1]] = math.nan
         write(ours, c_ours, view, rows)
         feast_write(theirs, view, rows)
+        ids = [key for key, _, _ in rows]
+        columns = {name: [feats[name] for _, feats, _ in rows] for name in feature_names(entity)}
+        times = [int((when - EPOCH) / timedelta(microseconds=1)) for _, _, when in rows]
         tx = RespTransaction()
-        ours.view(view).add_columns(
-            tx, [key for key, _, _ in rows],
-            {name: [feats[name] for _, feats, _ in rows] for name in feature_names(entity)},
-            [int((when - EPOCH) / timedelta(microseconds=1)) for _, _, when in rows])
+        ours.view(view).add_columns(tx, ids, columns, times)
         tx.execute(c_columns)
-        from_registry = ViewWriter.for_view(store, view)  # the applied copy agrees
-        assert from_registry._fields == ours.view(view)._fields
+        from_registry = ViewWriter.for_view(store, view)  # the applied copy queues the same
+        again = RespTransaction()
+        from_registry.add_columns(again, ids, columns, times)
+        assert again.payload() == tx.payload()
         assert from_registry.key("k") == ours.view(view).key("k")
         keys += [ours.view(view).key(key) for key, _, _ in rows]
     for key in keys:

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import redis
 
+from kestrel.resp import RespTransaction
 from kestrel.windows import stream_view_name
 from pipelines.features.key_ttl import MAX_REFRESH_SECONDS, KeyTtlRefresh
-from pipelines.features.online_writer import OnlineWriter, RespTransaction
+from pipelines.features.online_writer import OnlineWriter
 from tests.conftest import make_settings
 
 

@@ -1,5 +1,6 @@
-"""The online writer's bulk encoders give the bytes of its per-value ones (which
-test_feature_repo ties to what Feast itself stores)."""
+"""The codec's and the online writer's bulk encoders give the bytes of their per-value ones
+(which test_feature_repo ties to what Feast itself stores), and what the codec encodes it
+decodes back, as Feast's own reader does."""
 
 from __future__ import annotations
 
@@ -10,22 +11,18 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from kestrel.windows import feature_names, stream_view_name
-from pipelines.features.online_writer import (
-    OnlineWriter,
-    RespTransaction,
-    _bulk,
-    _timestamp_bytes,
-    decimal_rows,
-    resp_command,
+from kestrel.feast_codec import (
     resp_double,
     resp_double_array,
     resp_int64,
     resp_int64_array,
-    resp_keys_command,
     resp_timestamps,
+    timestamp_bytes,
     timestamp_parts,
 )
+from kestrel.resp import RespTransaction, bulk, decimal_rows, resp_command, resp_keys_command
+from kestrel.windows import feature_names, stream_view_name
+from pipelines.features.online_writer import OnlineWriter
 from tests.conftest import make_settings
 
 EDGE_INTS = [0, 1, 127, 128, 16_383, 16_384, 2**21 - 1, 2**21, 2**28, 2**35, 2**49, 2**56,
@@ -55,7 +52,7 @@ def test_timestamps_bytes_equal_the_per_value_encoder() -> None:
              1_522_540_809_000_000] + [rng.randint(300_000_000 * 10**6, 2**34 * 10**6)
                                        for _ in range(3000)]
     assert resp_timestamps(np.array(times)) == [
-        _bulk(_timestamp_bytes(*timestamp_parts(t))) for t in times]
+        bulk(timestamp_bytes(*timestamp_parts(t))) for t in times]
 
 
 def test_add_columns_queues_the_same_bytes_from_arrays_and_lists(tmp_path: Path) -> None:
@@ -73,7 +70,7 @@ def test_add_columns_queues_the_same_bytes_from_arrays_and_lists(tmp_path: Path)
     writer.add_columns(from_arrays, keys, arrays, times)
     writer.add_columns(from_lists, keys, {k: v.tolist() for k, v in arrays.items()},
                        times.tolist())
-    assert from_arrays._parts == from_lists._parts and from_arrays._parts
+    assert from_arrays.payload() == from_lists.payload() and from_arrays.payload()
 
 
 @pytest.mark.parametrize("ttl", [0, 3600])
@@ -102,13 +99,13 @@ def test_add_columns_queues_the_bytes_of_add_row_by_row(tmp_path: Path, ttl: int
         times = [rng.choice([1_522_540_809_000_000, 1_522_540_809_118_047,
                              rng.randint(300_000_000 * 10**6, 2**34 * 10**6)])
                  for _ in range(n)]
-        bulk, per_row = RespTransaction(), RespTransaction()
-        queued = writer.add_columns(bulk, keys, columns, times)
+        by_columns, per_row = RespTransaction(), RespTransaction()
+        queued = writer.add_columns(by_columns, keys, columns, times)
         writer.add(per_row, [(k, {name: columns[name][i] for name in names}, times[i])
                              for i, k in enumerate(keys)])
-        assert b"".join(bulk._parts) == b"".join(per_row._parts), entity
+        assert by_columns.payload() == per_row.payload(), entity
         # EXPIRE per row: a key TTL of its own, or the default, the feature retention
-        assert queued == bulk.commands == per_row.commands == n * 2
+        assert queued == by_columns.commands == per_row.commands == n * 2
         # numpy columns (the stream's): NaN for a missing double, 0 for a missing integer
         arrays = {name: np.array([float("nan") if v is None else v for v in values])
                   if any(isinstance(v, float) for v in values)
@@ -118,7 +115,7 @@ def test_add_columns_queues_the_bytes_of_add_row_by_row(tmp_path: Path, ttl: int
         writer.add_columns(from_arrays, keys, arrays, np.array(times))
         writer.add(reference, [(k, {name: arrays[name][i].item() for name in names}, times[i])
                                for i, k in enumerate(keys)])
-        assert b"".join(from_arrays._parts) == b"".join(reference._parts), entity
+        assert from_arrays.payload() == reference.payload(), entity
     empty = RespTransaction()
     assert writer.add_columns(empty, [], {name: [] for name in names}, []) == 0
 

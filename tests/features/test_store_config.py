@@ -18,14 +18,10 @@ from feast.utils import make_tzaware
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from kestrel.errors import ConfigError
+from kestrel.feast_codec import encode_double, encode_int64, timestamp_parts
 from kestrel.settings import Settings
 from kestrel.windows import ENTITY_KEYS, feature_names, stream_view_name
-from pipelines.features.online_writer import (
-    ViewWriter,
-    encode_double,
-    encode_int64,
-    timestamp_parts,
-)
+from pipelines.features.online_writer import ViewWriter
 from pipelines.features.store import (
     expand,
     feast_env,
@@ -108,7 +104,7 @@ def test_fields_are_feasts_hash_fields(card_writer: ViewWriter) -> None:
     assert card_writer.features == feature_names("card")
     assert card_writer.ts_field == f"_ts:{view}".encode()
     for name in feature_names("card"):
-        assert card_writer._fields[name][0] == _mmh3(f"{view}:{name}")
+        assert card_writer.field(name) == _mmh3(f"{view}:{name}")
 
 
 @pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**31, 2**63 - 1, -1, -(2**63),

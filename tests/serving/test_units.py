@@ -1,19 +1,15 @@
-"""Pure parts of serving: the rules engine, insight composition, Feast value decoding,
-rate-limit overrides. No services."""
+"""Pure parts of serving: the rules engine, insight composition, rate-limit overrides. No
+services (Feast value decoding: tests/features/test_feast_codec.py)."""
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 from kestrel.errors import ConfigError
 from kestrel.events import TransactionEvent
-from pipelines.features.online_writer import encode_double, encode_int64
-from serving.features import decode_value
 from serving.insights import compose
 from serving.ratelimit import Limit, parse_overrides
 from serving.rules import DEFAULT_RULES, RulesEngine
@@ -81,37 +77,6 @@ def test_bad_rules_file_is_a_clear_error(tmp_path: Path) -> None:
         RulesEngine.from_file(bad)
     with pytest.raises(ConfigError, match="KESTREL_RULES_PATH"):
         RulesEngine.from_file(tmp_path / "missing.yaml")
-
-
-@pytest.mark.parametrize("value", [0, 1, 127, 128, 16_383, 16_384, 2**40, -5])
-def test_decode_int64_matches_feast(value: int) -> None:
-    raw = encode_int64(value)
-    assert raw == ValueProto(int64_val=value).SerializeToString()
-    assert decode_value(raw) == float(value)
-
-
-def test_decode_double_and_missing() -> None:
-    assert decode_value(encode_double(3.25)) == 3.25
-    assert math.isnan(decode_value(b"")) and math.isnan(decode_value(None))
-    assert decode_value(ValueProto(float_val=1.5).SerializeToString()) == 1.5
-
-
-def test_decode_cached_and_many_equal_decode_and_stay_bounded(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    from serving import features
-
-    monkeypatch.setattr(features, "_DECODED_MAX", 50)
-    monkeypatch.setattr(features, "_DECODED", {})
-    raws = [encode_int64(v) for v in range(120)] + [encode_double(v / 7) for v in range(120)]
-    raws += [b"", None, ValueProto(float_val=1.5).SerializeToString()]
-    for _ in range(2):  # the second pass reads the memo
-        for raw in raws:
-            want, got = decode_value(raw), features.decode_cached(raw)
-            assert got == want or (math.isnan(got) and math.isnan(want))
-            assert len(features._DECODED) <= 50
-        many = features.decode_many(raws)  # the batch path: memo hits by map, misses decoded
-        assert [str(v) for v in many] == [str(decode_value(r)) for r in raws]
-        assert len(features._DECODED) <= 50
 
 
 def test_compose_partial_sources() -> None:
