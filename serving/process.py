@@ -40,7 +40,7 @@ def running_service(settings: Settings, port: int, log: Path,
     """`kestrel serve` on 127.0.0.1:port until the block ends; yields its base URL."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "kestrel.cli", "serve", "--host", "127.0.0.1",
+            [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1",
              "--port", str(port)],
             env=settings_env(settings), stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True)

@@ -133,7 +133,7 @@ def test_registry_drift_both_ways(tmp_path: Path, redis_url: str) -> None:
         check_registry(s)
 
     # `kestrel stream` stops on it with one line, before touching Kafka
-    done = subprocess.run([sys.executable, "-m", "kestrel.cli", "stream", "--idle-seconds", "1"],
+    done = subprocess.run([sys.executable, "-m", "cli", "stream", "--idle-seconds", "1"],
                           env=env_for(s), capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()

@@ -78,7 +78,7 @@ def test_an_override_swaps_an_engine_in_and_back() -> None:
 def test_kestrel_features_list_prints_every_declared_feature() -> None:
     from typer.testing import CliRunner
 
-    from kestrel.cli import app
+    from cli.main import app
 
     out = CliRunner().invoke(app, ["features", "list"], env={"KESTREL_ENV": "dev"})
     assert out.exit_code == 0, out.output

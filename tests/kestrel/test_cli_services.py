@@ -16,21 +16,31 @@ pytestmark = pytest.mark.integration
 
 
 def kestrel(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kestrel.cli", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "cli", *args], env=env,
                           capture_output=True, text=True, timeout=120)
 
 
 def test_help_is_fast_and_everywhere() -> None:
     t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "kestrel.cli", "--help"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "cli", "--help"], capture_output=True,
                          text=True, timeout=30)
     assert out.returncode == 0 and "simulate" in out.stdout
     assert time.monotonic() - t0 < 5  # generous bound for a loaded CI box; it is ~0.3 s
-    for cmd in ("up", "down", "status", "simulate", "archive", "serve", "token", "bench",
-                "demo", "lake"):
-        res = subprocess.run([sys.executable, "-m", "kestrel.cli", cmd, "--help"],
+    for cmd in ("up", "down", "status", "simulate", "archive", "stream", "batch", "backfill",
+                "parity", "lake", "train", "training-set", "mlflow-ui", "serve", "token",
+                "bench", "demo", "features", "features apply", "features list",
+                "features lock", "features compact", "features env", "features materialize",
+                "labels", "labels intake", "audit", "audit verify"):
+        res = subprocess.run([sys.executable, "-m", "cli", *cmd.split(), "--help"],
                              capture_output=True, text=True, timeout=30)
         assert res.returncode == 0 and "Usage" in res.stdout, cmd
+
+
+def test_the_console_script_keeps_its_name() -> None:
+    script = Path(sys.executable).parent / "kestrel"
+    assert script.exists(), f"no console script at {script}; run `make install`"
+    res = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0 and "simulate" in res.stdout, res.stderr
 
 
 def test_up_is_idempotent_and_down_stops_only_its_own(tmp_path: Path) -> None:

@@ -348,7 +348,7 @@ class Client:
 
 def _run_command(settings: Settings, args: list[str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:  # the child keeps its own descriptor
-        return subprocess.Popen([sys.executable, "-m", "kestrel.cli", *args],
+        return subprocess.Popen([sys.executable, "-m", "cli", *args],
                                 env=env_for(settings), stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 

@@ -17,7 +17,7 @@ ROOT_DIR = Path(__file__).resolve().parents[2]
 
 def verify_cli(settings: Settings, *args: str,
                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kestrel.cli", "audit", "verify", *args],
+    return subprocess.run([sys.executable, "-m", "cli", "audit", "verify", *args],
                           env=env or env_for(settings), cwd=ROOT_DIR, capture_output=True,
                           text=True, timeout=120)
 

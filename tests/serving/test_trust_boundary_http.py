@@ -232,7 +232,7 @@ def test_production_refuses_to_start_without_its_secrets(tmp_path: Path,
                                                          command: list[str]) -> None:
     settings = make_settings(tmp_path / "var")
     env = _prod_env(settings, pan_token_key=True, audit_key=True)
-    r = subprocess.run([sys.executable, "-m", "kestrel.cli", *command], env=env,
+    r = subprocess.run([sys.executable, "-m", "cli", *command], env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     assert "KESTREL_PAN_TOKEN_KEY" in r.stderr and "KESTREL_AUDIT_KEY" in r.stderr, r.stderr
@@ -243,18 +243,18 @@ def test_production_refuses_to_start_without_its_secrets(tmp_path: Path,
 def test_production_mints_no_tokens_and_prints_no_secrets(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "var")
     env = _prod_env(settings)
-    r = subprocess.run([sys.executable, "-m", "kestrel.cli", "token", "--role", "admin"],
+    r = subprocess.run([sys.executable, "-m", "cli", "token", "--role", "admin"],
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "identity provider" in r.stderr
     for secret in ("pan_token_key", "jwt_secret", "audit_key"):
         assert env[f"KESTREL_{secret.upper()}"] not in r.stdout + r.stderr
     # dev and test mint, capped at the token lifetime setting
     env["KESTREL_ENV"] = "test"
-    r = subprocess.run([sys.executable, "-m", "kestrel.cli", "token", "--role", "bot",
+    r = subprocess.run([sys.executable, "-m", "cli", "token", "--role", "bot",
                         "--tenant", "assistant"], env=env, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode != 0 and "--customer" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "kestrel.cli", "token", "--role", "scorer",
+    r = subprocess.run([sys.executable, "-m", "cli", "token", "--role", "scorer",
                         "--ttl", "90000"], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "at most 3600" in r.stderr
 

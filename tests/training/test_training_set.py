@@ -63,7 +63,7 @@ def test_training_set_command_writes_parquet_and_a_summary(lake: Settings,
     out = tmp_path / "v1.parquet"
     first, last = START + timedelta(days=2), START + timedelta(days=DAYS - 1)
     done = subprocess.run(
-        [sys.executable, "-m", "kestrel.cli", "training-set", "--service", "fraud_scoring_v1",
+        [sys.executable, "-m", "cli", "training-set", "--service", "fraud_scoring_v1",
          "--start", first.isoformat(), "--end", last.isoformat(), "--out", str(out)],
         env=env_for(lake), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
