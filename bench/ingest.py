@@ -21,10 +21,10 @@ from rich.console import Console
 from bench.data import simulated_events, tokenize
 from bench.results import BenchResult, Metric
 from kestrel.errors import ServiceError
+from kestrel.producer import EventProducer
 from kestrel.services import free_port, private_services
 from kestrel.settings import Settings
 from kestrel.topics import TRANSACTIONS
-from pipelines.ingest import EventProducer
 from pipelines.simulator.cards import synthetic_pans
 from pipelines.simulator.config import SimulationConfig
 from pipelines.simulator.to_kafka import transaction_records

@@ -71,7 +71,7 @@ class MLflowResource(dg.ConfigurableResource):
 
 
 class KafkaResource(dg.ConfigurableResource):
-    """The Kafka-protocol broker (admin checks; producers come from pipelines.ingest)."""
+    """The Kafka-protocol broker (admin checks; producers come from kestrel.producer)."""
 
     settings: KestrelSettings
 

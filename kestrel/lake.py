@@ -4,7 +4,8 @@ Layout (under ``KESTREL_VAR_DIR/lake``)::
 
     transactions/event_date=YYYY-MM-DD/*.parquet   raw events, partitioned by event date
     labels/labelled_date=YYYY-MM-DD/*.parquet      every label, partitioned by when it was known
-    _manifests/, _staging/, _checkpoints/           the archiver's commit protocol (hidden)
+    _manifests/, _staging*/, _checkpoints/          the consumers' commit protocol (hidden;
+                                                    kestrel/lake_commit.py)
 
 The lake is the historical source of truth: Spark batch jobs and the training-set builder read
 it, and it can be replayed into Kafka. Files are written to a temporary name, fsynced and

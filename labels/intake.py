@@ -1,11 +1,12 @@
 """`kestrel labels intake`: the `labels` topic → the label store, exactly once.
 
-The archiver's pieces, reused: the micro-batch loop (pipelines.batching), a batch's steps
-(pipelines.archive.lake_batch: rows per day, dead letters, one lock per lake) and the commit
-protocol (pipelines.archive.commit_log.CommitLog), which stores each batch's next offsets in
-the same manifest as the files they produced. A ``kill -9`` and a restart therefore neither
-lose nor duplicate a label; Kafka's committed offsets are only advisory. Labels land in the
-partition of the day they became known (``labelled_date=YYYY-MM-DD/intake-<batch>.parquet``).
+Built from the kernel's pieces, like the archiver: the consumer-app skeleton
+(kestrel/consumer_app.py), a lake batch's steps (kestrel/lake_batch.py: rows per day, dead
+letters, one lock per lake) and the lake's commit protocol (kestrel/lake_commit.py), which
+stores each batch's next offsets in the same manifest as the files they produced. A
+``kill -9`` and a restart therefore neither lose nor duplicate a label; Kafka's committed
+offsets are only advisory. Labels land in the partition of the day they became known
+(``labelled_date=YYYY-MM-DD/intake-<batch>.parquet``).
 A record that breaks the LabelEvent contract (a PAN-like txn_id, analyst_id or reason, an
 unknown schema_version, bytes that are no label at all) or whose ``labelled_at`` is outside
 kestrel.events.TimeBounds (it names the lake partition) goes to the dead-letter topic,
@@ -24,16 +25,16 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message
 
+from kestrel.consumer_app import BatchConfig, ConsumerApp
 from kestrel.errors import EventValidationError, FieldError
 from kestrel.events import TimeBounds, decode_label
 from kestrel.kafka import consumer_config, topic_ids
 from kestrel.lake import LABEL_SCHEMA
+from kestrel.lake_batch import commit_advisory, commit_days, exclusive, sort_by_day
+from kestrel.lake_commit import CommitLog
+from kestrel.producer import EventProducer
 from kestrel.settings import Settings
 from kestrel.topics import LABELS, TRANSACTIONS_DLQ
-from pipelines.archive.commit_log import CommitLog
-from pipelines.archive.lake_batch import commit_advisory, commit_days, exclusive, sort_by_day
-from pipelines.batching import consume_in_batches, stop_on_signals
-from pipelines.ingest import EventProducer
 
 log = logging.getLogger("kestrel.labels")
 GROUP_ID = "kestrel-labels"
@@ -83,13 +84,12 @@ class LabelIntake:
         self.log = LabelCommitLog(self.lake_dir)
         self.bounds = TimeBounds.from_settings(settings)
         self.stats = IntakeStats()
-        self._stop = False
+        self.app = ConsumerApp(BatchConfig(max_records=BATCH_RECORDS, max_wait_s=BATCH_SECONDS))
         self._topic_id: str | None = None
         self._resume: dict[int, int] = {}
-        self._assigned_at: float | None = None
 
     def request_stop(self, *_: Any) -> None:
-        self._stop = True
+        self.app.request_stop()
 
     def run(self, idle_seconds: float | None = None,
             progress: Callable[[IntakeStats], None] | None = None) -> IntakeStats:
@@ -105,22 +105,18 @@ class LabelIntake:
                 self._resume = dict(checkpoint.offsets)
             consumer = Consumer(consumer_config(self.settings, self.group_id))
             dlq = EventProducer(self.settings)
-            stop_on_signals(self.request_stop)
-            buffer: list[Message] = []
+            self.app.stop_on_signals()
             consumer.subscribe([LABELS], on_assign=self._on_assign,
-                               on_revoke=lambda c, _p: self._flush(buffer, c, dlq))
+                               on_revoke=lambda c, _p: self._flush(self.app.buffer, c, dlq))
 
-            def flush(batch: list[Message]) -> None:
+            def commit(batch: list[Message]) -> None:
                 had = bool(batch)
                 self._flush(batch, consumer, dlq)
                 if had and progress is not None:
                     progress(self.stats)
 
             try:
-                consume_in_batches(
-                    consumer, buffer, flush, max_records=BATCH_RECORDS,
-                    max_wait_s=BATCH_SECONDS, poll_s=0.2, stopped=lambda: self._stop,
-                    idle_seconds=idle_seconds, assigned_at=lambda: self._assigned_at)
+                self.app.run(consumer, commit, idle_seconds)
             finally:
                 consumer.close()
         return self.stats
@@ -129,7 +125,7 @@ class LabelIntake:
         for tp in partitions:
             tp.offset = self._resume.get(tp.partition, OFFSET_BEGINNING)
         consumer.assign(partitions)
-        self._assigned_at = time.monotonic()
+        self.app.assigned()  # idleness counts from here
 
     def _flush(self, buffer: list[Message], consumer: Consumer, dlq: EventProducer) -> None:
         if not buffer:

@@ -39,12 +39,12 @@ from pydantic import TypeAdapter, ValidationError
 from redis import Redis
 from redis.exceptions import RedisError
 
+from kestrel.dlq import dead_letter
 from kestrel.errors import EventValidationError, FieldError
 from kestrel.events import Identifier, field_errors
+from kestrel.producer import EventProducer
 from kestrel.settings import Settings
 from kestrel.topics import ALERTS, TRANSACTIONS_DLQ
-from pipelines.dlq import dead_letter
-from pipelines.ingest import EventProducer
 from serving import metrics
 from serving.redis_guard import RedisGuard
 

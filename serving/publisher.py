@@ -66,9 +66,9 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from kestrel.errors import ServiceError
 from kestrel.kafka import producer_config
+from kestrel.producer import producer_broken
 from kestrel.settings import Settings
 from kestrel.topics import DECISIONS, TRANSACTIONS
-from pipelines.ingest import producer_broken
 from serving import metrics
 from serving.spool import SYNC_SECONDS, Batch, Quota, Record, Spool, frame
 
@@ -243,6 +243,17 @@ class Publisher:
                     return [(topic, k, v) for k, v in recs[r:]] + [
                         (t, k, v) for t, rs in batches[b + 1:] for k, v in rs]
         return []
+
+    @property
+    def adopted(self) -> tuple[Path, ...]:
+        """The slots of workers that are gone, whose records this publisher republishes."""
+        return tuple(slot for slot, _ in self._adopted)
+
+    @property
+    def lanes(self) -> tuple[Spool, ...]:
+        """The spool logs in the order they are republished: each adopted slot's retry and
+        main log, then this slot's (``retry``, ``spool``)."""
+        return tuple(self._lanes)
 
     def depth(self) -> dict[str, Any]:
         return {"records": sum(lane.records for lane in self._lanes),

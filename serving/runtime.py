@@ -22,13 +22,14 @@ from kestrel.errors import ServiceUnavailable
 from kestrel.events import TimeBounds
 from kestrel.kafka import broker_answers
 from kestrel.pan import CardTokenizer
+from kestrel.producer import EventProducer
 from kestrel.settings import Settings
-from pipelines.ingest import EventProducer, Ingestor
 from serving import metrics
 from serving.alerts import AlertConsumer, AlertStore
 from serving.audit import AuditLog
 from serving.decisions import Decider
 from serving.features import OnlineFeatures
+from serving.ingest import Ingestor
 from serving.insights import Insights
 from serving.model import ModelHolder
 from serving.publisher import Publisher, spool_depth

@@ -1,8 +1,9 @@
 """`kestrel archive`: consume `transactions`, write the date-partitioned Parquet lake.
 
-Micro-batches of up to ``KESTREL_ARCHIVE_BATCH_RECORDS`` records (or
-``KESTREL_ARCHIVE_BATCH_SECONDS``) are validated, deduplicated by txn_id, written and
-committed through :class:`CommitLog`, which stores the offsets with the files: a ``kill -9``
+A :class:`~kestrel.consumer_app.ConsumerApp` hands over micro-batches of up to
+``KESTREL_ARCHIVE_BATCH_RECORDS`` records (or ``KESTREL_ARCHIVE_BATCH_SECONDS``); each is
+validated, deduplicated by txn_id, written and committed through the lake's commit protocol
+(:class:`~kestrel.lake_commit.CommitLog`), which stores the offsets with the files: a ``kill -9``
 and a restart neither lose nor duplicate an event. Invalid records — PAN-like identifiers,
 event times outside kestrel.events.TimeBounds (no lake partition for the year 1 or 9999),
 bytes that are no event at all — go to `transactions.dlq` (redacted, flushed before the batch
@@ -20,17 +21,17 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message
 
+from kestrel.consumer_app import BatchConfig, ConsumerApp
 from kestrel.errors import EventValidationError, FieldError
 from kestrel.events import TimeBounds, decode_transaction
 from kestrel.kafka import consumer_config, topic_ids
 from kestrel.lake import TRANSACTION_SCHEMA
+from kestrel.lake_batch import commit_advisory, commit_days, exclusive, sort_by_day
+from kestrel.lake_commit import CommitLog
+from kestrel.producer import EventProducer
 from kestrel.settings import Settings
 from kestrel.topics import TRANSACTIONS
-from pipelines.archive.commit_log import CommitLog
 from pipelines.archive.dedup import TxnIdIndex
-from pipelines.archive.lake_batch import commit_advisory, commit_days, exclusive, sort_by_day
-from pipelines.batching import consume_in_batches, stop_on_signals
-from pipelines.ingest import EventProducer
 
 log = logging.getLogger("kestrel.archive")
 GROUP_ID = "kestrel-archiver"  # listed in kestrel.topics.CONSUMER_GROUPS
@@ -61,15 +62,14 @@ class Archiver:
         self.index = TxnIdIndex(self.lake_dir)
         self.bounds = TimeBounds.from_settings(settings)
         self.stats = ArchiveStats()
-        self._stop = False
+        self.app = ConsumerApp(BatchConfig(max_records=settings.archive_batch_records,
+                                           max_wait_s=settings.archive_batch_seconds))
         self._topic_id: str | None = None
         self._resume: dict[int, int] = {}
-        self._assigned = False
-        self._assigned_at = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
-        self._stop = True
+        self.app.request_stop()
 
     def run(self, idle_seconds: float | None = None, progress: Any = None) -> ArchiveStats:
         """Archive until stopped (SIGINT/SIGTERM), or until ``idle_seconds`` pass with no
@@ -89,23 +89,18 @@ class Archiver:
             self._resume = dict(checkpoint.offsets)
         consumer = Consumer(consumer_config(self.settings, self.group_id))
         dlq = EventProducer(self.settings)
-        stop_on_signals(self.request_stop)
-        buffer: list[Message] = []
+        self.app.stop_on_signals()
         consumer.subscribe([TRANSACTIONS], on_assign=self._on_assign,
-                           on_revoke=lambda c, parts: self._flush(buffer, c, dlq))
+                           on_revoke=lambda c, parts: self._flush(self.app.buffer, c, dlq))
 
-        def flush(batch: list[Message]) -> None:
+        def commit(batch: list[Message]) -> None:
             had = bool(batch)
             self._flush(batch, consumer, dlq)
             if had and progress:
                 progress(self.stats)
 
         try:
-            consume_in_batches(
-                consumer, buffer, flush, max_records=self.settings.archive_batch_records,
-                max_wait_s=self.settings.archive_batch_seconds, poll_s=0.2,
-                stopped=lambda: self._stop, idle_seconds=idle_seconds,
-                assigned_at=lambda: self._assigned_at if self._assigned else None)
+            self.app.run(consumer, commit, idle_seconds)
         finally:
             consumer.close()
         return self.stats
@@ -114,8 +109,7 @@ class Archiver:
         for tp in partitions:
             tp.offset = self._resume.get(tp.partition, OFFSET_BEGINNING)
         consumer.assign(partitions)
-        self._assigned = True
-        self._assigned_at = time.monotonic()  # idleness counts from here
+        self.app.assigned()  # idleness counts from here
         log.info("assigned partitions", extra={
             "partitions": {tp.partition: tp.offset for tp in partitions}})
 

@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kestrel.events import encode_record
+from kestrel.producer import EventProducer
 from kestrel.settings import Settings
 from kestrel.topics import LABELS, TRANSACTIONS
 from kestrel.wire import transaction_json
-from pipelines.ingest import EventProducer
 from pipelines.simulator.config import SimulationConfig
 from pipelines.simulator.generator import iter_days
 from pipelines.simulator.labels import labels_for

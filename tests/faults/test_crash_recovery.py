@@ -43,7 +43,9 @@ import pytest
 import redis
 
 from kestrel.lake import read_table
+from kestrel.lake_commit import CommitLog
 from kestrel.pan import CardTokenizer
+from kestrel.producer import EventProducer
 from kestrel.services import (
     BROKER,
     REDIS,
@@ -55,8 +57,6 @@ from kestrel.services import (
 )
 from kestrel.settings import Settings
 from kestrel.topics import ALERTS, TRANSACTIONS
-from pipelines.archive.commit_log import CommitLog
-from pipelines.ingest import EventProducer
 from pipelines.simulator.config import SimulationConfig
 from pipelines.simulator.to_kafka import stream_to_kafka
 from pipelines.stream.offline_log import log_dir
@@ -109,7 +109,7 @@ class Run:
     def spawn(self, what: str, *args: str) -> subprocess.Popen[bytes]:
         out = open(self.logs / f"{what}-{len(self.outs)}.log", "wb")  # noqa: SIM115
         self.outs.append(out)
-        proc = subprocess.Popen([sys.executable, "-m", "kestrel.cli", what, *args],
+        proc = subprocess.Popen([sys.executable, "-m", "cli", what, *args],
                                 env=self.env(), stdout=out, stderr=out)
         self.procs[what] = proc
         return proc

@@ -161,7 +161,7 @@ def test_event_is_immutable() -> None:
 # --- request bodies: the client contract and the scoring fast path -------------------------
 
 def test_parse_events_fast_path_gives_what_the_client_contract_gives() -> None:
-    from pipelines.ingest import parse_events, parse_transactions
+    from serving.ingest import parse_events, parse_transactions
 
     tokenizer = CardTokenizer(b"k" * 32)
     docs = [{**VALID, "txn_id": f"tx-{i}", "amount": 10.0 + i} for i in range(3)]
@@ -175,7 +175,7 @@ def test_parse_events_fast_path_gives_what_the_client_contract_gives() -> None:
 
 
 def test_parse_events_tokenizes_and_reports_in_the_client_contract_words() -> None:
-    from pipelines.ingest import parse_events
+    from serving.ingest import parse_events
 
     tokenizer = CardTokenizer(b"k" * 32)
     with_pan = {k: v for k, v in VALID.items() if k != "card_id"} | {"card_number": PAN}

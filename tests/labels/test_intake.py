@@ -13,11 +13,11 @@ from confluent_kafka import Consumer
 from kestrel.events import LabelEvent
 from kestrel.kafka import consumer_config
 from kestrel.lake import list_files
+from kestrel.producer import EventProducer
 from kestrel.settings import Settings
 from kestrel.topics import LABELS
 from labels.intake import DLQ_TOPIC, LabelIntake
 from labels.store import latest_labels, read_labels
-from pipelines.ingest import EventProducer
 
 pytestmark = pytest.mark.integration
 

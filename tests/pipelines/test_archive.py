@@ -17,12 +17,12 @@ from confluent_kafka import Consumer
 
 from kestrel.kafka import consumer_config
 from kestrel.lake import list_files, read_table
+from kestrel.lake_commit import CommitLog
+from kestrel.producer import EventProducer
 from kestrel.services import BROKER, free_port, start_broker, stop
 from kestrel.settings import Settings
 from kestrel.topics import TRANSACTIONS, TRANSACTIONS_DLQ
 from pipelines.archive import Archiver
-from pipelines.archive.commit_log import CommitLog
-from pipelines.ingest import EventProducer
 from tests.conftest import env_for
 from tests.pipelines.events_factory import encode, make_event
 
@@ -123,7 +123,7 @@ def test_kill_9_and_restart_lose_and_duplicate_nothing(services: Settings) -> No
     checkpoint = CommitLog(services.lake_dir, TRANSACTIONS)
     kills = 0
     for kill_after in (7_500, 25_000, 40_000):
-        proc = subprocess.Popen([sys.executable, "-m", "kestrel.cli", "archive"], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "archive"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -135,7 +135,7 @@ def test_kill_9_and_restart_lose_and_duplicate_nothing(services: Settings) -> No
         proc.wait()
         kills += 1
         assert sum(checkpoint.checkpoint().offsets.values()) < len(events), "killed too late"
-    final = subprocess.run([sys.executable, "-m", "kestrel.cli", "archive", "--idle-seconds", "3"],
+    final = subprocess.run([sys.executable, "-m", "cli", "archive", "--idle-seconds", "3"],
                            env=env, capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr[-2000:]
     ids = lake_ids(services)

@@ -22,13 +22,13 @@ from typing import Any
 import pyarrow as pa
 from confluent_kafka import Consumer, Message, TopicPartition
 
+from kestrel.dlq import dead_letter
 from kestrel.errors import EventValidationError, FieldError, ServiceError
 from kestrel.lake import PARTITION_KEYS, TableName, partition_dir, write_parquet_durable
+from kestrel.lake_commit import CommitLog, StagedFile
 from kestrel.pan import redact_pans
+from kestrel.producer import EventProducer
 from kestrel.topics import TRANSACTIONS_DLQ
-from pipelines.archive.commit_log import CommitLog, StagedFile
-from pipelines.dlq import dead_letter
-from pipelines.ingest import EventProducer
 
 log = logging.getLogger("kestrel.lake")  # the archiver's and the label intake's
 

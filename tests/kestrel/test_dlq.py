@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from kestrel.dlq import MAX_PAYLOAD_CHARS, dead_letter
 from kestrel.errors import EventValidationError, FieldError
 from kestrel.pan import REDACTED, pan_like
-from pipelines.dlq import MAX_PAYLOAD_CHARS, dead_letter
 
 ARABIC_PAN = "".join(chr(0x660 + int(d)) for d in "4111111111111111")
 

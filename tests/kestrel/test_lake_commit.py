@@ -1,4 +1,5 @@
-"""The archiver's commit protocol survives a crash at any step (no services needed)."""
+"""The lake's commit protocol (kestrel/lake_commit.py) survives a crash at any step (no
+services needed)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import orjson
 import pyarrow as pa
 
 from kestrel.lake import write_parquet_durable
-from pipelines.archive.commit_log import CommitLog, StagedFile
+from kestrel.lake_commit import CommitLog, StagedFile
 
 
 def _table(n: int) -> pa.Table:

@@ -1,15 +1,19 @@
-"""The archiver's commit protocol: Kafka offsets stored with the files they produced.
+"""The lake's commit protocol: Kafka offsets stored with the files they produced.
 
-A batch is committed in three durable steps:
+Used by every topic → lake consumer (the archiver, pipelines/archive; the label intake,
+labels/intake.py). A batch is committed in three durable steps:
 
-1. its Parquet files are written (fsynced) under ``lake/_staging/<batch_id>/``;
+1. its Parquet files are written (fsynced) under ``lake/_staging/<batch_id>/`` (each topic
+   needs its own staging root: :meth:`CommitLog.recover` drops every folder there that has
+   no manifest of its topic);
 2. a manifest naming those files and the next offset of every partition in the batch is
-   written atomically to ``lake/_manifests/transactions/<batch_id>.json`` — the commit point;
-3. the files are renamed into their ``event_date=`` partitions, the per-partition checkpoint
-   (``lake/_checkpoints/transactions.json``) is advanced, and the manifest is deleted.
+   written atomically to ``lake/_manifests/<topic>/<batch_id>.json`` — the commit point;
+3. the files are renamed into their partitions (``event_date=``, ``labelled_date=``), the
+   per-partition checkpoint (``lake/_checkpoints/<topic>.json``) is advanced, and the
+   manifest is deleted.
 
 Recovery after a crash (``kill -9`` anywhere) rolls committed manifests forward and throws
-away staging folders that never got a manifest; the archiver then resumes every partition at
+away staging folders that never got a manifest; the consumer then resumes every partition at
 the checkpointed offset. Kafka's own committed offsets are only advisory (for `kestrel status`),
 and Kafka transactions are not used at all (the local broker delivers aborted records).
 

@@ -1,4 +1,4 @@
-"""pipelines.archive.lake_batch: the lock that keeps one consumer per lake."""
+"""kestrel.lake_batch: the lock that keeps one consumer per lake."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kestrel.errors import ServiceError
-from pipelines.archive.lake_batch import exclusive
+from kestrel.lake_batch import exclusive
 
 
 def test_a_second_holder_is_refused_with_the_owner_pid(tmp_path: Path) -> None:
