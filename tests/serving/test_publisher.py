@@ -112,8 +112,8 @@ def test_a_slot_no_worker_took_back_is_adopted_and_republished_first(tmp_path: P
     os.close(fd)  # worker-0 free (and empty), worker-1 free with 8 records
     pub = Publisher(settings)
     try:
-        assert pub.slot == live and [s.name for s, _ in pub._adopted] == ["worker-1"]
-        lanes = [lane.read(1000, 1 << 30).records for lane in pub._lanes]
+        assert pub.slot == live and [s.name for s in pub.adopted] == ["worker-1"]
+        lanes = [lane.read(1000, 1 << 30).records for lane in pub.lanes]
         assert [r for recs in lanes for r in recs] == [
             (t, k.encode(), v) for t, recs in _batch(0, 4) for k, v in recs]
         assert pub.spooling and pub.depth()["records"] == 8
