@@ -18,6 +18,7 @@ after a capped exponential backoff, counted, with ``healthy`` False in between.
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import threading
 import time
@@ -33,10 +34,10 @@ import redis
 from confluent_kafka import KafkaError, KafkaException
 from prometheus_client.parser import text_string_to_metric_families
 
+from kestrel.producer import EventProducer
 from kestrel.services import BROKER, REDIS, free_port, start_broker, start_redis, stop
 from kestrel.settings import Settings
 from kestrel.topics import ALERTS
-from pipelines.ingest import EventProducer
 from serving import audit as audit_module
 from serving.alerts import PREFIX, AlertConsumer, AlertStore
 from serving.audit import AuditLog, AuditUnavailable
@@ -164,13 +165,20 @@ def test_a_full_audit_disk_fails_the_writer_keeps_the_chain_and_it_recovers(
 def test_the_audit_queue_is_bounded(settings: Settings, monkeypatch: pytest.MonkeyPatch,
                                     tmp_path: Path) -> None:
     gate = threading.Event()
-    write_all = audit_module._write_all
 
-    def slow_disk(fd: int, data: bytes) -> None:
-        gate.wait(30)  # a disk that takes its time: nothing is written until the gate opens
-        write_all(fd, data)
+    class SlowDisk:
+        """The os module as serving/audit.py sees it, on a disk that takes its time: nothing
+        is written until the gate opens."""
 
-    monkeypatch.setattr(audit_module, "_write_all", slow_disk)
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
+
+        @staticmethod
+        def write(fd: int, data: bytes) -> int:
+            gate.wait(30)
+            return os.write(fd, data)
+
+    monkeypatch.setattr(audit_module, "os", SlowDisk())
     refused = counter("kestrel_audit_refused_total", kind="access")
     log = AuditLog(tmp_path / "audit", 0, settings.secret("audit_key"), max_queued=10)
     try:
@@ -292,10 +300,11 @@ def supervised(settings: Settings, consumers: list[FakeConsumer],
 def test_a_consumer_that_fails_is_replaced_after_a_backoff_and_counted(
     settings: Settings,
 ) -> None:
-    fatal = KafkaError(KafkaError._FATAL, "fenced", fatal=True)
+    # a consumer fenced by a newer instance with its group.instance.id: fatal, it is done for
+    fatal = KafkaError(KafkaError.FENCED_INSTANCE_ID, "fenced", fatal=True)
     first = FakeConsumer([[FakeMessage(alert(i), i) for i in range(3)],
                           [FakeMessage(b"", 3, fatal)]])
-    crashing = FakeConsumer([], fail=KafkaException(KafkaError(KafkaError._TRANSPORT)))
+    crashing = FakeConsumer([], fail=KafkaException(KafkaError(KafkaError.NETWORK_EXCEPTION)))
     last = FakeConsumer([[FakeMessage(alert(i), i) for i in range(3, 6)]])
     restarts = counter("kestrel_alert_consumer_restarts_total")
     consumer, store = supervised(settings, [first, crashing, last], (0.3, 0.6))
