@@ -40,8 +40,8 @@ def serve(
     cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:Kestrel",
            "--host", host or settings.serve_host, "--port", str(port)]
     # BentoML keeps its Prometheus multiprocess files under BENTOML_HOME and empties that
-    # directory when a server starts: with one home per machine, starting a second service
-    # (a benchmark, a test) erased the first one's /metrics. One home per var dir and port.
+    # directory when a server starts, so services sharing a home (a benchmark's, a test's)
+    # would erase each other's /metrics: one home per var dir and port.
     home = (settings.var_dir / "run" / f"bentoml-{port}").resolve()
     home.mkdir(parents=True, exist_ok=True)
     os.execve(sys.executable, cmd, {**os.environ, "BENTOML_HOME": str(home)})

@@ -1,4 +1,4 @@
-"""Threads that must not die (issue 28, part 3): the alert consumer and the audit writer.
+"""Threads that must not die: the alert consumer and the audit writer.
 
 The audit disk fills up for real: the audit root is a small tmpfs this module mounts (the
 tests run as root here; without the right to mount they are skipped, saying why), so writes
@@ -9,10 +9,10 @@ ingest and labels answer 503, ``/v1/ready`` fails), and writes again by itself o
 has room. The queue is bounded.
 
 The alert consumer: a commit that fails for real (the broker gone between a batch's store and
-its commit: librdkafka raises a KafkaException, which ended the thread for good) is ridden
-out in place (no alert lost, no restart, readiness unaffected by it) and the consumer stores
-new alerts once a broker answers again; anything else that ends its loop gets a new consumer
-after a capped exponential backoff, counted, with ``healthy`` False in between.
+its commit: librdkafka raises a KafkaException) is ridden out in place (no alert lost, no
+restart, readiness unaffected by it) and the consumer stores new alerts once a broker answers
+again; anything else that ends its loop gets a new consumer after a capped exponential
+backoff, counted, with ``healthy`` False in between.
 """
 
 from __future__ import annotations
@@ -490,12 +490,12 @@ def test_a_commit_that_fails_for_real_does_not_end_the_alert_consumer(
     tmp_path: Path, redis_url: str
 ) -> None:
     """A batch is stored, the broker goes before its offsets are committed: librdkafka's
-    commit raises a real KafkaException (_WAIT_COORD, after about the session timeout) —
-    what ended the consumer's thread for good. Now it is counted and ridden out, the consumer
-    stays up (readiness unaffected by it), and once a broker answers again on the address
-    the consumer stores the new alerts. Tansu accepts commits during a rebalance (measured:
-    a second member joining while a batch waits to be committed changes nothing), so the
-    broker's departure is the real failure that is available here."""
+    commit raises a real KafkaException (_WAIT_COORD, after about the session timeout).
+    It is counted and ridden out, the consumer stays up (readiness unaffected by it), and
+    once a broker answers again on the address the consumer stores the new alerts. Tansu
+    accepts commits during a rebalance (a second member joining while a batch waits to be
+    committed changes nothing), so the broker's departure is the real failure available
+    here."""
     url = redis_url.rsplit("/", 1)[0] + "/13"  # a db of the tests' own server
     redis.Redis.from_url(url).flushdb()
     settings = make_settings(tmp_path / "var", kafka_bootstrap=f"127.0.0.1:{free_port()}",
