@@ -3,9 +3,8 @@
 Used by every topic → lake consumer (the archiver, pipelines/archive; the label intake,
 labels/intake.py). A batch is committed in three durable steps:
 
-1. its Parquet files are written (fsynced) under ``lake/_staging/<batch_id>/`` (each topic
-   needs its own staging root: :meth:`CommitLog.recover` drops every folder there that has
-   no manifest of its topic);
+1. its Parquet files are written (fsynced) under ``lake/<staging>/<batch_id>/`` (one
+   staging folder per topic: ``_staging`` for `transactions`, ``_staging-labels``);
 2. a manifest naming those files and the next offset of every partition in the batch is
    written atomically to ``lake/_manifests/<topic>/<batch_id>.json`` — the commit point;
 3. the files are renamed into their partitions (``event_date=``, ``labelled_date=``), the
@@ -51,9 +50,13 @@ class StagedFile:
 
 
 class CommitLog:
-    def __init__(self, lake_dir: Path, topic: str):
+    """The commit protocol of one topic's consumer. ``staging``: the folder (under the lake)
+    its batches are staged in; each topic needs its own, since :meth:`recover` drops every
+    folder there that has no manifest of this topic."""
+
+    def __init__(self, lake_dir: Path, topic: str, staging: str = "_staging"):
         self.topic = topic
-        self.staging_root = lake_dir / "_staging"
+        self.staging_root = lake_dir / staging
         self.manifest_dir = lake_dir / "_manifests" / topic
         self.checkpoint_path = lake_dir / "_checkpoints" / f"{topic}.json"
 

@@ -20,7 +20,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message
@@ -43,14 +42,9 @@ DLQ_TOPIC = TRANSACTIONS_DLQ
 BATCH_RECORDS = 50_000
 BATCH_SECONDS = 1.0
 
-
-class LabelCommitLog(CommitLog):
-    """CommitLog for `labels`, staging in its own folder: CommitLog.recover() discards every
-    staging folder it has no manifest for, so two topics must not share one."""
-
-    def __init__(self, lake_dir: Path):
-        super().__init__(lake_dir, LABELS)
-        self.staging_root = lake_dir / "_staging-labels"
+# The intake's own staging folder (the archiver's is `_staging`): a CommitLog drops every
+# staged batch in its folder that has no manifest of its topic.
+STAGING = "_staging-labels"
 
 
 @dataclass
@@ -81,7 +75,7 @@ class LabelIntake:
         self.settings = settings
         self.group_id = group_id
         self.lake_dir = settings.lake_dir
-        self.log = LabelCommitLog(self.lake_dir)
+        self.log = CommitLog(self.lake_dir, LABELS, staging=STAGING)
         self.bounds = TimeBounds.from_settings(settings)
         self.stats = IntakeStats()
         self.app = ConsumerApp(BatchConfig(max_records=BATCH_RECORDS, max_wait_s=BATCH_SECONDS))
