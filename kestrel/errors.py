@@ -1,7 +1,8 @@
 """Kestrel's error tree: one root, one subclass per kind of failure.
 
-The HTTP layer maps these to status codes (400, 401/403, 404, 409, 413, 429, 503); the CLI
-prints their message and exits non-zero. Messages say what to do, not only what went wrong.
+The HTTP layer maps these to status codes in one table (serving/http_errors.py: 400, 401/403,
+404, 413, 429, 503); the CLI prints their message and exits non-zero. Messages say what to
+do, not only what went wrong.
 """
 
 from __future__ import annotations
@@ -75,6 +76,24 @@ class LakeError(KestrelError):
 
 class NotFound(KestrelError):
     """The thing asked for does not exist (HTTP 404)."""
+
+
+class AuthError(KestrelError):
+    """No or a bad credential (HTTP 401)."""
+
+
+class Forbidden(KestrelError):
+    """A valid credential that may not do this (HTTP 403)."""
+
+
+class RateLimited(KestrelError):
+    """The client's bucket is empty (HTTP 429)."""
+
+    def __init__(self, client: str, retry_after: int):
+        super().__init__(f"client {client!r} is over its request rate; retry after "
+                         f"{retry_after} s")
+        self.client = client
+        self.retry_after = retry_after
 
 
 class BodyTooLarge(KestrelError):

@@ -26,7 +26,7 @@ from typing import Any
 
 import jwt
 
-from kestrel.errors import ConfigError, EventValidationError, FieldError, KestrelError
+from kestrel.errors import AuthError, ConfigError, EventValidationError, FieldError, Forbidden
 from kestrel.events import PAN_LIKE_REASON
 from kestrel.pan import pan_like
 from kestrel.settings import Settings
@@ -35,14 +35,6 @@ ROLES: tuple[str, ...] = ("scorer", "bot", "investigator", "admin")
 ALGORITHM = "HS256"
 VERIFIED_CACHE_SIZE = 10_000  # distinct live tokens remembered after verification
 CLIENT_CLAIMS = ("client", "tenant")  # `tenant` is the claim's earlier name
-
-
-class AuthError(KestrelError):
-    """No or a bad credential (HTTP 401)."""
-
-
-class Forbidden(KestrelError):
-    """A valid credential that may not do this (HTTP 403)."""
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,12 @@ unknown path, 405 wrong method) and an unexpected exception (500) take the same 
 error body repeats a card number the request held (an unknown field's name is quoted in its
 ``path``). :class:`PlainErrors` gives that shape to the plain-text errors of the server the
 app is mounted in (BentoML answers a path none of the app's routes matches itself).
-:func:`document` rewrites the generated spec so that each route lists the statuses it can
-answer with that body, the headers they carry and the bearer scheme it needs (the API fuzz
-test, tests/serving/test_api_fuzz.py, checks the service against it).
+
+:data:`HANDLERS` is the one table from exceptions to answers; :func:`install` registers it.
+Each route names the error statuses it answers besides the common ones with :func:`answers`
+(its ``openapi_extra``), and :func:`document` rewrites the generated spec so that each route
+lists those statuses with that body, the headers they carry and the bearer scheme it needs
+(the API fuzz test, tests/serving/test_api_fuzz.py, checks the service against it).
 """
 
 from __future__ import annotations
@@ -27,17 +30,18 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
 from kestrel.errors import (
+    AuthError,
     BatchTooLarge,
     BodyTooLarge,
     EventValidationError,
+    Forbidden,
     KestrelError,
     NotFound,
+    RateLimited,
     ServiceUnavailable,
 )
 from kestrel.pan import pan_like, redact_pans
 from serving import metrics
-from serving.auth import AuthError, Forbidden
-from serving.ratelimit import RateLimited
 
 log = logging.getLogger("kestrel.serving")
 
@@ -73,16 +77,33 @@ def _redacted(text: str) -> str:
     return redact_pans(text) if pan_like(text) else text
 
 
+Handler = Callable[[Request, Any], JSONResponse]
+
+
+def answer(status: int, code: str, headers: dict[str, str] | None = None) -> Handler:
+    """The handler of an error answered with its own message, ``status`` and ``code``."""
+    return lambda _, exc: error_response(status, code, str(exc), headers=headers)
+
+
 def _parameters(_: Request, exc: RequestValidationError) -> JSONResponse:
     errors = [{"path": ".".join(str(p) for p in e["loc"]) or "$",
                "reason": e["msg"]} for e in exc.errors()]
     return error_response(400, "invalid_request", "invalid request parameters", errors)
 
 
+def _invalid_event(_: Request, exc: EventValidationError) -> JSONResponse:
+    return error_response(400, "invalid_event", str(exc), [e.as_dict() for e in exc.errors])
+
+
 def _limited(_: Request, exc: RateLimited) -> JSONResponse:
     metrics.RATE_LIMITED.labels(exc.client).inc()
     return error_response(429, "rate_limited", str(exc),
                           headers={"Retry-After": str(exc.retry_after)})
+
+
+def _redis_down(_: Request, exc: RedisError) -> JSONResponse:
+    return error_response(503, "unavailable", f"Redis is unavailable ({type(exc).__name__}); "
+                          "retry shortly", headers={"Retry-After": "1"})
 
 
 def _internal(_: Request, exc: KestrelError) -> JSONResponse:
@@ -106,27 +127,21 @@ def _http(_: Request, exc: HTTPException) -> JSONResponse:
                           headers=dict(exc.headers) if exc.headers else None)
 
 
-Handler = Callable[[Request, Any], JSONResponse]
 # exception class → handler; the most specific class wins (FastAPI walks the MRO)
 HANDLERS: dict[type[Exception], Handler] = {
-    RequestValidationError: _parameters,
-    EventValidationError: lambda _, e: error_response(
-        400, "invalid_event", str(e), [x.as_dict() for x in e.errors]),
-    BatchTooLarge: lambda _, e: error_response(413, "batch_too_large", str(e)),
-    BodyTooLarge: lambda _, e: error_response(413, "body_too_large", str(e)),
-    AuthError: lambda _, e: error_response(401, "unauthenticated", str(e),
-                                           headers={"WWW-Authenticate": "Bearer"}),
-    Forbidden: lambda _, e: error_response(403, "forbidden", str(e)),
-    NotFound: lambda _, e: error_response(404, "not_found", str(e)),
-    RateLimited: _limited,
-    ServiceUnavailable: lambda _, e: error_response(503, "unavailable", str(e),
-                                                    headers={"Retry-After": "1"}),
-    RedisError: lambda _, e: error_response(
-        503, "unavailable", f"Redis is unavailable ({type(e).__name__}); retry shortly",
-        headers={"Retry-After": "1"}),
-    KestrelError: _internal,
-    HTTPException: _http,
-    Exception: _unexpected,
+    RequestValidationError: _parameters,  # 400 invalid_request, every parameter's error
+    EventValidationError: _invalid_event,  # 400 invalid_event, every field's error
+    AuthError: answer(401, "unauthenticated", {"WWW-Authenticate": "Bearer"}),
+    Forbidden: answer(403, "forbidden"),
+    NotFound: answer(404, "not_found"),
+    BatchTooLarge: answer(413, "batch_too_large"),
+    BodyTooLarge: answer(413, "body_too_large"),
+    RateLimited: _limited,  # 429 rate_limited, Retry-After: the client's own wait
+    ServiceUnavailable: answer(503, "unavailable", {"Retry-After": "1"}),
+    RedisError: _redis_down,  # 503 unavailable
+    KestrelError: _internal,  # 500 internal, logged with its traceback
+    HTTPException: _http,  # the router's own: 404 unknown path, 405 wrong method
+    Exception: _unexpected,  # 500 internal, the message kept for the log
 }
 
 
@@ -218,13 +233,25 @@ DESCRIPTIONS = {
     "503": "A store or the broker is unavailable (see Retry-After)",
 }
 _ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
+_STATUSES_KEY = "x-kestrel-error-statuses"  # read and removed by document()
+_PUBLIC_KEY = "x-kestrel-public"
 
 
-def document(app: FastAPI, statuses: dict[str, tuple[int, ...]],
-             public: frozenset[str]) -> Callable[[], dict[str, Any]]:
-    """An ``app.openapi`` that describes the answers as they are: ``statuses`` names the
-    error statuses per path (besides 400 and, unless ``public``, 401/403/429), every one with
-    :class:`ErrorBody`; 422 is gone; protected routes need the bearer scheme."""
+def answers(*statuses: int, public: bool = False,
+            body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A route's ``openapi_extra``: the error statuses it answers besides 400 and, unless it
+    is ``public`` (no token), 401, 403 and 429; and its request body's spec when the route
+    reads the raw body (FastAPI cannot derive it). :func:`document` states the statuses."""
+    extra: dict[str, Any] = {_STATUSES_KEY: list(statuses), _PUBLIC_KEY: public}
+    if body is not None:
+        extra["requestBody"] = body
+    return extra
+
+
+def document(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """An ``app.openapi`` that describes the answers as they are: each route's error
+    statuses (:func:`answers`), every one with :class:`ErrorBody`; 422 is gone; protected
+    routes need the bearer scheme."""
     original = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -248,17 +275,17 @@ def document(app: FastAPI, statuses: dict[str, tuple[int, ...]],
             "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
             "description": "A JWT with `role` and `client` claims (`kestrel token` in "
                            "development, the identity provider in production)."}}
-        for path, operations in spec["paths"].items():
+        for operations in spec["paths"].values():
             for operation in operations.values():
-                _describe(operation, path, statuses.get(path, ()), path in public)
+                _describe(operation, tuple(operation.pop(_STATUSES_KEY, ())),
+                          operation.pop(_PUBLIC_KEY, False))
         app.openapi_schema = spec
         return spec
 
     return openapi
 
 
-def _describe(operation: dict[str, Any], path: str, extra: tuple[int, ...],
-              public: bool) -> None:
+def _describe(operation: dict[str, Any], extra: tuple[int, ...], public: bool) -> None:
     responses = operation.setdefault("responses", {})
     responses.pop("422", None)
     codes = {400, *extra} if public else {400, 401, 403, 429, *extra}

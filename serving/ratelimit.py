@@ -29,7 +29,7 @@ import bentoml
 from redis import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from kestrel.errors import ConfigError, KestrelError
+from kestrel.errors import ConfigError, RateLimited
 from kestrel.resp import resp_command, roundtrip
 from kestrel.settings import Settings
 from serving.redis_guard import RedisGuard
@@ -64,16 +64,6 @@ FAILED_OPEN = bentoml.metrics.Counter(
     name="kestrel_rate_limit_failed_open_total",
     documentation="Calls let through unchecked because the rate limiter's Redis did not "
                   "answer (or its circuit breaker was open)")
-
-
-class RateLimited(KestrelError):
-    """The client's bucket is empty (HTTP 429)."""
-
-    def __init__(self, client: str, retry_after: int):
-        super().__init__(f"client {client!r} is over its request rate; retry after "
-                         f"{retry_after} s")
-        self.client = client
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
