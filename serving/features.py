@@ -1,7 +1,7 @@
 """Online features of a feature service, read straight from Redis in Feast's format.
 
-Feast's ``get_online_features`` costs ~0.35 ms for one view and builds protos and Arrow
-tables per call; a decision needs five views and a batch needs up to 10,000 rows. The stored
+Feast's ``get_online_features`` builds protos and Arrow tables per call, too slow when a
+decision needs five views and a batch up to 10,000 rows. The stored
 layout is Feast's (kestrel/feast_codec.py, which also decodes): one hash per entity key holding
 every view of that entity, fields ``mmh3("<view>:<feature>")``, values serialized ``feast.Value``.
 So one pipelined round trip of three HMGETs per transaction (card, customer, terminal) reads
@@ -83,8 +83,8 @@ class FeatureFrame:
 
     def rows_json(self) -> list[bytes]:
         """Each row as a JSON array, NaN as null (the audit log's form). The matrix is
-        encoded in one call and cut at its row boundaries: encoding 10,000 rows one by one
-        costs about eight times as much, nearly all of it formatting floats."""
+        encoded in one call and cut at its row boundaries (row by row, formatting the floats
+        would cost several times as much)."""
         if not len(self.x):
             return []
         if not self.x.shape[1]:
