@@ -66,7 +66,7 @@ from kestrel.resp import (
     ragged,
 )
 
-# TEMPORARY re-exports for pipelines/stream/recent.py and processor.py; removed at integration
+# TEMPORARY re-exports for pipelines/stream/{recent,checkpoint}.py; removed at integration
 from kestrel.resp import arrow_bulk as arrow_bulk  # TEMPORARY re-export
 from kestrel.resp import arrow_bytes as arrow_bytes  # TEMPORARY re-export
 from kestrel.resp import arrow_decimal as arrow_decimal  # TEMPORARY re-export
