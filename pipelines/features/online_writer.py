@@ -18,9 +18,12 @@ are Feast's (kestrel/feast_codec.py); this module decides which writes a row mak
 * ``key_ttl_seconds``, when configured, sets EXPIRE on the entity's key after each write (the
   stream's column writes: once per refresh interval, pipelines/features/key_ttl.py).
 
-Everything that does not change per row (field names, key prefix, encoders, RESP templates) is
-built once per view. Entity keys are not cached: building one costs less than a dictionary
-lookup would save.
+Two ways to queue the writes: onto a redis-py pipeline (``add(pipe, rows)``; dedup needs it,
+for the script), or onto a RespTransaction — the hot path of the stream and of bulk loads,
+``add_columns`` laying the commands out from numpy columns; the bytes stored are the same
+either way. Everything that does not change per row (field names, key prefix, encoders, RESP
+templates) is built once per view. Entity keys are not cached: building one costs less than a
+dictionary lookup would save.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ import numpy as np
 from feast import FeatureStore, FeatureView, RepoConfig
 from feast.infra.online_stores.helpers import compute_versioned_name
 from feast.infra.online_stores.redis import RedisOnlineStoreConfig
-from google.protobuf.timestamp_pb2 import Timestamp
 from redis.client import Pipeline
 from redis.commands.core import Script
 
@@ -205,7 +207,7 @@ class ViewWriter:
         queued = 0
         for entity_value, features, event_time in rows:
             seconds, nanos = timestamp_parts(event_time)
-            ts = Timestamp(seconds=seconds, nanos=nanos).SerializeToString()
+            ts = timestamp_bytes(seconds, nanos)
             value = entity_value.encode()
             key = prefix + u32(len(value)) + value + project
             args: list[Any] = (
