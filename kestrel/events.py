@@ -7,6 +7,9 @@ on). Validation errors carry field paths (``events[3].amount``) and a reason, an
 the offending value, so a raw card number cannot leak through an error message.
 
 On the wire an event is a JSON object; times are ISO-8601 UTC strings ending in ``Z``.
+The transaction's fields, their types and the values they take are declared once, in
+:mod:`kestrel.contract`; the models here take their bounds, patterns and allowed values from
+it (``tests/kestrel/test_contract.py`` holds them to it).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import orjson
 from pydantic import (
@@ -31,15 +34,17 @@ from pydantic import (
     model_validator,
 )
 
+from kestrel.contract import FIELDS, ID_MAX_LENGTH, ID_PATTERN, MCC_PATTERN, Channel, SchemaVersion
+from kestrel.contract import MAX_AMOUNT as MAX_AMOUNT
+from kestrel.contract import SCHEMA_VERSION as SCHEMA_VERSION
 from kestrel.errors import EventValidationError, FieldError, UnsupportedSchemaVersion
-from kestrel.iso import COUNTRIES, CURRENCIES
 from kestrel.pan import pan_like
 
-SCHEMA_VERSION: Literal[1] = 1
 SUPPORTED_SCHEMA_VERSIONS = frozenset({SCHEMA_VERSION})
-MAX_AMOUNT = 1_000_000.0
-CHANNELS = ("pos", "ecom", "atm")
-LABEL_SOURCES = ("investigator", "chargeback", "simulator")
+LabelSource = Literal["investigator", "chargeback", "simulator"]
+LABEL_SOURCES: tuple[LabelSource, ...] = get_args(LabelSource)
+_CURRENCIES = FIELDS["currency"].allowed()
+_COUNTRIES = FIELDS["country"].allowed()
 
 PAN_LIKE_REASON = ("looks like a card number (12 or more digits); send a token, or the "
                    "number as card_number to have it tokenized")
@@ -54,8 +59,8 @@ def no_pan(value: str) -> str:
 
 Identifier = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=64,
-                      pattern=r"^[A-Za-z0-9_.:\-]+$"),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=ID_MAX_LENGTH,
+                      pattern=ID_PATTERN),
     AfterValidator(no_pan),
 ]
 """An id: letters, digits and ``_.:-``, never PAN-like. Other producers' tokens
@@ -68,7 +73,19 @@ Subject = Annotated[
 ]
 """Who did something, as an identity provider names them (``auth0|x``, ``a@bank.com``)."""
 FreeText = Annotated[str, StringConstraints(max_length=500), AfterValidator(no_pan)]
-Mcc = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}$")]
+Mcc = Annotated[str, StringConstraints(pattern=MCC_PATTERN)]
+
+
+def _field(name: str) -> Any:
+    """The pydantic ``Field`` of the contract's rule ``name``: its bounds, its default when
+    it is optional, its description."""
+    rule = FIELDS[name]
+    kwargs: dict[str, Any] = rule.bounds()
+    if rule.type == "number":
+        kwargs["allow_inf_nan"] = False
+    if not rule.required:
+        kwargs["default"] = rule.default
+    return Field(description=rule.doc or None, **kwargs)
 
 
 def _to_utc(value: datetime) -> datetime:
@@ -83,21 +100,20 @@ class _TransactionFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schema_version: Literal[1] = SCHEMA_VERSION
-    txn_id: Identifier = Field(description="Unique id; the idempotency key.")
-    event_time: AwareDatetime = Field(description="When the payment happened (with timezone).")
-    customer_id: Identifier
-    account_id: Identifier
-    terminal_id: Identifier
-    mcc: Mcc = Field(description="Merchant category code, four digits.")
-    amount: float = Field(gt=0, le=MAX_AMOUNT, allow_inf_nan=False,
-                          description="Positive, finite, at most 1,000,000.")
-    currency: str = Field(description="ISO 4217 code, e.g. EUR.")
-    country: str = Field(description="ISO 3166-1 alpha-2 code, e.g. FR.")
-    lat: float = Field(ge=-90, le=90, allow_inf_nan=False)
-    lon: float = Field(ge=-180, le=180, allow_inf_nan=False)
-    channel: Literal["pos", "ecom", "atm"]
-    device_id: Identifier | None = None
+    schema_version: SchemaVersion = _field("schema_version")
+    txn_id: Identifier = _field("txn_id")
+    event_time: AwareDatetime = _field("event_time")
+    customer_id: Identifier = _field("customer_id")
+    account_id: Identifier = _field("account_id")
+    terminal_id: Identifier = _field("terminal_id")
+    mcc: Mcc = _field("mcc")
+    amount: float = _field("amount")
+    currency: str = _field("currency")
+    country: str = _field("country")
+    lat: float = _field("lat")
+    lon: float = _field("lon")
+    channel: Channel = _field("channel")
+    device_id: Identifier | None = _field("device_id")
 
     @field_validator("event_time")
     @classmethod
@@ -108,7 +124,7 @@ class _TransactionFields(BaseModel):
     @classmethod
     def _currency(cls, v: str) -> str:
         v = v.strip().upper()
-        if v not in CURRENCIES:
+        if v not in _CURRENCIES:
             raise ValueError("must be an ISO 4217 currency code such as EUR or USD")
         return v
 
@@ -116,7 +132,7 @@ class _TransactionFields(BaseModel):
     @classmethod
     def _country(cls, v: str) -> str:
         v = v.strip().upper()
-        if v not in COUNTRIES:
+        if v not in _COUNTRIES:
             raise ValueError("must be an ISO 3166-1 alpha-2 country code such as FR or US")
         return v
 
@@ -124,7 +140,7 @@ class _TransactionFields(BaseModel):
 class TransactionEvent(_TransactionFields):
     """A card payment as it travels on `transactions`; ``card_id`` is always a token."""
 
-    card_id: Identifier = Field(description="Card token (never a raw card number).")
+    card_id: Identifier = _field("card_id")
 
     def to_json(self) -> bytes:
         """The wire record: the bytes ``model_dump_json`` writes (tested), at a third of its
@@ -188,10 +204,10 @@ class LabelEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: SchemaVersion = SCHEMA_VERSION
     txn_id: Identifier
     is_fraud: StrictBool
-    source: Literal["investigator", "chargeback", "simulator"]
+    source: LabelSource
     analyst_id: Subject | None = None
     reason: FreeText | None = None
     labelled_at: AwareDatetime
@@ -283,7 +299,7 @@ def _load_object(raw: bytes | str) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise EventValidationError([FieldError("$", "must be a JSON object")])
     version = obj.get("schema_version", SCHEMA_VERSION)
-    if version not in SUPPORTED_SCHEMA_VERSIONS:
+    if isinstance(version, list | dict) or version not in SUPPORTED_SCHEMA_VERSIONS:
         raise UnsupportedSchemaVersion(
             [FieldError("schema_version", f"unsupported schema_version {version!r}; this "
                         f"build reads {sorted(SUPPORTED_SCHEMA_VERSIONS)}")]

@@ -1,16 +1,17 @@
-"""A micro-batch of `transactions` records decoded and validated, into columns.
+"""A micro-batch of `transactions` records decoded and validated, into columns: the
+stream's hot path.
 
-Decoding record by record with orjson and checking the contract in Python cost more than
-everything else the stream does with an event; parsing the joined batch with pyarrow's JSON
-reader and checking it in Arrow compute was faster, but the conversion back to Python objects
-and the per-row regexes still cost 7.7-8.3 µs per record on this machine. Here each record is
-decoded by msgspec straight into a typed struct — the contract's types, number ranges, string
-lengths, country / currency / channel sets and its exact field set are checked in C while
-parsing (4.1-4.8 µs per record in all) — and what msgspec cannot check cheaply is checked per
-column, at C speed too: the identifiers' characters and that none is PAN-like
-(``bytes.translate`` over the column joined: kestrel.pan.ascii_pan_like), the MCCs' digits,
-and the event times (``event_time.exact_times_us``: their form and date, with array
-arithmetic on their characters; their bounds are the processor's, kestrel.events.TimeBounds).
+Checking the contract record by record in Python costs more than everything else the stream
+does with an event, so each record is decoded by msgspec straight into a typed struct
+(:class:`Record`) — the contract's types, number ranges, string lengths, country / currency
+/ channel sets and its exact field set are checked in C while parsing — and what msgspec
+cannot check cheaply is checked per column, at C speed too: the identifiers' characters and
+that none is PAN-like (``bytes.translate`` over the column joined:
+kestrel.pan.ascii_pan_like), the MCCs' digits, and the event times
+(``event_time.exact_times_us``: their form and date, with array arithmetic on their
+characters; their bounds are the processor's, kestrel.events.TimeBounds). The struct's
+constraints come from the contract (kestrel.contract); tests/kestrel/test_contract.py holds
+the struct and the column checks to it.
 
 The fast path only accepts what it is sure about: a record that fails any check goes through
 :func:`pipelines.stream.records.decode`, the per-record path — so a valid record decodes to
@@ -25,14 +26,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Annotated, Any, Literal, cast
 
 import msgspec
 import numpy as np
 
+from kestrel.contract import (
+    FIELDS,
+    ID_ALPHABET,
+    ID_MAX_LENGTH,
+    IDENTIFIERS,
+    MCC_LENGTH,
+    SCHEMA_VERSION,
+    Channel,
+    SchemaVersion,
+)
 from kestrel.errors import EventValidationError
-from kestrel.events import MAX_AMOUNT
-from kestrel.iso import COUNTRIES, CURRENCIES
 from kestrel.pan import ascii_pan_like
 from pipelines.stream import columnar, records
 from pipelines.stream.event_time import exact_times_us
@@ -40,13 +50,25 @@ from pipelines.stream.event_time import exact_times_us
 # bytes.translate deletes an identifier's characters, so a column of valid identifiers
 # joined by NUL translates to its NULs (kestrel.events.Identifier also strips whitespace: a
 # padded one takes the per-record path)
-_ID_CHARS = records.ID_ALPHABET.encode()
-_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]  # characters: _valid
+_ID_CHARS = ID_ALPHABET.encode()
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=ID_MAX_LENGTH)]  # chars: _valid
 
 
-class _Record(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """The contract (kestrel.events.TransactionEvent) as far as msgspec checks it while
-    parsing, never looser (a JSON integer amount is a float here, as in pydantic)."""
+def _bounds(name: str) -> msgspec.Meta:
+    bounds: dict[str, Any] = FIELDS[name].bounds()
+    return msgspec.Meta(**bounds)
+
+
+_MCC_LENGTH = msgspec.Meta(min_length=MCC_LENGTH, max_length=MCC_LENGTH)
+
+
+def _one_of(name: str) -> Any:
+    return Literal[tuple(sorted(FIELDS[name].allowed()))]
+
+
+class Record(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A `transactions` record as far as msgspec checks the contract (kestrel.contract)
+    while parsing, never looser (a JSON integer amount is a float here, as in pydantic)."""
 
     txn_id: _Id
     event_time: str  # its form and date: event_time.exact_times_us
@@ -54,18 +76,18 @@ class _Record(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     account_id: _Id
     card_id: _Id
     terminal_id: _Id
-    mcc: Annotated[str, msgspec.Meta(min_length=4, max_length=4)]  # digits: _valid
-    amount: Annotated[float, msgspec.Meta(gt=0, le=MAX_AMOUNT)]
-    currency: Literal[tuple(sorted(CURRENCIES))]  # type: ignore[valid-type]
-    country: Literal[tuple(sorted(COUNTRIES))]  # type: ignore[valid-type]
-    lat: Annotated[float, msgspec.Meta(ge=-90, le=90)]
-    lon: Annotated[float, msgspec.Meta(ge=-180, le=180)]
-    channel: Literal["pos", "ecom", "atm"]
+    mcc: Annotated[str, _MCC_LENGTH]  # its digits: _valid
+    amount: Annotated[float, _bounds("amount")]
+    currency: _one_of("currency")  # type: ignore[valid-type]
+    country: _one_of("country")  # type: ignore[valid-type]
+    lat: Annotated[float, _bounds("lat")]
+    lon: Annotated[float, _bounds("lon")]
+    channel: Channel
     device_id: _Id | None = None
-    schema_version: Literal[1] = 1
+    schema_version: SchemaVersion = SCHEMA_VERSION
 
 
-_DECODER = msgspec.json.Decoder(_Record)
+_DECODER = msgspec.json.Decoder(Record)
 
 
 @dataclass
@@ -92,12 +114,15 @@ class TxnColumns:
     slow: int = 0  # records that took the per-record path
 
 
-_COLUMNS = ("txn_id", "customer_id", "card_id", "terminal_id", "mcc", "amount", "country",
-            "lat", "lon", "currency", "channel")
-_IDS = ("txn_id", "customer_id", "account_id", "card_id", "terminal_id")
+COLUMNS = ("txn_id", "customer_id", "card_id", "terminal_id", "mcc", "amount", "country",
+           "lat", "lon", "currency", "channel")
+"""The :class:`TxnColumns` columns copied from each record's fields (``time_us`` and
+``event_time`` are read from its time)."""
+_IDS = tuple(name for name in IDENTIFIERS if FIELDS[name].required)
+_OPTIONAL_IDS = tuple(name for name in IDENTIFIERS if not FIELDS[name].required)
 
 
-def parse(values: Sequence[bytes | None]) -> list[_Record | None]:
+def parse(values: Sequence[bytes | None]) -> list[Record | None]:
     """Each record parsed and checked as far as msgspec does it (None: it is not; it takes
     the per-record path in decode_batch). The intake parses each record once, as it arrives,
     and reads the event times it orders by from what this returns."""
@@ -106,7 +131,7 @@ def parse(values: Sequence[bytes | None]) -> list[_Record | None]:
         return [decode(value or b"") for value in values]
     except msgspec.DecodeError:  # a ValidationError too
         pass
-    parsed: list[_Record | None] = []
+    parsed: list[Record | None] = []
     for value in values:
         try:
             parsed.append(decode(value or b""))
@@ -126,7 +151,7 @@ class Parsed:
     parse, or is of another topic) and its event time in µs when exactly in the stream's
     form (event_time.exact_times_us), else NOT_EXACT."""
 
-    rows: list[_Record | None]
+    rows: list[Record | None]
     exact_us: np.ndarray
 
     @classmethod
@@ -179,7 +204,7 @@ def decode_batch(values: list[bytes | None], parsed: Parsed | None = None) -> Tx
         pos = [i for i, row in enumerate(parsed.rows) if row is not None]  # their positions
         rows = [row for row in parsed.rows if row is not None]
     else:
-        pos, rows = list(range(n)), cast(list[_Record], parsed.rows)
+        pos, rows = list(range(n)), cast(list[Record], parsed.rows)
     cols = _columns(rows)
     ok = _valid(rows, cols)
     us = parsed.exact_us[pos] if loose else parsed.exact_us
@@ -208,15 +233,15 @@ def decode_batch(values: list[bytes | None], parsed: Parsed | None = None) -> Tx
             out.errors[i] = exc
             continue
         out.slow += 1
-        for name in _COLUMNS:
+        for name in COLUMNS:
             getattr(out, name)[i] = getattr(txn, name)
         out.time_us[i] = txn.time_us
         out.event_time[i] = records.iso(txn.time_us)
     return out
 
 
-def _columns(rows: list[_Record]) -> dict[str, list[Any]]:
-    """_COLUMNS and event_time as lists (spelled out: twice as fast as getattr by name)."""
+def _columns(rows: list[Record]) -> dict[str, list[Any]]:
+    """COLUMNS and event_time as lists (spelled out: twice as fast as getattr by name)."""
     return {"txn_id": [r.txn_id for r in rows], "customer_id": [r.customer_id for r in rows],
             "card_id": [r.card_id for r in rows], "terminal_id": [r.terminal_id for r in rows],
             "mcc": [r.mcc for r in rows], "amount": [r.amount for r in rows],
@@ -225,17 +250,18 @@ def _columns(rows: list[_Record]) -> dict[str, list[Any]]:
             "channel": [r.channel for r in rows], "event_time": [r.event_time for r in rows]}
 
 
-def _valid(rows: list[_Record], cols: dict[str, list[Any]]) -> np.ndarray:
+def _valid(rows: list[Record], cols: dict[str, list[Any]]) -> np.ndarray:
     """Per row: its identifiers' characters and its MCC's digits pass records._quick's
     checks (their lengths were checked while parsing), and no identifier is PAN-like
     (kestrel.pan). Each column is checked at once, joined; only a column that fails is
     checked value by value, to find the rows."""
     ok = np.ones(len(rows), dtype=bool)
     for name in _IDS:
-        _check_ids(cols[name] if name in cols else [r.account_id for r in rows], ok)
-    devices = [r.device_id for r in rows]
-    if any(devices):
-        _check_ids([d or "_" for d in devices], ok)  # none (null) is valid
+        _check_ids(cols[name] if name in cols else list(map(attrgetter(name), rows)), ok)
+    for name in _OPTIONAL_IDS:
+        values = list(map(attrgetter(name), rows))
+        if any(values):
+            _check_ids([v or "_" for v in values], ok)  # none (null) is valid
     _check(cols["mcc"], _digits, ok)
     return ok
 

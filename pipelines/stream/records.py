@@ -1,11 +1,13 @@
-"""Fast decoding of `transactions` records for the stream's hot path.
+"""Decoding one `transactions` record: the stream's per-record path.
 
-Pydantic validation costs more than everything else the stream does with an event, so valid
-records take a hand-written check of the same contract (kestrel.events.TransactionEvent), and
-only a record that fails it goes through pydantic — to get the field errors for the DLQ, or
-to accept it if the quick check was stricter than the contract (e.g. an integer amount). A
-PAN-like identifier (kestrel.pan) fails the quick check, so pydantic refuses it with its
-reason. Event times are checked against kestrel.events.TimeBounds by the processor.
+Valid records take a hand-written check of the contract (kestrel.contract, whose field set,
+bounds, alphabet and allowed values it reads), because pydantic validation costs more than
+everything else the stream does with an event; only a record that fails it goes through
+pydantic (kestrel.events) — to get the field errors for the DLQ, or to accept it if the quick
+check was stricter than the contract (e.g. an integer amount). A PAN-like identifier
+(kestrel.pan) fails the quick check, so pydantic refuses it with its reason. Event times are
+checked against kestrel.events.TimeBounds by the processor. tests/kestrel/test_contract.py
+holds this check to the contract.
 """
 
 from __future__ import annotations
@@ -16,20 +18,29 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
+from kestrel.contract import (
+    ALLOWED,
+    FIELDS,
+    ID_ALPHABET,
+    ID_CLASS,
+    ID_MAX_LENGTH,
+    MCC_LENGTH,
+    REQUIRED,
+    SCHEMA_VERSION,
+)
 from kestrel.errors import EventValidationError, FieldError
-from kestrel.events import MAX_AMOUNT, decode_transaction
-from kestrel.iso import COUNTRIES, CURRENCIES
+from kestrel.events import SUPPORTED_SCHEMA_VERSIONS, decode_transaction
 from kestrel.pan import ascii_pan_like
 
-_REQUIRED = frozenset({"txn_id", "event_time", "customer_id", "account_id", "card_id",
-                       "terminal_id", "mcc", "amount", "currency", "country", "lat", "lon",
-                       "channel"})
-_ALLOWED = _REQUIRED | {"schema_version", "device_id"}
-_CHANNELS = frozenset({"pos", "ecom", "atm"})
-_IDS = re.compile(r"(?:[A-Za-z0-9_.:\-]{1,64}\x00){4}[A-Za-z0-9_.:\-]{1,64}")
-ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-"
-"""An identifier's characters (kestrel.events.Identifier's pattern)."""
+_ID = f"{ID_CLASS}{{1,{ID_MAX_LENGTH}}}"
+_IDS = re.compile(f"(?:{_ID}\x00){{4}}{_ID}")  # the five required ids, joined by NUL
 _ID_CHARS = frozenset(ID_ALPHABET)
+_AMOUNT_GT, _AMOUNT_LE = FIELDS["amount"].bound("gt"), FIELDS["amount"].bound("le")
+_LAT_GE, _LAT_LE = FIELDS["lat"].bound("ge"), FIELDS["lat"].bound("le")
+_LON_GE, _LON_LE = FIELDS["lon"].bound("ge"), FIELDS["lon"].bound("le")
+_COUNTRIES = FIELDS["country"].allowed()
+_CURRENCIES = FIELDS["currency"].allowed()
+_CHANNELS = FIELDS["channel"].allowed()
 
 
 @dataclass(slots=True, frozen=True)
@@ -52,25 +63,30 @@ class Txn:
 
 def is_identifier(v: object) -> bool:
     """``v`` has an identifier's type, length and characters (PAN-like or not)."""
-    return isinstance(v, str) and 0 < len(v) <= 64 and _ID_CHARS.issuperset(v)
+    return isinstance(v, str) and 0 < len(v) <= ID_MAX_LENGTH and _ID_CHARS.issuperset(v)
 
 
 def _quick(obj: dict[str, object]) -> Txn | None:
     keys = obj.keys()
-    if not (keys >= _REQUIRED and keys <= _ALLOWED):
+    if not (keys >= REQUIRED and keys <= ALLOWED):
         return None
-    if obj.get("schema_version", 1) != 1:
+    version = obj.get("schema_version", SCHEMA_VERSION)
+    if type(version) is not int or version not in SUPPORTED_SCHEMA_VERSIONS:
         return None
     amount, lat, lon = obj["amount"], obj["lat"], obj["lon"]
-    if type(amount) is not float or not 0 < amount <= MAX_AMOUNT:
+    if type(amount) is not float or not _AMOUNT_GT < amount <= _AMOUNT_LE:
         return None
-    if type(lat) is not float or not -90 <= lat <= 90 or type(lon) is not float \
-            or not -180 <= lon <= 180:
+    if type(lat) is not float or not _LAT_GE <= lat <= _LAT_LE \
+            or type(lon) is not float or not _LON_GE <= lon <= _LON_LE:
         return None
     mcc, country, currency = obj["mcc"], obj["country"], obj["currency"]
-    if not (isinstance(mcc, str) and len(mcc) == 4 and mcc.isascii() and mcc.isdigit()):
+    if not (isinstance(mcc, str) and len(mcc) == MCC_LENGTH and mcc.isascii()
+            and mcc.isdigit()):
         return None
-    if country not in COUNTRIES or currency not in CURRENCIES or obj["channel"] not in _CHANNELS:
+    channel = obj["channel"]  # a list or an object is unhashable: the set lookups need str
+    if not (type(country) is str and type(currency) is str and type(channel) is str):
+        return None
+    if country not in _COUNTRIES or currency not in _CURRENCIES or channel not in _CHANNELS:
         return None
     try:  # the five ids in one regex match (NUL is not an id character)
         ids = "\x00".join((obj["txn_id"], obj["customer_id"], obj["account_id"],  # type: ignore[arg-type]
@@ -101,7 +117,7 @@ def _quick(obj: dict[str, object]) -> Txn | None:
     return Txn(obj["txn_id"], time_us, obj["customer_id"],  # type: ignore[arg-type]
                obj["card_id"],  # type: ignore[arg-type]
                obj["terminal_id"], mcc, amount, country, lat, lon,  # type: ignore[arg-type]
-               currency, obj["channel"])
+               currency, channel)
 
 
 def micros(t: datetime) -> int:

@@ -14,7 +14,7 @@ from pipelines.stream import batch_decode, records
 from pipelines.stream.batch_decode import TxnColumns
 from tests.pipelines.events_factory import make_event
 
-FIELDS = (*batch_decode._COLUMNS, "time_us", "event_time")
+FIELDS = (*batch_decode.COLUMNS, "time_us", "event_time")
 
 
 def _values(n: int, seed: int) -> list[bytes | None]:
@@ -58,7 +58,7 @@ def _reference(values: list[bytes | None]) -> dict[int, Any]:
         except EventValidationError as exc:
             out[i] = str(exc)
             continue
-        row = {name: getattr(txn, name) for name in batch_decode._COLUMNS}
+        row = {name: getattr(txn, name) for name in batch_decode.COLUMNS}
         out[i] = {**row, "time_us": txn.time_us, "event_time": records.iso(txn.time_us)}
     return out
 
@@ -179,7 +179,7 @@ def test_random_identifiers_are_refused_by_the_batch_exactly_when_by_the_contrac
 def test_the_column_check_finds_the_one_record_among_many() -> None:
     """The PAN check runs per column joined: one planted PAN-like id among 2,000 valid
     records refuses that record only, wherever it sits, and a run never spans two ids."""
-    values = [orjson.dumps(make_event(i)) for i in range(2000)]
+    values: list[bytes | None] = [orjson.dumps(make_event(i)) for i in range(2000)]
     values[1234] = orjson.dumps({**make_event(1234), "terminal_id": "T4111-1111-1111"})
     # the end of one id and the start of the next make 12 digits: not a PAN-like id
     values[5] = orjson.dumps({**make_event(5), "customer_id": "C-411111"})
