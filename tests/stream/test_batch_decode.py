@@ -105,6 +105,7 @@ def _edge_values() -> list[bytes | None]:
         one(31) + one(32),  # two objects in one record
         one(33)[:-1] + b',"txn_id":"tx-dup"}',  # a duplicate key: the last one counts
         one(34)[:-1] + b',"extra":{"nested":1}}',
+        one(35, currency=["EUR"]), one(36, channel={"pos": 1}), one(37, schema_version=[]),
         b"[]", b"null", b"1e400", b'{"amount":1e400}', b"", None, good,
     ]
 
@@ -117,6 +118,7 @@ def test_records_at_the_edges_of_the_contract_decode_as_one_by_one() -> None:
     assert {0, 1, 2, 6, 7, 10, 12, 14, 30, 32} <= decoded  # valid, whichever path took them
     assert cols.txn_id[32] == "tx-dup" and cols.amount[1] == 5.0
     assert 19 in cols.errors  # Arabic-Indic digits are digits to str.isdigit, not to the contract
+    assert {35, 36, 37} <= set(cols.errors)  # unhashable values are field errors, no crash
 
 
 PAN_FORMS = ["4111111111111111", "4111-1111-1111-1111", "4111 1111 1111 1111",
