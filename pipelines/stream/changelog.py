@@ -106,9 +106,8 @@ def recorded_fields(snap: dict[str, Any] | None, kind: str) -> tuple[int, ...] |
 
 class Entries:
     """One partition's changelog entries of a batch, kept and encoded as columns (one per
-    field of an entry): a batch of 20,000 events as one tuple each cost ~0.6 µs per event to
-    build, and its floats more to encode one by one; numpy columns are encoded by orjson
-    directly (object columns as lists)."""
+    field of an entry): cheaper to build than one tuple per event, and numpy columns are
+    encoded by orjson directly (object columns as lists)."""
 
     def __init__(self) -> None:
         self._blocks: list[Sequence[Column]] = []

@@ -21,10 +21,8 @@ Floats: the stream's two stores are bit-identical (compared within 1e-9), but th
 which Spark adds a frame's values is Spark's to choose, and ``avg`` is its own code, not the
 stream's left-to-right sum divided by the count; so numbers here agree within
 :data:`SPARK_TOLERANCE` (1e-6 absolute: sums are rounded to cents on both sides, means are
-not, and a reordered sum of a day's amounts differs by ~1e-12). The difference observed so
-far is 0.0 for every feature — in the runs docs/parity.md records Spark added in the same
-order — so ``max |diff|`` above zero is the first sign of a change there, and above 1e-6 a
-mismatch.
+not, and a reordered sum of a day's amounts differs by about 1e-12). ``max |diff|`` above
+zero is the first sign that Spark's order of addition changed, and above 1e-6 a mismatch.
 """
 
 from __future__ import annotations
