@@ -1,4 +1,5 @@
-"""Operator metrics of the stream processor: Prometheus, plus a summary in Redis.
+"""Operator metrics of the stream processor: its run's counters (StreamStats), Prometheus,
+plus a summary in Redis.
 
 Prometheus (``/metrics`` on ``KESTREL_STREAM_METRICS_PORT``): events by outcome, alerts by
 rule, online rows written, batches, the freshness histogram (event produced → its features
@@ -21,8 +22,9 @@ import logging
 import os
 import socket
 import time
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,6 +37,36 @@ from prometheus_client.registry import Collector
 from kestrel.features.event import Entity
 
 log = logging.getLogger("kestrel.stream")
+
+
+@dataclass
+class StreamStats:
+    """One run's counters; every collaborator of the processor counts into the same one."""
+
+    applied: int = 0
+    duplicates: int = 0
+    late: int = 0
+    invalid: int = 0
+    alerts: int = 0
+    terminal_applied: int = 0
+    late_for_entity: int = 0
+    expired: int = 0  # entities dropped from the state (EntityArrays.expire)
+    rebuilt: int = 0  # events a restore loaded from the lake for a longer span (rebuild.py)
+    batches: int = 0
+    started: float = field(default_factory=time.monotonic)
+    first_record_at: float | None = None
+    last_commit_at: float | None = None
+    freshness_ms: list[float] = field(default_factory=list)
+    stage_ms: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+    def counts(self) -> dict[str, int]:
+        """The events by outcome so far (a batch's outcomes are the difference)."""
+        return {"applied": self.applied, "duplicate": self.duplicates, "late": self.late,
+                "invalid": self.invalid}
 FRESHNESS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SUMMARY_TTL_S = 60
 

@@ -1,7 +1,7 @@
 """`kestrel parity --days N`: does training see exactly what the online store was given?
 
 Replays N simulated days through the real stream processor, run as `kestrel stream` runs it
-(the array path, entity_arrays.py; on a private broker and Redis, so the project's own
+(the array path, pipelines/stream/arrays/; on a private broker and Redis, so the project's own
 stores are untouched), with an online sink that writes to Redis through the production
 OnlineWriter and records every row it is handed (:class:`RecordingSink`). The events are
 produced at a steady rate while the stream runs (``run_parity``'s ``rate``), so that most
@@ -124,7 +124,7 @@ def _micros(t: datetime | int) -> int:
 
 
 class RecordingSink:
-    """An OnlineSink (pipelines/stream/processor.py) that delegates every write to an
+    """An OnlineSink (pipelines/stream/checkpoint.py) that delegates every write to an
     OnlineWriter and records the rows: per (view, key, event time µs) the last version
     written (``rows``), and per (view, key) the last row written, time and features
     (``last``: with ``dedup=False`` what Redis ends up holding). Recorded when queued on the
@@ -235,12 +235,9 @@ def _drain(processor: StreamProcessor, worker: threading.Thread,
            quiet_s: float = QUIET_SECONDS) -> None:
     """Wait for the stream to finish the replay: it stops by itself once idle (2 s without a
     record), or, once it has applied nothing for ``quiet_s``, is asked to stop — its last
-    flush takes every record it still holds. Needed because at the end of a live replay
-    ``_select`` can hold a few records forever, and a buffer that is never empty never
-    counts as idle: a partition whose end-of-partition event came in the same poll as its
-    last records is struck off ``_at_end`` by that batch and, with nothing buffered, caps
-    the others at its stream time plus MAX_PARTITION_SKEW_US (seen: 6 of 2,289 events
-    held in 4 partitions, the loop never ending)."""
+    flush takes every record it still holds. A safeguard: should the intake (Intake.select)
+    hold a few records at the end of a live replay, a buffer that is never empty never
+    counts as idle and the loop would not end by itself."""
     last, since = -1, time.monotonic()
     while worker.is_alive():
         worker.join(0.5)

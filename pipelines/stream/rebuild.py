@@ -1,7 +1,7 @@
 """Rebuild the part of a restored state that a longer window needs, from the lake.
 
 The stream keeps, per entity type and partition, the events within ``kept_us`` (the longest
-window plus the slack) of the table's clock (entity_arrays.py) and snapshots only those. A
+window plus the slack) of the table's clock (arrays/entity_arrays.py) and snapshots only those. A
 data scientist who declares a feature with a longer window than any before (7 days where
 the horizon was 24 h) restarts the stream on a state that holds 24 h: without this module
 the new feature would be silently too small until 7 days of stream time had passed.
@@ -50,7 +50,7 @@ from kestrel.errors import LakeError
 from kestrel.features.event import Entity, Event
 from kestrel.lake import list_partitions, read_table
 from pipelines.stream import changelog
-from pipelines.stream.entity_arrays import EntityArrays, SnapshotFieldsChanged
+from pipelines.stream.arrays.entity_arrays import EntityArrays, SnapshotFieldsChanged
 from pipelines.stream.state import EventLog
 
 log = logging.getLogger("kestrel.stream")

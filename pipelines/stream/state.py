@@ -4,7 +4,7 @@ An EventLog keeps an entity's events of its longest window plus the allowed late
 by event time (an out-of-order event is inserted in place); WindowSet computes the declared
 features (kestrel/features/definitions.py) as of an event — kestrel.windows explains why the
 latest — with each aggregation's reference implementation (kestrel/features/aggregations).
-The processor holds its state as arrays per partition (entity_arrays.py, which must give the
+The processor holds its state as arrays per partition (arrays/entity_arrays.py, which must give the
 same rows: its tests compare the two) and checks entities out as EventLogs for work event by
 event: cards that may raise an alert, replaying a changelog.
 """

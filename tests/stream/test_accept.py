@@ -1,7 +1,7 @@
-"""The stream's sequential checks for a whole batch (StreamProcessor._accept): lateness
-against each partition's stream time, duplicates, event times the processor refuses. The
-array path must decide exactly as the record-by-record reference (_accept_in_order), and
-hand a batch with a duplicate to it.
+"""The stream's sequential checks for a whole batch (Gate.accept): lateness against each
+partition's stream time, duplicates, event times the processor refuses. The array path must
+decide exactly as the record-by-record reference (Gate.accept_in_order), and hand a batch
+with a duplicate to it.
 
 No broker is needed: records are built with confluent_kafka's Message constructor; what the
 checks send to `transactions.late` and `transactions.dlq` is recorded by a stand-in for the
@@ -17,9 +17,12 @@ from confluent_kafka import Message
 
 from kestrel.settings import Settings
 from kestrel.topics import TRANSACTIONS, TRANSACTIONS_DLQ, TRANSACTIONS_LATE
-from pipelines.features.online_writer import OnlineWriter
 from pipelines.stream import batch_decode, records
-from pipelines.stream.processor import StreamProcessor
+from pipelines.stream.arrays.entity_arrays import EntityArrays
+from pipelines.stream.event_time import TimeLimits
+from pipelines.stream.gate import Gate
+from pipelines.stream.metrics import StreamStats
+from pipelines.stream.state import WindowSet
 from tests.pipelines.events_factory import make_event
 
 T0 = 1_522_540_800_000_000  # 2018-04-01T00:00:00Z
@@ -63,29 +66,32 @@ def _batch(rng: random.Random, n: int, duplicates: bool) -> list[Message]:
     return out
 
 
-def _processor(settings: Settings, held: dict[int, list[str]]) -> StreamProcessor:
-    proc = StreamProcessor(settings, OnlineWriter(settings, dedup=False))
-    proc.stream_time = {0: T0, 1: T0 + 3 * MINUTE_US}  # partition 2: none yet
+def _gate(settings: Settings, held: dict[int, list[str]]) -> Gate:
+    """Partitions 0 and 1 with a stream time (2: none yet); ``held``: the txn_ids of each
+    partition's customer state."""
+    customers = {}
     for part, ids in held.items():
-        proc._table("customer", part).ids.update(ids)
-    return proc
+        table = customers[part] = EntityArrays(WindowSet("customer"), 0, 0, keep_ids=True)
+        table.ids.update(ids)
+    return Gate(settings, "g", {0: T0, 1: T0 + 3 * MINUTE_US}, customers, StreamStats(),
+                TimeLimits(settings))
 
 
 def _run(settings: Settings, txns: list[Message], held: dict[int, list[str]],
          in_order: bool, handed: list[int] | None = None) -> tuple[Any, ...]:
     """``handed`` gets a 1 each time the array path hands the batch to the reference."""
-    proc = _processor(settings, held)
+    proc = _gate(settings, held)
     if handed is not None:
-        reference = proc._accept_in_order
+        reference = proc.accept_in_order
 
         def counted(*args: Any) -> Any:
             handed.append(1)
             return reference(*args)
 
-        proc._accept_in_order = counted  # type: ignore[method-assign]
+        proc.accept_in_order = counted  # type: ignore[method-assign, assignment]
     sent = _Sent()
     cols = batch_decode.decode_batch([m.value() for m in txns])
-    check = proc._accept_in_order if in_order else proc._accept
+    check = proc.accept_in_order if in_order else proc.accept
     accepted, parts = check(txns, cols, sent)  # type: ignore[arg-type]
     return (accepted, parts, proc.stream_time, proc.stats.late, proc.stats.duplicates,
             proc.stats.invalid, sent.records)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from kestrel.windows import Entity
-from pipelines.stream.entity_arrays import Applied, EntityArrays
+from pipelines.stream.arrays.entity_arrays import Applied, EntityArrays
 from pipelines.stream.state import AMOUNT, LAT, LON, WindowSet
 
 MINUTE = 60 * 1_000_000

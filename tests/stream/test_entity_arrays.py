@@ -13,8 +13,8 @@ import pytest
 
 from kestrel.features import registered
 from kestrel.windows import Entity
-from pipelines.stream import sort_key
-from pipelines.stream.entity_arrays import Applied, EntityArrays
+from pipelines.stream.arrays import sort_key
+from pipelines.stream.arrays.entity_arrays import Applied, EntityArrays
 from pipelines.stream.state import (
     AMOUNT,
     COUNTRY,

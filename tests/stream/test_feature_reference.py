@@ -1,7 +1,7 @@
 """Every defined stream feature, as `kestrel stream` computes it, against the pandas reference.
 
 The reference (tests/stream/feature_reference.py) is written from the definitions alone; the
-stream runs as in production (the array path, entity_arrays.py). The test iterates the
+stream runs as in production (the array path, pipelines/stream/arrays/). The test iterates the
 definitions rather than naming features, so a feature added to the spec is checked here
 without touching this file — or fails loudly if the reference cannot compute it yet.
 """
@@ -141,7 +141,7 @@ def test_every_stream_feature_matches_the_reference(stream_settings: Settings) -
     sent = stream_to_kafka(config, stream_settings, CardTokenizer(TEST_SECRET.encode()).token,
                            with_labels=False)
     proc = run_stream(stream_settings)
-    assert proc.columnar  # the path `kestrel stream` runs
+    assert proc.apply_path == "arrays"  # the path `kestrel stream` runs
     assert proc.stats.applied == sent.transactions > 1000
     events = prepare(simulated(config))
     failures: list[str] = []

@@ -1,4 +1,5 @@
-"""How the stream processor picks a batch from the records it has buffered (_select).
+"""How the stream's intake picks a batch from the records it has buffered (Intake.select),
+and when it counts a partition at its end or the batch full.
 
 No broker is needed: the intake only reads the records' partitions and event times, so the
 records are built with confluent_kafka's Message constructor.
@@ -18,10 +19,10 @@ from confluent_kafka import Message
 
 from kestrel.settings import Settings
 from kestrel.topics import TRANSACTIONS
-from pipelines.features.online_writer import OnlineWriter
-from pipelines.stream import batch_decode, columnar, processor, records
-from pipelines.stream.event_time import event_time_keys, event_times_us
-from pipelines.stream.processor import MAX_PARTITION_SKEW_US, StreamProcessor
+from pipelines.stream import batch_decode, columnar, intake, records
+from pipelines.stream.event_time import TimeLimits, event_time_keys, event_times_us
+from pipelines.stream.intake import Intake, intake_columns
+from pipelines.stream.processor import MAX_PARTITION_SKEW_US
 from tests.pipelines.events_factory import make_event
 from tests.stream.test_batch_decode import _values
 
@@ -34,48 +35,61 @@ def _record(part: int, offset: int, time_us: int) -> Message:
     return Message(topic=TRANSACTIONS, partition=part, offset=offset, value=value)
 
 
-def _processor(settings: Settings) -> StreamProcessor:
-    proc = StreamProcessor(settings.model_copy(update={"stream_batch_records": 20_000}),
-                           OnlineWriter(settings, dedup=False))
-    proc._owned = {0, 1}
-    proc.stream_time = {0: T0, 1: T0}
+def _intake(settings: Settings) -> Intake:
+    """Owning partitions 0 and 1, both at T0."""
+    proc = Intake(settings.model_copy(update={"stream_batch_records": 20_000}),
+                  {0: T0, 1: T0}, TimeLimits(settings))
+    proc.assign({0, 1})
     return proc
+
+
+class _Fetching:
+    """Stands in for the consumer's pause and resume: which partitions it fetches."""
+
+    def __init__(self) -> None:
+        self.paused: set[int] = set()
+
+    def pause(self, parts: list[Any]) -> None:
+        self.paused |= {tp.partition for tp in parts}
+
+    def resume(self, parts: list[Any]) -> None:
+        self.paused -= {tp.partition for tp in parts}
 
 
 def test_a_partition_alone_in_the_buffer_cannot_run_ahead_of_one_being_fetched(
         settings: Settings) -> None:
     """Partition 1 has 300 hours of records buffered, partition 0 none yet (it is being
     fetched): only partition 1's records within MAX_PARTITION_SKEW_US of partition 0's
-    stream time go in this batch, although all of them fit in partition 1's share. (They
-    used to all go: partitions ran ~190 h apart on a backlog, and terminal updates from
-    the ones behind were dropped as later than the terminal reorder slack.)"""
-    proc = _processor(settings)
+    stream time go in this batch, although all of them fit in partition 1's share
+    (otherwise partitions run far apart on a backlog, and terminal updates from the ones
+    behind come later than the terminal reorder slack)."""
+    proc = _intake(settings)
     buffer = [_record(1, i, T0 + i * HOUR_US) for i in range(300)]
-    take, hold = proc._select(buffer)
+    take, hold = proc.select(buffer)
     assert [m.offset() for m in take] == [0, 1]  # T0 and T0 + 1 h
     assert len(take) + len(hold) == 300 and hold[0].offset() == 2
     assert MAX_PARTITION_SKEW_US == HOUR_US
     # partition 0 delivers: the ceiling follows its newest buffered record
     later = [_record(0, i, T0 + 50 * HOUR_US + i) for i in range(3)]
-    take, hold = proc._select(hold + later)
+    take, hold = proc.select(hold + later)
     assert sorted(m.offset() for m in take if m.partition() == 1) == list(range(2, 52))
     assert [m.offset() for m in take if m.partition() == 0] == [0, 1, 2]
 
 
 def test_a_paused_partition_with_nothing_buffered_does_not_hold_the_others(
         settings: Settings) -> None:
-    """A partition _pace paused as ahead delivers nothing until the others catch up, so it
-    must not cap them, or neither would ever move; paused but behind (_pace resumes it), it
+    """A partition pace paused as ahead delivers nothing until the others catch up, so it
+    must not cap them, or neither would ever move; paused but behind (pace resumes it), it
     still caps them."""
-    proc = _processor(settings)
-    proc._paused = {0}
+    proc = _intake(settings)
+    proc.paused = {0}
     buffer = [_record(1, i, T0 + i * HOUR_US) for i in range(300)]
-    take, hold = proc._select(buffer)
+    take, hold = proc.select(buffer)
     assert len(take) == 2 and len(hold) == 298  # partition 0 is at T0 too: it will deliver
-    proc = _processor(settings)
-    proc._paused = {0}
+    proc = _intake(settings)
+    proc.paused = {0}
     proc.stream_time[0] = T0 + 10 * HOUR_US  # ahead of partition 1
-    take, hold = proc._select(buffer)
+    take, hold = proc.select(buffer)
     assert len(take) == 300 and hold == []
 
 
@@ -83,14 +97,14 @@ def test_waiting_records_are_rescanned_only_when_something_changed(settings: Set
     """While every buffered record waits for a partition behind, the consumer loop flushes at
     each poll (the buffer is over the batch size): the answer is reused until a record, an
     end of partition or a pause could change it."""
-    proc = _processor(settings)
+    proc = _intake(settings)
     buffer = [_record(1, i, T0 + (2 + i) * HOUR_US) for i in range(300)]
-    take, hold = proc._select(buffer)
+    take, hold = proc.select(buffer)
     assert take == [] and len(hold) == 300
     proc.stream_time[0] = T0 + 400 * HOUR_US  # not a signal: still the same answer
-    assert proc._select(hold) == ([], hold)
-    proc._on_eof(Message(topic=TRANSACTIONS, partition=0, offset=0))  # partition 0 ended
-    take, hold = proc._select(hold)
+    assert proc.select(hold) == ([], hold)
+    proc.on_eof(Message(topic=TRANSACTIONS, partition=0, offset=0))  # partition 0 ended
+    take, hold = proc.select(hold)
     assert len(take) == 300 and hold == []
 
 
@@ -101,16 +115,16 @@ def test_a_partition_stays_at_its_end_until_a_record_past_that_end_arrives(
     still buffered) are no new data: partition 0, at its end with nothing buffered, does not
     cap partition 1 at its stream time plus MAX_PARTITION_SKEW_US. A record at that offset
     is new data: partition 0 is live again and caps partition 1 once more."""
-    proc = _processor(settings)
-    proc._on_eof(Message(topic=TRANSACTIONS, partition=0, offset=3))
-    proc._count([_record(0, 2, T0)], cast(Any, None))
-    assert proc._at_end == {0}
+    proc = _intake(settings)
+    proc.on_eof(Message(topic=TRANSACTIONS, partition=0, offset=3))
+    proc.count([_record(0, 2, T0)], cast(Any, None))
+    assert proc.at_end == {0}
     later = [_record(1, i, T0 + i * HOUR_US) for i in range(5)]
-    take, hold = proc._select(later)
+    take, hold = proc.select(later)
     assert len(take) == 5 and hold == []
-    proc._count([_record(0, 3, T0)], cast(Any, None))
-    assert proc._at_end == set()
-    take, hold = proc._select(later)
+    proc.count([_record(0, 3, T0)], cast(Any, None))
+    assert proc.at_end == set()
+    take, hold = proc.select(later)
     assert [m.offset() for m in take] == [0, 1]
 
 def test_a_live_partition_that_reported_its_end_lets_the_batch_go_without_waiting(
@@ -118,27 +132,51 @@ def test_a_live_partition_that_reported_its_end_lets_the_batch_go_without_waitin
     """Live traffic: a poll brings partition 0's end of partition (offset 3) and, after it,
     records past that end. Partition 0 is live again (it caps the others), but what the
     consumer had of it when it reported its end is buffered: with partition 1 at its end,
-    the batch is full and goes without waiting for the time limit. (Counting only the
-    partitions at their end left nearly every batch of a steady stream to the time limit.)
-    A partition that has not reported its end since its records arrived keeps it waiting."""
-    proc = _processor(settings)
-    assert not proc._batch_full()
-    proc._on_eof(Message(topic=TRANSACTIONS, partition=1, offset=0))
-    proc._on_eof(Message(topic=TRANSACTIONS, partition=0, offset=3))
-    proc._count([_record(0, i, T0 + i) for i in range(3, 6)], cast(Any, None))
-    assert proc._at_end == {1}
-    assert proc._batch_full()
-    fresh = _processor(settings)
-    fresh._on_eof(Message(topic=TRANSACTIONS, partition=1, offset=0))
-    fresh._count([_record(0, i, T0 + i) for i in range(3)], cast(Any, None))
-    assert not fresh._batch_full()
+    the batch is full and goes without waiting for the time limit (counting only the
+    partitions at their end would leave nearly every batch of a steady stream to the time
+    limit). A partition that has not reported its end since its records arrived keeps it waiting."""
+    proc = _intake(settings)
+    assert not proc.batch_full()
+    proc.on_eof(Message(topic=TRANSACTIONS, partition=1, offset=0))
+    proc.on_eof(Message(topic=TRANSACTIONS, partition=0, offset=3))
+    proc.count([_record(0, i, T0 + i) for i in range(3, 6)], cast(Any, None))
+    assert proc.at_end == {1}
+    assert proc.batch_full()
+    fresh = _intake(settings)
+    fresh.on_eof(Message(topic=TRANSACTIONS, partition=1, offset=0))
+    fresh.count([_record(0, i, T0 + i) for i in range(3)], cast(Any, None))
+    assert not fresh.batch_full()
 
 
-def _reference_select(proc: StreamProcessor, buffer: list[Message]
+def test_pace_pauses_a_partition_ahead_and_resumes_it_once_the_others_caught_up(
+        settings: Settings) -> None:
+    """Partition 1 runs more than MAX_PARTITION_SKEW_US ahead of partition 0: pace stops
+    fetching it. Partition 0 moving to within half the skew of it resumes it; a partition at
+    its end no longer holds partition 1 back; a revoked one is forgotten."""
+    proc = _intake(settings)
+    fetching = _Fetching()
+    proc.stream_time[1] = T0 + 2 * HOUR_US
+    proc.pace(cast(Any, fetching))
+    assert proc.paused == fetching.paused == {1}
+    proc.stream_time[0] = T0 + HOUR_US  # 1 h behind: more than half the skew
+    proc.pace(cast(Any, fetching))
+    assert proc.paused == fetching.paused == {1}
+    proc.stream_time[0] = T0 + 90 * 60 * 1_000_000
+    proc.pace(cast(Any, fetching))
+    assert proc.paused == fetching.paused == set()
+    proc.stream_time[1] = T0 + 10 * HOUR_US
+    proc.on_eof(Message(topic=TRANSACTIONS, partition=0, offset=7))
+    proc.pace(cast(Any, fetching))
+    assert proc.paused == fetching.paused == set()  # partition 0 is at its end
+    proc.revoke(0)
+    assert proc.owned == {1} and proc.at_end == set() and not proc.batch_full()
+
+
+def _reference_select(proc: Intake, buffer: list[Message]
                       ) -> tuple[list[Message], list[Message]]:
-    """_select's rules record by record, as its docstring states them (the array version
+    """select's rules record by record, as its docstring states them (the array version
     must decide the same)."""
-    limit, share = proc.settings.stream_batch_records, proc._share()
+    limit, share = proc.batch_records, proc.share()
     times = [records.micros(datetime.fromisoformat(orjson.loads(m.value() or b"{}")
                                                    ["event_time"]))
              if m.topic() == TRANSACTIONS else 0 for m in buffer]
@@ -148,13 +186,13 @@ def _reference_select(proc: StreamProcessor, buffer: list[Message]
             newest[m.partition() or 0] = max(t, newest.get(m.partition() or 0, t))
     if not newest:
         return buffer, []
-    bounds = [t for p, t in newest.items() if p not in proc._at_end]
+    bounds = [t for p, t in newest.items() if p not in proc.at_end]
     cutoff = min(bounds) if bounds else max(newest.values())
     reached = []
-    for p in proc._owned - proc._at_end:
+    for p in proc.owned - proc.at_end:
         if p in newest:
             reached.append(newest[p])
-        elif p not in proc._paused or proc.stream_time.get(p, 0) <= proc._resume_below():
+        elif p not in proc.paused or proc.stream_time.get(p, 0) <= proc.resume_below():
             reached.append(proc.stream_time.get(p, 0))
     ceiling = min(reached) + MAX_PARTITION_SKEW_US if reached else None
     txn_times = sorted(t for m, t in zip(buffer, times, strict=True)
@@ -191,17 +229,17 @@ def test_the_batch_taken_follows_the_rules_record_by_record(
         settings: Settings, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
     """Random buffers (several partitions, records out of order within a partition, many
     at exactly the same time, other topics' records between them, paused and ended
-    partitions): the array version of _select takes exactly what the rules, applied record
+    partitions): the array version of select takes exactly what the rules, applied record
     by record, take."""
     rng = random.Random(seed)
-    monkeypatch.setattr(processor, "PARTITION_SHARE_PER_BATCH", rng.choice([1, 2, 5]))
-    proc = StreamProcessor(settings.model_copy(update={
-        "stream_batch_records": rng.choice([3, 10, 40])}), OnlineWriter(settings, dedup=False))
+    monkeypatch.setattr(intake, "PARTITION_SHARE_PER_BATCH", rng.choice([1, 2, 5]))
     parts = range(rng.randint(1, 4))
-    proc._owned = set(parts) | {rng.randint(0, 4)}
-    proc.stream_time = {p: T0 + rng.randint(0, 3) * HOUR_US for p in proc._owned}
-    proc._paused = {p for p in proc._owned if rng.random() < 0.3}
-    proc._at_end = {p for p in proc._owned if rng.random() < 0.2}
+    owned = set(parts) | {rng.randint(0, 4)}
+    proc = Intake(settings.model_copy(update={"stream_batch_records": rng.choice([3, 10, 40])}),
+                  {p: T0 + rng.randint(0, 3) * HOUR_US for p in owned}, TimeLimits(settings))
+    proc.assign(owned)
+    proc.paused = {p for p in proc.owned if rng.random() < 0.3}
+    proc.at_end = {p for p in proc.owned if rng.random() < 0.2}
     clock = {p: T0 + rng.randint(0, 4) * HOUR_US for p in parts}
     buffer: list[Message] = []
     for i in range(rng.randint(0, 120)):
@@ -215,7 +253,7 @@ def test_the_batch_taken_follows_the_rules_record_by_record(
         buffer.append(_record(p, i, clock[p] - back))
     for _ in range(3):  # what is held back leads the next call (its columns are reused)
         expected = _reference_select(proc, buffer)
-        take, hold = proc._select(buffer)
+        take, hold = proc.select(buffer)
         assert ([m.offset() for m in take], [m.offset() for m in hold]) == (
             [m.offset() for m in expected[0]], [m.offset() for m in expected[1]])
         if not take:
@@ -251,16 +289,16 @@ def test_a_record_dated_in_the_future_does_not_hold_its_partition(settings: Sett
     """Past the processor's clock plus the allowed lateness, an event time counts as
     unreadable: the record is taken at once (to be dead-lettered), not held behind the
     skew ceiling with every later record of its partition."""
-    proc = _processor(settings)
+    proc = _intake(settings)
     future = Message(topic=TRANSACTIONS, partition=1, offset=0, value=orjson.dumps(
         {"txn_id": "t", "event_time": "2099-01-01T00:00:00Z"}))
     buffer = [future, *[_record(1, i, T0 + i) for i in range(1, 4)]]
-    take, hold = proc._select(buffer)
+    take, hold = proc.select(buffer)
     assert [m.offset() for m in take] == [0, 1, 2, 3] and hold == []
 
 
 def test_the_intake_parses_each_record_once_and_orders_by_the_times_in_the_raw_json() -> None:
-    """_intake_columns parses the records (batch_decode.parse) and takes their event times
+    """intake_columns parses the records (batch_decode.parse) and takes their event times
     from that; a record that does not parse, or whose time is not in the stream's form, has
     it read from the raw JSON. The times equal those read from the raw JSON for every
     record (the reference: event_time_keys + event_times_us), records of another topic are
@@ -275,7 +313,7 @@ def test_the_intake_parses_each_record_once_and_orders_by_the_times_in_the_raw_j
     buffer = [Message(topic=TRANSACTIONS if i % 50 else "transactions.by-terminal",
                       partition=i % 4, offset=i, value=v) for i, v in enumerate(values)]
     newest_allowed = T0 + 400 * 24 * HOUR_US
-    parts, times, parsed = processor._intake_columns(buffer, newest_allowed)
+    parts, times, parsed = intake_columns(buffer, newest_allowed)
     other = [m.topic() != TRANSACTIONS for m in buffer]
     expected = event_times_us(event_time_keys([b"" if o else v or b"" for v, o in zip(
         values, other, strict=True)]), newest_allowed)

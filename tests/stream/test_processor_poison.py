@@ -106,8 +106,7 @@ def test_pans_bad_times_and_garbage_are_dead_lettered_never_applied(
     produce_in_order(s, TRANSACTIONS_BY_TERMINAL, forwarded)
 
     proc = StreamProcessor(s, OnlineWriter(s, dedup=False),
-                           capture={} if path == "per_event" else None)
-    assert proc.columnar == (path == "columnar")
+                           apply_path="arrays" if path == "columnar" else "per_event")
     worker = threading.Thread(target=proc.run, kwargs={"idle_seconds": 2.5})
     worker.start()
     worker.join(300)

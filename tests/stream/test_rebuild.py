@@ -137,7 +137,7 @@ def test_a_longer_window_is_rebuilt_from_the_lake(
     events = pa.concat_tables(days[:2]).to_pandas()
     events["t"] = events["event_time"].dt.as_unit("us").astype("int64")
     routed = {"card": "customer_id", "customer": "customer_id", "terminal": "terminal_id"}
-    for entity, tables in restored.tables.items():
+    for entity, tables in restored.partitions.tables.items():
         held_older = 0
         for part, table in tables.items():
             kept = table.kept_us
@@ -237,8 +237,8 @@ def test_a_late_duplicate_of_an_expired_entity_is_not_applied_twice(
     assert first.stats.expired >= 2  # the idle customer and its card
     restarted = StreamProcessor(s, _Sink())
     restarted.restore_partition(TRANSACTIONS, part)
-    assert "C-IDLE" not in restarted.tables["customer"][part].index
-    assert "card-idle" not in restarted.tables["card"][part].index
+    assert "C-IDLE" not in restarted.partitions.tables["customer"][part].index
+    assert "card-idle" not in restarted.partitions.tables["card"][part].index
 
     produce(s, [idle])  # the duplicate, after the entity expired
     second = run_stream(s)

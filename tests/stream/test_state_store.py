@@ -198,8 +198,8 @@ def test_columnar_batches_equal_the_per_event_path(fresh_settings: Settings) -> 
             "redis_url": f"{base}/{db}", "var_dir": fresh_settings.var_dir / f"c{columnar}",
             "stream_batch_records": 700})
         redis.Redis.from_url(s.redis_url).flushdb()
-        proc = StreamProcessor(s, OnlineWriter(s, dedup=False), group_id="g")
-        proc.columnar = columnar
+        proc = StreamProcessor(s, OnlineWriter(s, dedup=False), group_id="g",
+                               apply_path="arrays" if columnar else "per_event")
         worker = threading.Thread(target=proc.run, kwargs={"idle_seconds": 2.5})
         worker.start()
         worker.join(300)

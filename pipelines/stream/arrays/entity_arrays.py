@@ -63,7 +63,7 @@ from kestrel.features.event import (
     Event,
 )
 from kestrel.features.registry import ArrayWindow
-from pipelines.stream.sort_key import SortKey
+from pipelines.stream.arrays.sort_key import SortKey
 from pipelines.stream.state import EventLog, WindowSet
 
 _NO_TIME = np.iinfo(np.int64).min
@@ -95,7 +95,8 @@ class EntityArrays:
                  keep_ids: bool = True) -> None:
         """``keep_ids``: keep the set of txn_ids held (``ids``), for the processor's
         duplicate checks (a customer's partition state; forwarded terminal updates). Cards
-        need none, and a set insert and removal per event cost ~8 % of applying a batch."""
+        need none, and a set insert and removal per event is a noticeable share of applying a
+        batch."""
         self.entity = windows.entity
         # the event fields kept: what the declared features and the alert rules read
         self.fields = tuple(sorted({*windows.reads, *RULE_FIELDS[windows.entity]}))
