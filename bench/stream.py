@@ -34,11 +34,12 @@ from bench.data import simulated_events
 from bench.results import BenchResult, CpuTimes, Metric, steal_pct_since
 from kestrel.kafka import consumer_config
 from kestrel.producer import EventProducer
+from kestrel.resp import RespTransaction
 from kestrel.services import private_services
 from kestrel.settings import Settings
 from kestrel.topics import ALERTS, TRANSACTIONS
 from kestrel.windows import feature_names, stream_view_name
-from pipelines.features.online_writer import OnlineWriter, RespTransaction
+from pipelines.features.online_writer import OnlineWriter
 from pipelines.features.store import apply
 from pipelines.simulator.to_kafka import transaction_records
 from pipelines.stream.processor import StreamProcessor

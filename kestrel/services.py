@@ -207,7 +207,7 @@ def start_http(settings: Settings, timeout: float = 120.0) -> str:
     if http_answers(settings):
         who = f"started by kestrel, pid {ours.pid}" if ours else "not started by kestrel"
         return f"HTTP service already answers at {address} ({who})"
-    rec = _launch(settings, HTTP, [sys.executable, "-m", "kestrel.cli", "serve", "--host",
+    rec = _launch(settings, HTTP, [sys.executable, "-m", "cli", "serve", "--host",
                                    settings.serve_host, "--port", str(settings.serve_port)],
                   address)
     _wait(lambda: http_answers(settings, 0.5), "the HTTP service", rec.log, timeout)

@@ -29,11 +29,7 @@ LAYERS: dict[str, int] = {
 }
 
 # (file, imported module): imports that break the rule for now, each with its reason.
-ALLOWED: dict[tuple[str, str], str] = {
-    # TEMPORARY until integration: `python -m kestrel.cli` for kestrel/services.py and
-    # tests/stream/*, which still launch the command line by its old name
-    ("kestrel/cli.py", "cli.main"): "TEMPORARY until integration",
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)

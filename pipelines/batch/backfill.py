@@ -218,7 +218,8 @@ def fill_online(settings: Settings, features: list[str] | None = None,
     per view."""
     from redis import Redis
 
-    from pipelines.features.online_writer import ViewWriter, encode_double, encode_int64
+    from kestrel.feast_codec import encode_double, encode_int64
+    from pipelines.features.online_writer import ViewWriter
     from pipelines.features.store import feature_store
 
     say = progress or (lambda _line: None)

@@ -53,10 +53,6 @@ from kestrel.feast_codec import (
     timestamp_parts,
     u32,
 )
-
-# TEMPORARY re-exports for pipelines/batch/backfill.py; removed at integration
-from kestrel.feast_codec import encode_double as encode_double  # TEMPORARY re-export
-from kestrel.feast_codec import encode_int64 as encode_int64  # TEMPORARY re-export
 from kestrel.resp import (
     Ragged,
     RespTransaction,
@@ -67,13 +63,6 @@ from kestrel.resp import (
     join_rows,
     ragged,
 )
-
-# TEMPORARY re-exports for pipelines/stream/{recent,checkpoint}.py; removed at integration
-from kestrel.resp import arrow_bulk as arrow_bulk  # TEMPORARY re-export
-from kestrel.resp import arrow_bytes as arrow_bytes  # TEMPORARY re-export
-from kestrel.resp import arrow_decimal as arrow_decimal  # TEMPORARY re-export
-from kestrel.resp import arrow_keys as arrow_keys  # TEMPORARY re-export
-from kestrel.resp import resp_keys_command as resp_keys_command  # TEMPORARY re-export
 from kestrel.settings import Settings
 from pipelines.features.key_ttl import KeyTtlRefresh
 from pipelines.features.store import load_repo, repo_config

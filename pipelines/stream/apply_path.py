@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 from confluent_kafka import Message
 
+from kestrel.producer import EventProducer
 from kestrel.windows import Entity
-from pipelines.ingest import EventProducer
 from pipelines.stream import batch_decode, changelog
 from pipelines.stream.offline_log import ColumnBlock
 

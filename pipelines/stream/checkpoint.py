@@ -33,11 +33,11 @@ import pyarrow as pa
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
+from kestrel.producer import EventProducer
 from kestrel.redis_keys import insight_cache_key
+from kestrel.resp import RespTransaction, resp_keys_command
 from kestrel.settings import Settings
 from kestrel.windows import stream_view_name
-from pipelines.features.online_writer import RespTransaction, resp_keys_command
-from pipelines.ingest import EventProducer
 from pipelines.stream import changelog, recent
 from pipelines.stream.apply_path import BatchOutput
 from pipelines.stream.metrics import StreamMetrics, StreamStats

@@ -15,11 +15,11 @@ from collections.abc import Mapping
 import numpy as np
 from confluent_kafka import Message
 
+from kestrel.dlq import dead_letter
 from kestrel.errors import EventValidationError
+from kestrel.producer import EventProducer
 from kestrel.settings import Settings
 from kestrel.topics import TRANSACTIONS, TRANSACTIONS_DLQ, TRANSACTIONS_LATE
-from pipelines.dlq import dead_letter
-from pipelines.ingest import EventProducer
 from pipelines.stream import batch_decode, records
 from pipelines.stream.arrays.entity_arrays import EntityArrays
 from pipelines.stream.event_time import TimeLimits

@@ -56,11 +56,12 @@ import pandas as pd
 import pyarrow as pa
 
 from kestrel.pan import CardTokenizer
+from kestrel.resp import RespTransaction
 from kestrel.services import private_services
 from kestrel.settings import Settings
 from kestrel.windows import ENTITIES, ENTITY_KEYS, Entity, feature_names, stream_view_name
 from pipelines.features.historical import stream_features_before
-from pipelines.features.online_writer import OnlineWriter, RespTransaction
+from pipelines.features.online_writer import OnlineWriter
 from pipelines.features.store import apply, feature_store
 from pipelines.simulator.config import SimulationConfig
 from pipelines.simulator.generator import iter_days

@@ -21,9 +21,9 @@ import orjson
 from confluent_kafka import Message
 
 from kestrel.errors import EventValidationError
+from kestrel.producer import EventProducer
 from kestrel.topics import ALERTS, TRANSACTIONS
 from kestrel.windows import ENTITY_KEYS, Entity
-from pipelines.ingest import EventProducer
 from pipelines.stream import batch_decode, recent, records
 from pipelines.stream.apply_path import BatchOutput
 from pipelines.stream.gate import Gate

@@ -46,12 +46,12 @@ import redis
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from kestrel import heap
+from kestrel.consumer_app import BatchConfig, BatchHooks, ConsumerApp
 from kestrel.kafka import consumer_config, topic_ids
+from kestrel.producer import EventProducer
 from kestrel.settings import Settings
 from kestrel.topics import TRANSACTIONS, TRANSACTIONS_BY_TERMINAL
 from kestrel.windows import ENTITIES, Entity
-from pipelines.batching import consume_in_batches, stop_on_signals
-from pipelines.ingest import EventProducer
 from pipelines.stream import batch_decode
 from pipelines.stream.apply_path import ApplyPath, BatchOutput
 from pipelines.stream.arrays.path import ArrayPath
@@ -118,9 +118,9 @@ class StreamProcessor:
         self.offline = OfflineLog(settings.var_dir)
         self.checkpoint = Checkpoint(settings, group_id, self.redis, online, self.offline,
                                      self.partitions, self.metrics, self.stats, keep_freshness)
-        self._stop = False
-        self._assigned = False
-        self._assigned_at = 0.0
+        self.app = ConsumerApp(BatchConfig(max_records=settings.stream_batch_records,
+                                           max_wait_s=settings.stream_batch_ms / 1000,
+                                           poll_s=0.05))
 
     # --- what others use ----------------------------------------------------------------
     @property
@@ -142,7 +142,7 @@ class StreamProcessor:
 
     # --- the run loop -------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
-        self._stop = True
+        self.app.request_stop()
 
     def run(self, idle_seconds: float | None = None) -> StreamStats:
         ids = self.checkpoint.topic_ids = topic_ids(
@@ -154,9 +154,9 @@ class StreamProcessor:
             t: len(md.partitions) for t, md in consumer.list_topics(timeout=10).topics.items()
             if t in (TRANSACTIONS, TRANSACTIONS_BY_TERMINAL)})
         producer = EventProducer(self.settings)
-        stop_on_signals(self.request_stop)
+        self.app.stop_on_signals()
         heap.settle(heap.STREAM_YOUNG_OBJECTS)  # see kestrel/heap.py for what it saved
-        buffer: list[Message] = []
+        buffer = self.app.buffer
         consumer.subscribe([TRANSACTIONS, TRANSACTIONS_BY_TERMINAL], on_assign=self._on_assign,
                            on_revoke=self._on_revoke(buffer, producer))
 
@@ -166,21 +166,16 @@ class StreamProcessor:
 
         def commit(batch: list[Message]) -> None:
             with heap.paused():  # what a batch allocates mostly dies with it
-                take, hold = self.intake.select(batch, stopping=self._stop)
+                take, hold = self.intake.select(batch, stopping=self.app.stopped())
                 self._process(take, consumer, producer, self.intake.taken_parsed)
             batch[:] = hold  # held back: the start of the next batch
             self.intake.pace(consumer)
 
+        self.app.hooks = BatchHooks(
+            first_record=first_record, eof=self.intake.on_eof,
+            records=lambda msgs: self.intake.count(msgs, consumer), full=self.intake.batch_full)
         try:
-            consume_in_batches(
-                consumer, buffer, commit,
-                max_records=self.settings.stream_batch_records,
-                max_wait_s=self.settings.stream_batch_ms / 1000, poll_s=0.05,
-                stopped=lambda: self._stop, idle_seconds=idle_seconds,
-                assigned_at=lambda: self._assigned_at if self._assigned else None,
-                on_first_record=first_record, on_eof=self.intake.on_eof,
-                full=self.intake.batch_full,
-                on_records=lambda msgs: self.intake.count(msgs, consumer))
+            self.app.run(consumer, commit, idle_seconds)
             self.checkpoint.await_landed(consumer)
         finally:
             if self.checkpoint.in_flight:  # the loop failed: the commit in flight still
@@ -195,8 +190,7 @@ class StreamProcessor:
         self.intake.assign([tp.partition for tp in partitions if tp.topic == TRANSACTIONS])
         self.terminals.owned |= {tp.partition for tp in partitions
                                  if tp.topic == TRANSACTIONS_BY_TERMINAL}
-        self._assigned = True
-        self._assigned_at = time.monotonic()  # idleness counts from here
+        self.app.assigned()  # idleness counts from here
         log.info("assigned", extra={"partitions": [f"{tp.topic}:{tp.partition}@{tp.offset}"
                                                    for tp in partitions]})
 

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kestrel.redis_keys import recent_key
-from pipelines.features.online_writer import arrow_bulk, arrow_bytes, arrow_decimal, arrow_keys
+from kestrel.resp import arrow_bulk, arrow_bytes, arrow_decimal, arrow_keys
 from pipelines.stream import columnar
 from pipelines.stream.batch_decode import TxnColumns
 

@@ -22,8 +22,8 @@ from confluent_kafka import Message
 from kestrel.errors import EventValidationError, FieldError
 from kestrel.events import PAN_LIKE_REASON
 from kestrel.pan import ascii_pan_like
+from kestrel.producer import EventProducer
 from kestrel.topics import TRANSACTIONS, TRANSACTIONS_BY_TERMINAL
-from pipelines.ingest import EventProducer
 from pipelines.stream import columnar, records
 from pipelines.stream.apply_path import BatchOutput
 from pipelines.stream.gate import Gate

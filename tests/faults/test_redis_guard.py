@@ -19,9 +19,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from kestrel.errors import ServiceUnavailable
+from kestrel.resp import roundtrip
 from kestrel.services import free_port
 from kestrel.settings import Settings
-from serving.features import roundtrip
 from serving.ratelimit import LIMITER_TIMEOUT_S, RateLimiter
 from serving.redis_guard import RedisGuard, RedisUnavailable
 
@@ -99,7 +99,7 @@ def test_timeouts_open_it_once_they_add_up_with_no_answer_between() -> None:
     with pytest.raises(RedisUnavailable):
         g.call("t", _raise, slow, 0.012)
     assert not g.open
-    # the socket's own timeout (serving.features.roundtrip reads the socket) counts the same
+    # the socket's own timeout (kestrel.resp.roundtrip reads the socket) counts the same
     with pytest.raises(RedisUnavailable):
         g.call("t", _raise, TimeoutError("timed out"), 0.012)
     assert g.open and "no answer in" in g.cause

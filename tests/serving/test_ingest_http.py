@@ -195,8 +195,9 @@ def test_503_when_the_broker_is_gone(tmp_path: Path, redis_url: str) -> None:
 
 def test_direct_routes_answer_as_the_router_does(tmp_path: Path, redis_url: str) -> None:
     """POST /v1/score and GET /v1/users/{id}/insights skip FastAPI's router
-    (serving.app.DirectRoutes); their answers must be the router's, byte for byte, the router
-    must really be skipped, and a query it would have to interpret goes to FastAPI."""
+    (serving.routes.direct.DirectRoutes); their answers must be the router's, byte for byte,
+    the router must really be skipped, and a query it would have to interpret goes to
+    FastAPI."""
     from fastapi.testclient import TestClient
 
     from serving.app import create_app

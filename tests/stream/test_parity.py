@@ -12,13 +12,13 @@ import pyarrow as pa
 import pytest
 from confluent_kafka import Producer
 
+from kestrel.dlq import dead_letter
 from kestrel.errors import EventValidationError, FieldError
 from kestrel.kafka import producer_config
 from kestrel.pan import CardTokenizer
 from kestrel.settings import Settings
 from kestrel.topics import TRANSACTIONS_DLQ, TRANSACTIONS_LATE
 from kestrel.windows import ENTITIES, feature_names
-from pipelines.dlq import dead_letter
 from pipelines.simulator.config import SimulationConfig
 from pipelines.simulator.generator import iter_days
 from pipelines.stream.parity import run_parity

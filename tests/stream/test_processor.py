@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kestrel.features import FEATURES
 from kestrel.pan import CardTokenizer
+from kestrel.producer import EventProducer
 from kestrel.redis_keys import insight_cache_key
 from kestrel.services import free_port
 from kestrel.settings import Settings
@@ -36,7 +37,6 @@ from kestrel.topics import (
 )
 from kestrel.windows import stream_view_name
 from pipelines.features.online_writer import OnlineWriter
-from pipelines.ingest import EventProducer
 from pipelines.simulator.config import SimulationConfig
 from pipelines.simulator.generator import iter_days
 from pipelines.simulator.to_kafka import stream_to_kafka, transaction_records
@@ -177,7 +177,7 @@ def test_operators_see_the_stream_in_prometheus_and_in_kestrel_status(
     events = [make_event(i) for i in range(30)]
     produce(stream_settings, [*events, events[2]], [b"{not json"])
     log = open(tmp_path / "stream.log", "wb")  # noqa: SIM115
-    p = subprocess.Popen([sys.executable, "-m", "kestrel.cli", "stream", "--idle-seconds", "10"],
+    p = subprocess.Popen([sys.executable, "-m", "cli", "stream", "--idle-seconds", "10"],
                          env=env, stdout=log, stderr=log)
     try:
         client = redis.Redis.from_url(stream_settings.redis_url)
@@ -202,7 +202,7 @@ def test_operators_see_the_stream_in_prometheus_and_in_kestrel_status(
         lags = {s.labels["partition"]: s.value for s in samples
                 if s.name == "kestrel_stream_lag_seconds"}
         assert lags.keys() == summary["lag_seconds"].keys() and min(lags.values()) >= 0
-        status = subprocess.run([sys.executable, "-m", "kestrel.cli", "status"],
+        status = subprocess.run([sys.executable, "-m", "cli", "status"],
                                 env=env | {"COLUMNS": "250"},  # rich: no cut cells
                                 capture_output=True, text=True, timeout=120)
         assert summary["instance"] in status.stdout and f"127.0.0.1:{port}" in status.stdout
@@ -288,7 +288,7 @@ def test_kill_9_and_restart_end_identical_to_a_clean_run(
     client = redis.Redis.from_url(stream_settings.redis_url)
     for kill_after in (2_000, 5_000):
         err = open(tmp_path / f"stream-{kill_after}.log", "wb")  # noqa: SIM115
-        p = subprocess.Popen([sys.executable, "-m", "kestrel.cli", "stream"], env=env,
+        p = subprocess.Popen([sys.executable, "-m", "cli", "stream"], env=env,
                              stdout=err, stderr=err)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and p.poll() is None:
@@ -301,7 +301,7 @@ def test_kill_9_and_restart_end_identical_to_a_clean_run(
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
         err.close()
-    final = subprocess.run([sys.executable, "-m", "kestrel.cli", "stream", "--idle-seconds",
+    final = subprocess.run([sys.executable, "-m", "cli", "stream", "--idle-seconds",
                             "3"], env=env, capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr[-3000:]
     crashed_store, crashed_logs = _snapshot(stream_settings, "kestrel-stream")
@@ -322,7 +322,7 @@ def test_a_second_instance_mid_stream_takes_partitions_and_changes_nothing(
     producer.produce_many(TRANSACTIONS, transaction_records(pa.concat_tables(days[:2])))
     producer.flush()
     env = env_for(stream_settings) | {"KESTREL_STREAM_BATCH_RECORDS": "500"}
-    cmd = [sys.executable, "-m", "kestrel.cli", "stream", "--idle-seconds", "6"]
+    cmd = [sys.executable, "-m", "cli", "stream", "--idle-seconds", "6"]
     logs = [tmp_path / f"instance-{i}.log" for i in (1, 2)]
     outs = [open(f, "w") for f in logs]  # noqa: SIM115
     first = subprocess.Popen(cmd, env=env, stdout=outs[0], stderr=outs[0], text=True)

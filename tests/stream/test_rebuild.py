@@ -20,10 +20,10 @@ import redis
 import kestrel.features
 from kestrel.features import FEATURES, Feature
 from kestrel.pan import CardTokenizer
+from kestrel.producer import EventProducer
 from kestrel.settings import Settings
 from kestrel.topics import TRANSACTIONS, TRANSACTIONS_BY_TERMINAL, TRANSACTIONS_LATE
 from kestrel.windows import stream_view_name
-from pipelines.ingest import EventProducer
 from pipelines.simulator.config import SimulationConfig
 from pipelines.simulator.generator import iter_days
 from pipelines.simulator.to_kafka import transaction_records

@@ -13,7 +13,7 @@ import redis
 
 from kestrel.events import MAX_AMOUNT
 from kestrel.redis_keys import recent_key
-from pipelines.features.online_writer import RespTransaction
+from kestrel.resp import RespTransaction
 from pipelines.stream import batch_decode, recent
 from tests.stream.test_batch_decode import _values
 

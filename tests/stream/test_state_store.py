@@ -18,10 +18,11 @@ from redis.exceptions import ResponseError
 
 from kestrel.pan import CardTokenizer
 from kestrel.redis_keys import recent_key
+from kestrel.resp import RespTransaction
 from kestrel.settings import Settings
 from kestrel.topics import TRANSACTIONS, TRANSACTIONS_BY_TERMINAL, partitions_for
 from kestrel.windows import ENTITIES, feature_names, stream_view_name
-from pipelines.features.online_writer import OnlineWriter, RespTransaction
+from pipelines.features.online_writer import OnlineWriter
 from pipelines.simulator.config import SimulationConfig
 from pipelines.simulator.to_kafka import stream_to_kafka
 from pipelines.stream import changelog, recent

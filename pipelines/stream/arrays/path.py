@@ -17,9 +17,9 @@ import numpy as np
 import orjson
 from confluent_kafka import Message
 
+from kestrel.producer import EventProducer
 from kestrel.topics import ALERTS, TRANSACTIONS
 from kestrel.windows import Entity
-from pipelines.ingest import EventProducer
 from pipelines.stream import batch_decode, recent
 from pipelines.stream.apply_path import BatchOutput
 from pipelines.stream.gate import Gate
