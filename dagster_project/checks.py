@@ -23,6 +23,7 @@ from dagster_project.quality import (
     check_row_count,
 )
 from dagster_project.resources import KestrelSettings
+from kestrel.contract import FIELDS
 from kestrel.events import MAX_AMOUNT
 from kestrel.lake import read_table
 from kestrel.windows import Entity, batch_feature_names, batch_view_name
@@ -64,8 +65,9 @@ def lake_rows_and_nulls(context: dg.AssetCheckExecutionContext,
 def lake_value_ranges(context: dg.AssetCheckExecutionContext,
                       kestrel: KestrelSettings) -> dg.AssetCheckResult:
     frame = _lake_day(context, kestrel)
-    m = check_ranges(frame, {"amount": (1e-9, MAX_AMOUNT), "lat": (-90.0, 90.0),
-                             "lon": (-180.0, 180.0)})
+    m = check_ranges(frame, {"amount": (1e-9, MAX_AMOUNT),
+                             "lat": (FIELDS["lat"].bound("ge"), FIELDS["lat"].bound("le")),
+                             "lon": (FIELDS["lon"].bound("ge"), FIELDS["lon"].bound("le"))})
     days = pd.to_datetime(frame["event_time"], utc=True).dt.date
     outside_day = int((~days.isin(_days(context))).sum())
     return _result(Measured(m.passed and outside_day == 0,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from kestrel.contract import CHANNELS
 from kestrel.mcc import CASH_MCC
 from pipelines.simulator import geography
 from pipelines.simulator.cards import card_tokens
@@ -23,7 +24,6 @@ from pipelines.simulator.reach import terminals_within
 
 RADIUS = 5.0
 SECOND_CARD_SHARE = 0.3  # of customers
-CHANNELS: tuple[str, ...] = ("pos", "ecom", "atm")
 POS, ECOM, ATM = 0, 1, 2
 CHANNEL_WEIGHTS = (0.85, 0.10, 0.05)
 # (mcc, weight) of card-present and online terminals; ATMs are always CASH_MCC.

@@ -74,7 +74,9 @@ def garbage_transactions(start: int) -> list[tuple[str, bytes | None]]:
     """GARBAGE, and valid events with one field of the wrong type or size."""
     wrong = [("amount huge", {"amount": 10 ** 30}), ("lat word", {"lat": "north"}),
              ("event_time list", {"event_time": [2018, 4, 1]}),
-             ("device_id list", {"device_id": ["D1"]}), ("txn_id 65", {"txn_id": "t" * 65})]
+             ("device_id list", {"device_id": ["D1"]}), ("txn_id 65", {"txn_id": "t" * 65}),
+             ("currency list", {"currency": ["EUR"]}),
+             ("schema_version list", {"schema_version": []})]
     out: list[tuple[str, bytes | None]] = [(f"garbage {n}", g) for n, g in enumerate(GARBAGE)]
     for n, (what, change) in enumerate(wrong):
         event = {**make_event(start + n), **change}
