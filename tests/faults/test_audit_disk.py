@@ -1,4 +1,4 @@
-"""Threads that must not die: the alert consumer and the audit writer.
+"""Threads that must not die, 1: the audit writer.
 
 The audit disk fills up for real: the audit root is a small tmpfs this module mounts (the
 tests run as root here; without the right to mount they are skipped, saying why), so writes
@@ -7,12 +7,6 @@ failed write back out of its file (the chain verifies throughout), holds what it
 refuses new records while it cannot write (``/v1/score`` then says ``audited: false``,
 ingest and labels answer 503, ``/v1/ready`` fails), and writes again by itself once the disk
 has room. The queue is bounded.
-
-The alert consumer: a commit that fails for real (the broker gone between a batch's store and
-its commit: librdkafka raises a KafkaException) is ridden out in place (no alert lost, no
-restart, readiness unaffected by it) and the consumer stores new alerts once a broker answers
-again; anything else that ends its loop gets a new consumer after a capped exponential
-backoff, counted, with ``healthy`` False in between.
 """
 
 from __future__ import annotations
@@ -28,51 +22,22 @@ from typing import Any
 
 import httpx
 import orjson
-import prometheus_client
 import pytest
-import redis
-from confluent_kafka import KafkaError, KafkaException
-from prometheus_client.parser import text_string_to_metric_families
 
-from kestrel.producer import EventProducer
 from kestrel.services import BROKER, REDIS, free_port, start_broker, start_redis, stop
 from kestrel.settings import Settings
-from kestrel.topics import ALERTS
 from serving import audit as audit_module
-from serving.alerts import PREFIX, AlertConsumer, AlertStore
 from serving.audit import AuditLog, AuditUnavailable
 from serving.audit_chain import Status, verify
 from serving.auth import mint_token
 from serving.fixtures import register_tiny_model, transaction, write_features
 from serving.process import running_service
-from serving.redis_guard import RedisGuard
 from tests.conftest import make_settings
+from tests.faults.probes import counter, http_metric, wait_for
 
 pytestmark = [pytest.mark.faults]
 
 
-def counter(name: str, **labels: str) -> float:
-    """A counter's value in this process (the metrics are process-wide: compare deltas).
-    Read from the default registry, not ``metrics.exposition()``: BentoML may have set
-    PROMETHEUS_MULTIPROC_DIR in the test process, and exposition then reads only the
-    multiprocess files."""
-    for family in text_string_to_metric_families(
-            prometheus_client.generate_latest(prometheus_client.REGISTRY).decode()):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v
-                                           for k, v in labels.items()):
-                return sample.value
-    return 0.0
-
-
-def wait_for(what: Callable[[], bool], timeout: float, step: float = 0.02) -> float:
-    """Seconds until ``what()`` holds; fails the test past ``timeout``."""
-    t0 = time.monotonic()
-    while not what():
-        if time.monotonic() - t0 > timeout:
-            pytest.fail(f"not within {timeout} s")
-        time.sleep(step)
-    return time.monotonic() - t0
 
 
 @contextlib.contextmanager
@@ -223,152 +188,8 @@ def test_a_closed_writer_refuses_records(settings: Settings, tmp_path: Path) -> 
 
 # --- the alert consumer's supervisor -----------------------------------------------------------
 
-class FakeMessage:
-    def __init__(self, value: bytes, offset: int, error: KafkaError | None = None):
-        self._value, self._offset, self._error = value, offset, error
-
-    def error(self) -> KafkaError | None:
-        return self._error
-
-    def value(self) -> bytes:
-        return self._value
-
-    def topic(self) -> str:
-        return "alerts"
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-
-class FakeConsumer:
-    """Hands out ``batches`` one consume() at a time, then nothing; ``fail`` (an exception,
-    or the error of a message) comes after them."""
-
-    def __init__(self, batches: list[list[FakeMessage]], fail: BaseException | None = None,
-                 commit_error: KafkaException | None = None):
-        self.batches = list(batches)
-        self.fail = fail
-        self.commit_error = commit_error
-        self.commits = 0
-        self.closed = False
-
-    def consume(self, n: int, timeout: float) -> list[FakeMessage]:
-        if self.batches:
-            return self.batches.pop(0)
-        if self.fail is not None:
-            raise self.fail
-        time.sleep(0.01)
-        return []
-
-    def commit(self, asynchronous: bool = True) -> None:
-        self.commits += 1
-        if self.commit_error is not None:
-            error, self.commit_error = self.commit_error, None
-            raise error
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class CountingStore:
-    def __init__(self) -> None:
-        self.ids: list[str] = []
-
-    def add(self, alert: dict[str, Any]) -> bool:
-        new = alert["alert_id"] not in self.ids
-        self.ids.append(alert["alert_id"])
-        return new
-
-
-def alert(i: int) -> bytes:
-    return orjson.dumps({"alert_id": f"al-{i}", "card_id": "card-1", "customer_id": "C1",
-                         "last_event_time": "2018-04-01T00:00:00Z"})
-
-
-def supervised(settings: Settings, consumers: list[FakeConsumer],
-               backoff: tuple[float, float]) -> tuple[AlertConsumer, CountingStore]:
-    store = CountingStore()
-    made = iter(consumers)
-    consumer = AlertConsumer(settings, store, None, consumer_factory=lambda _: next(made))  # type: ignore[arg-type]
-    consumer.BACKOFF_S = backoff
-    return consumer, store
-
-
-def test_a_consumer_that_fails_is_replaced_after_a_backoff_and_counted(
-    settings: Settings,
-) -> None:
-    # a consumer fenced by a newer instance with its group.instance.id: fatal, it is done for
-    fatal = KafkaError(KafkaError.FENCED_INSTANCE_ID, "fenced", fatal=True)
-    first = FakeConsumer([[FakeMessage(alert(i), i) for i in range(3)],
-                          [FakeMessage(b"", 3, fatal)]])
-    crashing = FakeConsumer([], fail=KafkaException(KafkaError(KafkaError.NETWORK_EXCEPTION)))
-    last = FakeConsumer([[FakeMessage(alert(i), i) for i in range(3, 6)]])
-    restarts = counter("kestrel_alert_consumer_restarts_total")
-    consumer, store = supervised(settings, [first, crashing, last], (0.3, 0.6))
-    seen_down = threading.Event()
-    consumer.start()
-    try:
-        t0 = time.monotonic()
-        wait_for(lambda: not consumer.healthy, 5, 0.001)
-        seen_down.set()
-        assert consumer.state == "restarting" and "fenced" in (consumer.error or "")
-        wait_for(lambda: consumer.stored == 6, 10)
-        elapsed = time.monotonic() - t0
-        assert consumer.healthy and consumer.state == "running"
-    finally:
-        consumer.stop()
-    assert consumer.state == "stopped" and not consumer.healthy
-    assert consumer.restarts == 2
-    assert counter("kestrel_alert_consumer_restarts_total") - restarts == 2
-    # the first batch was committed, so the first delay is the base, then it doubles
-    assert elapsed >= 0.3 + 0.6 - 0.05
-    assert first.closed and crashing.closed and last.closed
-    assert store.ids == [f"al-{i}" for i in range(6)]
-
-
-def test_the_backoff_is_capped(settings: Settings) -> None:
-    broken = [FakeConsumer([], fail=RuntimeError("no consumer")) for _ in range(6)]
-    consumer, _ = supervised(settings, [*broken, FakeConsumer([])], (0.02, 0.08))
-    t0 = time.monotonic()
-    consumer.start()
-    try:
-        wait_for(lambda: consumer.restarts == 6 and consumer.healthy, 10, 0.005)
-    finally:
-        consumer.stop()
-    # 0.02 + 0.04 + 0.08 + 0.08 + 0.08 + 0.08: doubled, then capped
-    assert 0.35 <= time.monotonic() - t0 < 3
-
-
-def test_a_failed_commit_is_ridden_out_without_a_restart(settings: Settings) -> None:
-    rebalance = KafkaException(KafkaError(KafkaError.REBALANCE_IN_PROGRESS))
-    only = FakeConsumer([[FakeMessage(alert(0), 0)], [FakeMessage(alert(1), 1)]],
-                        commit_error=rebalance)
-    failures = counter("kestrel_alert_consumer_commit_failures_total")
-    consumer, store = supervised(settings, [only], (0.1, 0.2))
-    consumer.start()
-    try:
-        wait_for(lambda: consumer.stored == 2 and only.commits == 2, 5)
-        assert consumer.healthy
-    finally:
-        consumer.stop()
-    assert consumer.restarts == 0 and consumer.commit_failures == 1
-    assert counter("kestrel_alert_consumer_commit_failures_total") - failures == 1
-    assert store.ids == ["al-0", "al-1"]
-
 
 # --- over HTTP: `kestrel serve` with its audit root on a tmpfs that fills up --------------------
-
-def http_metric(url: str, name: str) -> float:
-    """The sum of a metric's samples (any labels) on the service's /metrics (0 if none)."""
-    total = 0.0
-    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
 
 @pytest.mark.integration
 @pytest.mark.slow
@@ -463,79 +284,3 @@ def test_a_full_audit_disk_keeps_scoring_unaudited_and_refuses_ingest_and_labels
     finally:
         stop(settings, BROKER)
         stop(settings, REDIS)
-
-
-# --- the alert consumer against a real broker that goes away ------------------------------------
-
-class GatedStore(AlertStore):
-    """The real alert store, whose writes wait while ``gate`` is closed (so the test knows a
-    batch is between its store and its commit)."""
-
-    def __init__(self, url: str):
-        super().__init__(redis.Redis.from_url(url), RedisGuard(url))
-        self.gate = threading.Event()
-        self.gate.set()
-        self.waiting = threading.Event()
-
-    def add(self, alert: dict[str, Any]) -> bool:
-        if not self.gate.is_set():
-            self.waiting.set()
-            self.gate.wait(60)
-        return super().add(alert)
-
-
-@pytest.mark.integration
-@pytest.mark.slow
-def test_a_commit_that_fails_for_real_does_not_end_the_alert_consumer(
-    tmp_path: Path, redis_url: str
-) -> None:
-    """A batch is stored, the broker goes before its offsets are committed: librdkafka's
-    commit raises a real KafkaException (_WAIT_COORD, after about the session timeout).
-    It is counted and ridden out, the consumer stays up (readiness unaffected by it), and
-    once a broker answers again on the address the consumer stores the new alerts. Tansu
-    accepts commits during a rebalance (a second member joining while a batch waits to be
-    committed changes nothing), so the broker's departure is the real failure available
-    here."""
-    url = redis_url.rsplit("/", 1)[0] + "/13"  # a db of the tests' own server
-    redis.Redis.from_url(url).flushdb()
-    settings = make_settings(tmp_path / "var", kafka_bootstrap=f"127.0.0.1:{free_port()}",
-                             redis_url=url)
-    start_broker(settings)
-    store = GatedStore(url)
-    consumer = AlertConsumer(settings, store, EventProducer(settings))
-    failures = counter("kestrel_alert_consumer_commit_failures_total")
-    stored = lambda: int(redis.Redis.from_url(url).zcard(f"{PREFIX}all"))  # noqa: E731
-
-    def produce(ids: range) -> None:
-        producer = EventProducer(settings)
-        producer.produce_many(ALERTS, ((f"card-{i}", alert(i)) for i in ids))
-        producer.flush()
-
-    consumer.start()
-    try:
-        produce(range(5))
-        joined = wait_for(lambda: stored() == 5, 60)
-        store.gate.clear()
-        produce(range(5, 10))
-        wait_for(store.waiting.is_set, 30)
-        stop(settings, BROKER)  # our own broker, from its launch record
-        t0 = time.monotonic()
-        store.gate.set()
-        healthy: list[bool] = []
-        to_fail = wait_for(lambda: healthy.append(consumer.healthy) or (
-            consumer.commit_failures == 1), 60, 0.05)
-        assert all(healthy) and consumer.restarts == 0 and consumer.healthy
-        assert stored() == 10  # stored before the commit failed: nothing lost
-        assert counter("kestrel_alert_consumer_commit_failures_total") - failures == 1
-        start_broker(settings)  # a new broker on the same address (memory storage: empty)
-        produce(range(10, 15))
-        to_resume = wait_for(lambda: stored() == 15, 90, 0.05)
-        assert consumer.healthy and consumer.restarts == 0
-        print(f"\nalert consumer: group joined in {joined:.1f} s; broker gone: the commit "
-              f"failed after {to_fail:.1f} s (counted, no restart); new broker: new alerts "
-              f"stored {to_resume:.1f} s after they were sent ({time.monotonic() - t0:.1f} s "
-              f"after the broker went)")
-    finally:
-        store.gate.set()
-        consumer.stop()
-        stop(settings, BROKER)
