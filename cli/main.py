@@ -20,34 +20,30 @@ app = typer.Typer(
     add_completion=False,
 )
 
-app.add_typer(features.features_app, name="features")
+# the groups `kestrel --help` shows (the README's tour follows them)
+SERVICES, DATA, FEATURES, MODELS, OPERATIONS = (
+    "Local services", "Data in", "Features", "Models", "Operations")
 
-# services
-app.command()(services.up)
-app.command()(services.down)
-app.command()(services.status)
-# data
-app.command()(data.simulate)
-app.command()(data.archive)
-app.command()(stream.stream)
-# batch features (Spark) and parity
-app.command()(features.batch)
-app.command()(features.backfill)
-app.command()(stream.parity)
-app.command()(data.lake)
-# labels, training, MLflow
-app.add_typer(train.labels_app, name="labels")
-app.command()(train.train)
-app.command("training-set")(train.training_set)
-app.command("mlflow-ui")(train.mlflow_ui)
-# serving and audit
-app.command()(serve.serve)
-app.command()(serve.token)
-app.add_typer(serve.audit_app, name="audit")
-# benchmarks and the demo
-app.command()(end_to_end.bench)
-app.command()(end_to_end.demo)
-
+app.command(rich_help_panel=SERVICES)(services.up)
+app.command(rich_help_panel=SERVICES)(services.status)
+app.command(rich_help_panel=SERVICES)(services.down)
+app.command(rich_help_panel=SERVICES)(serve.serve)
+app.command(rich_help_panel=SERVICES)(serve.token)
+app.command(rich_help_panel=DATA)(data.simulate)
+app.command(rich_help_panel=DATA)(data.archive)
+app.add_typer(train.labels_app, name="labels", rich_help_panel=DATA)
+app.command(rich_help_panel=DATA)(data.lake)
+app.add_typer(features.features_app, name="features", rich_help_panel=FEATURES)
+app.command(rich_help_panel=FEATURES)(stream.stream)
+app.command(rich_help_panel=FEATURES)(features.batch)
+app.command(rich_help_panel=FEATURES)(features.backfill)
+app.command(rich_help_panel=FEATURES)(stream.parity)
+app.command("training-set", rich_help_panel=MODELS)(train.training_set)
+app.command(rich_help_panel=MODELS)(train.train)
+app.command("mlflow-ui", rich_help_panel=MODELS)(train.mlflow_ui)
+app.add_typer(serve.audit_app, name="audit", rich_help_panel=OPERATIONS)
+app.command(rich_help_panel=OPERATIONS)(end_to_end.bench)
+app.command(rich_help_panel=OPERATIONS)(end_to_end.demo)
 
 def main() -> None:
     """Entry point that turns Kestrel's own errors into one red line and exit code 1."""
