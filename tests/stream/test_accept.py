@@ -24,19 +24,10 @@ from pipelines.stream.gate import Gate
 from pipelines.stream.metrics import StreamStats
 from pipelines.stream.state import WindowSet
 from tests.pipelines.events_factory import make_event
+from tests.stream.sent import SentRecords
 
 T0 = 1_522_540_800_000_000  # 2018-04-01T00:00:00Z
 MINUTE_US = 60 * 1_000_000
-
-
-class _Sent:
-    """What the checks produced: (topic, key, value), in order."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple[str, Any, bytes]] = []
-
-    def produce(self, topic: str, key: Any, value: bytes, **_: Any) -> None:
-        self.records.append((topic, key, value))
 
 
 def _batch(rng: random.Random, n: int, duplicates: bool) -> list[Message]:
@@ -89,7 +80,7 @@ def _run(settings: Settings, txns: list[Message], held: dict[int, list[str]],
             return reference(*args)
 
         proc.accept_in_order = counted  # type: ignore[method-assign, assignment]
-    sent = _Sent()
+    sent = SentRecords()
     cols = batch_decode.decode_batch([m.value() for m in txns])
     check = proc.accept_in_order if in_order else proc.accept
     accepted, parts = check(txns, cols, sent)  # type: ignore[arg-type]
@@ -126,4 +117,4 @@ def test_every_kind_of_refusal_shows_up(settings: Settings) -> None:
     _, _, _, late, duplicates, invalid, sent = _run(
         settings, txns, {0: [make_event(i)["txn_id"] for i in range(0, 400, 37)]}, False)
     assert late > 0 and duplicates > 0 and invalid > 0
-    assert {topic for topic, _, _ in sent} == {TRANSACTIONS_LATE, TRANSACTIONS_DLQ}
+    assert {topic for topic, _, _, _ in sent} == {TRANSACTIONS_LATE, TRANSACTIONS_DLQ}

@@ -31,20 +31,10 @@ from pipelines.stream.rules import rules
 from pipelines.stream.state import WindowSet
 from pipelines.stream.terminals import Terminals
 from tests.pipelines.events_factory import make_event
+from tests.stream.sent import SentRecords
 
 T0 = 1_522_540_800_000_000  # 2018-04-01T00:00:00Z
 MINUTE_US = 60 * 1_000_000
-
-
-class _Sent:
-    def __init__(self) -> None:
-        self.records: list[tuple[str, Any, bytes]] = []
-
-    def produce(self, topic: str, key: Any, value: bytes, **_: Any) -> None:
-        self.records.append((topic, key, value))
-
-    def flush(self) -> None:
-        pass
 
 
 def _engine(settings: Settings, path: str) -> tuple[ApplyPath, Partitions, StreamStats]:
@@ -97,7 +87,7 @@ def _batches(seed: int) -> list[list[Message]]:
 
 def _run(settings: Settings, path: str, seed: int) -> tuple[Any, ...]:
     apply, partitions, stats = _engine(settings, path)
-    sent = _Sent()
+    sent = SentRecords()
     now = datetime(2018, 4, 2, tzinfo=UTC)
     produced: list[int] = []
     for batch in _batches(seed):
@@ -111,7 +101,7 @@ def _run(settings: Settings, path: str, seed: int) -> tuple[Any, ...]:
     counts = {name: getattr(stats, name) for name in (
         "applied", "duplicates", "late", "invalid", "alerts", "terminal_applied",
         "late_for_entity", "expired")}
-    alerts = sorted(value for topic, _, value in sent.records if topic == ALERTS)
+    alerts = sorted(value for topic, _, value, _ in sent.records if topic == ALERTS)
     return state, counts, alerts, sorted(produced), dict(partitions.stream_time)
 
 

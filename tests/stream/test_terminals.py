@@ -24,17 +24,9 @@ from pipelines.stream.partitions import Partitions
 from pipelines.stream.rules import rules
 from pipelines.stream.state import WindowSet
 from pipelines.stream.terminals import Terminals
+from tests.stream.sent import SentRecords
 
 T0 = 1_522_540_800_000_000  # 2018-04-01T00:00:00Z
-
-
-class _Sent:
-    def __init__(self) -> None:
-        self.records: list[tuple[str, Any, bytes, int | None]] = []
-
-    def produce(self, topic: str, key: Any, value: bytes, partition: int | None = None,
-                **_: Any) -> None:
-        self.records.append((topic, key, value, partition))
 
 
 def _terminals(settings: Settings, own_all: bool) -> tuple[Terminals, Partitions, StreamStats]:
@@ -74,7 +66,7 @@ def test_owning_every_partition_applies_the_updates_in_process_each_once(
     again = [Message(topic=TRANSACTIONS_BY_TERMINAL, partition=terminals.partition_of(t),
                      offset=i, value=orjson.dumps([x, int(at), t]))
              for i, (at, t, x) in enumerate(zip(times, ids, txns, strict=True))]
-    sent = _Sent()
+    sent = SentRecords()
     terminals.apply(again, out, cast(Any, sent))
     assert sent.records == [] and stats.terminal_applied == 20
     for t in set(ids.tolist()):
@@ -90,7 +82,7 @@ def test_otherwise_the_updates_are_forwarded_in_event_time_order(settings: Setti
     times, ids, txns = _updates(10)
     out = BatchOutput()
     out.forward.append((times, ids, txns))
-    sent = _Sent()
+    sent = SentRecords()
     terminals.apply([], out, cast(Any, sent))
     assert stats.terminal_applied == 0 and not partitions.tables["terminal"]
     assert [orjson.loads(v)[1] for _, _, v, _ in sent.records] == sorted(times.tolist())
@@ -106,7 +98,7 @@ def test_a_malformed_forwarded_record_is_dead_lettered(settings: Settings) -> No
               orjson.dumps(["tx-ok", T0, "T00001"])]
     batch = [Message(topic=TRANSACTIONS_BY_TERMINAL, partition=0, offset=i, value=v)
              for i, v in enumerate(values)]
-    sent = _Sent()
+    sent = SentRecords()
     kept = terminals.forwarded(batch, cast(Any, sent))
     assert kept == [(0, "tx-ok", T0, "T00001")]
     assert stats.invalid == 4 and [r[0] for r in sent.records] == [TRANSACTIONS_DLQ] * 4
