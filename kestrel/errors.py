@@ -104,3 +104,8 @@ class BodyTooLarge(KestrelError):
         self.limit = limit
         super().__init__(f"the request body is larger than {limit} bytes; send less "
                          f"({setting} sets the limit)")
+
+
+class Conflict(KestrelError):
+    """An edit made from a stale read, or one that contradicts the stored state (HTTP 409):
+    someone else changed the thing first. The message says what to reload."""

@@ -283,6 +283,21 @@ class Settings(BaseSettings):
         "and ingest and labels answer 503."
     )
 
+    # --- Case store (cases/) -------------------------------------------------------------
+    case_store_url: str | None = Field(
+        None, description="SQLAlchemy URL of the case store: postgresql+psycopg://… or a "
+        "MySQL-protocol store such as TiDB (mysql+pymysql://…); unset: a SQLite file at "
+        "<var_dir>/cases/cases.db (WAL), which KESTREL_ENV=prod refuses."
+    )
+    case_store_busy_timeout_ms: int = Field(
+        5000, ge=0, description="SQLite case store: how long a writer waits for another "
+        "process's write lock before failing."
+    )
+    case_retention_days: int = Field(
+        365, ge=1, description="Closed cases (with their alerts) and published label outbox "
+        "rows older than this are pruned; open cases and cases with a SAR never are."
+    )
+
     # --- derived paths -------------------------------------------------------------------
     @property
     def lake_dir(self) -> Path:
@@ -310,6 +325,19 @@ class Settings(BaseSettings):
         if self.mlflow_tracking_uri:
             return self.mlflow_tracking_uri
         return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def case_store(self) -> str:
+        """The case store's URL; the SQLite default only outside prod (a file on one host's
+        disk is not a production store: two hosts would each have their own cases)."""
+        if self.case_store_url:
+            return self.case_store_url
+        if self.env == "prod":
+            raise ConfigError(
+                "KESTREL_CASE_STORE_URL is not set: with KESTREL_ENV=prod give the case "
+                "store's database (postgresql+psycopg://… or mysql+pymysql://… for TiDB); "
+                "the SQLite default under var/ is for KESTREL_ENV=dev and test")
+        return f"sqlite:///{(self.var_dir / 'cases' / 'cases.db').resolve()}"
 
     @property
     def event_time_ahead(self) -> int:

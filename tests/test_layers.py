@@ -20,6 +20,7 @@ LAYERS: dict[str, int] = {
     "kestrel": 0,
     "pipelines": 1,
     "labels": 1,
+    "cases": 1,
     "feature_repo": 1,
     "training": 2,
     "serving": 3,
