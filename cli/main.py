@@ -1,7 +1,7 @@
 """The `kestrel` command line: the Typer app and which command lives where.
 
 The commands are grouped by what they run (cli/services.py, data.py, stream.py, features.py,
-train.py, serve.py, end_to_end.py); each imports its engine inside the function, so
+train.py, serve.py, cases.py, end_to_end.py); each imports its engine inside the function, so
 `kestrel --help` answers at once.
 """
 
@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from cli import data, end_to_end, features, serve, services, stream, train
+from cli import cases, data, end_to_end, features, serve, services, stream, train
 
 app = typer.Typer(
     help="Kestrel: real-time fraud features, decisions and insights.",
@@ -42,6 +42,7 @@ app.command("training-set", rich_help_panel=MODELS)(train.training_set)
 app.command(rich_help_panel=MODELS)(train.train)
 app.command("mlflow-ui", rich_help_panel=MODELS)(train.mlflow_ui)
 app.add_typer(serve.audit_app, name="audit", rich_help_panel=OPERATIONS)
+app.add_typer(cases.cases_app, name="cases", rich_help_panel=OPERATIONS)
 app.command(rich_help_panel=OPERATIONS)(end_to_end.bench)
 app.command(rich_help_panel=OPERATIONS)(end_to_end.demo)
 
