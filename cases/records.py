@@ -15,8 +15,9 @@ from kestrel.pan import pan_like
 
 
 @dataclass(frozen=True)
-class Flag:
-    """One alert or flagged decision, as the case store keeps it."""
+class FlagFields:
+    """What the case store knows of one alert or flagged decision: the intake's record
+    (Flag) and what a case page reads back (views.AlertView) share these."""
 
     kind: str  # "alert" | "decision"
     key: str  # alert_id | txn_id
@@ -30,6 +31,12 @@ class Flag:
     features: dict[str, Any] | None
     evidence_txn_ids: tuple[str, ...]
     event_time: datetime | None
+
+
+@dataclass(frozen=True)
+class Flag(FlagFields):
+    """One alert or flagged decision as the intake reads it, with the record as received."""
+
     payload: dict[str, Any]
 
 

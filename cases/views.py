@@ -8,22 +8,13 @@ from datetime import datetime
 from typing import Any
 
 from cases.models import Action, Case, CaseAlert, StatusChange
+from cases.records import FlagFields
 
 
 @dataclass(frozen=True)
-class AlertView:
-    kind: str  # "alert" (key: alert_id) or "decision" (key: txn_id)
-    key: str
-    customer_id: str
-    card_id: str | None
-    rule: str | None
-    score: float | None
-    action: str | None
-    model_version: str | None
-    decision: dict[str, Any] | None
-    features: dict[str, Any] | None
-    evidence_txn_ids: tuple[str, ...]
-    event_time: datetime | None
+class AlertView(FlagFields):
+    """One of a case's alerts or flagged decisions, and when the store received it."""
+
     received_at: datetime
 
 
