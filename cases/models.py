@@ -204,3 +204,21 @@ class LabelOutbox(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)  # the LabelEvent as published
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     published_at: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
+
+
+class ConsoleSession(Base):
+    """A signed-in investigator console session, kept by the server (serving/console/): the
+    browser holds only its random id in an HttpOnly cookie; the table keeps the id's SHA-256,
+    never the id itself nor the token that opened it. Sign-out sets ``revoked_at``."""
+
+    __tablename__ = "console_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subject: Mapped[str] = mapped_column(SUBJECT)
+    role: Mapped[str] = mapped_column(String(32))
+    client: Mapped[str] = mapped_column(String(128))
+    csrf_token: Mapped[str] = mapped_column(String(64))  # the forms' token, per session
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
