@@ -270,8 +270,9 @@ class Settings(BaseSettings):
     rate_limit_explain_factor: float = Field(
         3.0, ge=1, description="Cost multiplier of a batch scored with `reasons=all`."
     )
-    alert_consumer: bool = Field(
-        True, description="`kestrel serve` runs the consumer of `alerts` into the alert store."
+    case_intake: bool = Field(
+        True, description="`kestrel serve` runs the case intake: topics `alerts` and "
+        "`decisions` into the case store (serving/case_intake.py)."
     )
     audit_fsync_ms: float = Field(
         100.0, ge=0, description="Audit records are written at once and fsynced at most this "
@@ -296,6 +297,31 @@ class Settings(BaseSettings):
     case_retention_days: int = Field(
         365, ge=1, description="Closed cases (with their alerts) and published label outbox "
         "rows older than this are pruned; open cases and cases with a SAR never are."
+    )
+    case_prune_interval_seconds: int = Field(
+        3600, ge=60, description="How often the case intake prunes what is past retention."
+    )
+    case_decision_actions: str = Field(
+        "decline", description="Comma list of decision actions that open or join a case: "
+        "`decline`, `challenge`."
+    )
+    case_challenge_min_score: float = Field(
+        0.9, ge=0, le=1, description="A challenge scored at or above this opens a case even "
+        "when `challenge` is not in KESTREL_CASE_DECISION_ACTIONS."
+    )
+    case_sla_hours: str = Field(
+        "multi_country=4,velocity=8,decision=24,*=24", description="Hours a case may wait "
+        "before it is overdue, per rule (`decision`: a case opened by a flagged decision; "
+        "`*`: any other); the queue shows overdue cases first within their priority."
+    )
+
+    # --- Investigator console (serving/console/) ------------------------------------------
+    console_session_ttl_seconds: int = Field(
+        8 * 3600, ge=60, description="A console session ends this long after sign-in (and "
+        "at sign-out); the signing-in token's own expiry does not extend it."
+    )
+    console_idle_timeout_seconds: int = Field(
+        3600, ge=60, description="A console session unused for this long ends."
     )
 
     # --- derived paths -------------------------------------------------------------------
