@@ -13,9 +13,11 @@ from cases.records import FlagFields
 
 @dataclass(frozen=True)
 class AlertView(FlagFields):
-    """One of a case's alerts or flagged decisions, and when the store received it."""
+    """One of a case's alerts or flagged decisions, the record as received (``payload``:
+    the alert's evidence details, the decision's transaction), and when it arrived."""
 
     received_at: datetime
+    payload: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,7 @@ def _alert(a: CaseAlert) -> AlertView:
         kind=a.kind, key=a.key, customer_id=a.customer_id, card_id=a.card_id, rule=a.rule,
         score=a.score, action=a.action, model_version=a.model_version, decision=a.decision,
         features=a.features, evidence_txn_ids=tuple(e.txn_id for e in a.evidence),
-        event_time=a.event_time, received_at=a.received_at)
+        event_time=a.event_time, received_at=a.received_at, payload=dict(a.payload or {}))
 
 
 def _status(h: StatusChange) -> StatusView:
