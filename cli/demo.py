@@ -137,11 +137,13 @@ def run_demo(settings: Settings, days: int = 3, history_days: int = HISTORY_DAYS
                   "labels, alerts) in the background …")
     say(start_http(settings))
 
-    console.print("[bold]7/7[/bold] live features, alerts, and how to call the API")
+    console.print("[bold]7/7[/bold] live features, alerts, the investigator console, and how "
+                  "to call the API")
     card = _busiest_card(settings)
     _show_card(settings, console, card)
     _show_alerts(settings, console)
     _print_curls(settings, console, card)
+    _print_console(settings, console)
     console.print(f"\n[bold green]demo done[/bold green] in {time.monotonic() - t0:.1f} s. "
                   "Look at: `kestrel status`, `kestrel lake`, `kestrel mlflow-ui` (runs, "
                   "plots, registry), `make dagster` (the asset graph), `kestrel parity --days "
@@ -258,3 +260,29 @@ def _show_alerts(settings: Settings, console: Console, limit: int = 5) -> None:
                       str(len(al["evidence_txn_ids"])), ",".join(al["countries"]),
                       f"{al['first_event_time'][:19]} → {al['last_event_time'][11:19]}")
     console.print(table)
+
+
+def _print_console(settings: Settings, console: Console, timeout: float = 60.0) -> None:
+    """The investigator console's address and a sign-in token, once the service's case
+    intake has turned the alerts on `alerts` into cases (it reads them from the start)."""
+    from cases.store import CaseStore
+    from serving.auth import mint_token
+
+    store = CaseStore.from_settings(settings)
+    try:
+        seen, steady, deadline = -1, 0, time.monotonic() + timeout
+        while time.monotonic() < deadline and steady < 3:  # three polls without a new case
+            total = store.queue(limit=1).total
+            steady = steady + 1 if total == seen and total > 0 else 0
+            seen = total
+            time.sleep(1.0)
+        page = store.queue(status="open", limit=1)
+    finally:
+        store.dispose()
+    token = mint_token(settings, "investigator", "console", subject="demo-investigator")
+    minutes = settings.token_ttl_seconds // 60
+    base = f"http://{settings.serve_host}:{settings.serve_port}"
+    console.print(f"\n[bold]Investigator console[/bold]: {base}/console/ — {page.total:,} open "
+                  f"cases. Sign in with this token (valid {minutes} min; `kestrel token --role "
+                  f"investigator` mints another):", highlight=False)
+    console.print(token, highlight=False, soft_wrap=True)
