@@ -12,7 +12,8 @@ from kestrel.errors import ConfigError
 from kestrel.settings import Settings
 
 SCENARIOS = {"ingest": "bench.ingest", "stream": "bench.stream", "batch": "bench.batch",
-             "train": "bench.train", "serve": "bench.serve", "faults": "bench.faults"}
+             "train": "bench.train", "serve": "bench.serve", "faults": "bench.faults",
+             "console": "bench.console"}
 
 
 def run_scenario(name: str, settings: Settings, quick: bool = False,

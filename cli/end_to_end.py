@@ -13,7 +13,7 @@ from cli.common import fail, load_settings
 
 def bench(
     scenario: Annotated[str, typer.Argument(
-        help="ingest | stream | batch | train | serve | faults")],
+        help="ingest | stream | batch | train | serve | faults | console")],
     quick: Annotated[bool, typer.Option(help="Small version (the test suite runs it)")] = False,
     out: Annotated[Path | None, typer.Option(help="JSON path (default bench/results/)")] = None,
 ) -> None:
