@@ -11,6 +11,7 @@ readiness and metrics need no token and are BentoML's own endpoints, see serving
 | ``GET /v1/users/{customer_id}/insights`` | bot (its own customer only), investigator |
 | ``GET /v1/insights/top-spenders`` | investigator |
 | ``GET /v1/alerts``, ``POST /v1/labels`` | investigator |
+| ``/console/…`` (the console's pages and forms; not in the spec) | investigator (signed in) |
 
 Every authenticated call passes the client's rate limit (a batch costs in proportion to its
 size) and leaves an access audit record. A URL holding a card number is refused before any of
@@ -33,6 +34,7 @@ from fastapi.routing import APIRoute
 from kestrel.settings import Settings, get_settings
 from serving import http_errors, metrics
 from serving.auth import Principal
+from serving.console.mount import install as install_console
 from serving.routes import decisions, events, health, insights, investigation
 from serving.routes.common import RouteContext
 from serving.routes.direct import DirectRoutes
@@ -89,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     routers = [area.router(ctx) for area in (health, events, decisions, insights, investigation)]
     for router in routers:
         app.include_router(router)
+    install_console(app, ctx)  # /console: server-rendered pages (serving/console/)
     routes = {r.path: r for router in routers for r in router.routes if isinstance(r, APIRoute)}
     # the hottest routes, called past FastAPI's router (serving/routes/direct.py)
     app.state.direct_routes = [
