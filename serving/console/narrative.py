@@ -129,7 +129,35 @@ def feature_phrase(feature: str, value: Any) -> str | None:
         "txn_is_weekend": ("it was a weekend payment" if v >= 0.5
                            else "it was a weekday payment"),
     }
-    return phrases.get(feature, f"{feature.replace('_', ' ')} was {shown}")
+    return phrases.get(feature) or _window_phrase(feature, v, shown) or \
+        f"{feature.replace('_', ' ')} was {shown}"
+
+
+_WINDOW = re.compile(r"(card|customer|terminal)_(\w+?)_(\d+)([mhd])")
+_UNITS = {"m": "minute", "h": "hour", "d": "day"}
+
+
+def _window_phrase(feature: str, v: float, shown: str) -> str | None:
+    """A clause for the windowed aggregates (``card_txn_count_1h``, ``terminal_fraud_risk_7d``
+    …: kestrel/features and kestrel/windows)."""
+    m = _WINDOW.fullmatch(feature)
+    if m is None:
+        return None
+    who, what, n, unit = m[1], m[2], int(m[3]), _UNITS[m[4]]
+    span = f"the last {unit}" if n == 1 else f"the last {n} {unit}s"
+    said = {
+        "txn_count": f"the {who} had {shown} payments in {span}",
+        "amount_sum": f"the {who}'s payments in {span} came to {v:,.2f}",
+        "amount_max": f"the {who}'s largest payment in {span} was {v:,.2f}",
+        "amount_mean": f"the {who}'s average payment in {span} was {v:,.2f}",
+        "avg_amount": f"the {who}'s average payment in {span} was {v:,.2f}",
+        "distinct_country": f"the {who} was used in {shown} countries in {span}",
+        "distinct_terminal": f"the {who} was used at {shown} terminals in {span}",
+        "distinct_mcc": f"the {who} paid {shown} kinds of merchant in {span}",
+        "night_txn_count": f"the {who} made {shown} night-time payments in {span}",
+        "fraud_risk": f"the {who}'s fraud risk over {span} was {v:.2f}",
+    }
+    return said.get(what)
 
 
 def clean_explanation(text: Any) -> str | None:

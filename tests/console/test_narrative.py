@@ -55,7 +55,8 @@ def test_velocity_and_a_declined_decision_and_the_whole(cases: CaseStore):
     assert story[0].startswith("Card card_kl made 6 payments within 5 minutes totalling ")
     assert story[1] == (
         "Payment txn-9f8e7d… of 950.00 EUR in IT was declined with fraud score 0.97, mainly "
-        "because card txn count 1h was 6 and card km from last was 1,054.70; rule hit: "
+        "because the card had 6 payments in the last hour and card km from last was "
+        "1,054.70; rule hit: "
         "velocity_decline: more than 5 payments in 10 minutes.")
     assert story[2].startswith("In all, 7 transactions in 6 countries on 2026-12-07 between "
                                "09:00 UTC and 09:07 UTC totalling ")
@@ -121,6 +122,19 @@ def test_a_phrase_for_an_unknown_value_is_left_out():
     assert feature_phrase("txn_amount", float("nan")) is None
     assert feature_phrase("km_from_home", 800.0) == (
         "the payment was 800 km from the customer's home")
+
+
+@pytest.mark.parametrize(("feature", "value", "said"), [
+    ("card_txn_count_10m", 5.0, "the card had 5 payments in the last 10 minutes"),
+    ("customer_amount_sum_24h", 1234.5,
+     "the customer's payments in the last 24 hours came to 1,234.50"),
+    ("card_distinct_country_1h", 3.0, "the card was used in 3 countries in the last hour"),
+    ("terminal_fraud_risk_7d", 0.125, "the terminal's fraud risk over the last 7 days was 0.12"),
+    ("customer_avg_amount_1d", 20.0, "the customer's average payment in the last day was 20.00"),
+    ("card_last_lat", 4.5, "card last lat was 4.50"),
+])
+def test_windowed_aggregates_in_words(feature: str, value: float, said: str):
+    assert feature_phrase(feature, value) == said
 
 
 @pytest.mark.parametrize(("text", "kept"), [
