@@ -109,6 +109,7 @@ def sar_markdown(case: CaseView, txns: Sequence[Txn], *, generated_by: str,
             out += ["", "| Feature | Value | Contribution |", "|---|---|---|"]
             out += [f"| {_cell(r['feature'])} | {_cell(r['value'])} | {r['contribution']} |"
                     for r in d["reasons"]]
+            out.append("")  # a line right after a table would be read as one of its rows
         out += [f"- Rule {_md(r['rule'])} ({r['action']}): {_md(r['text'])}"
                 for r in d["rules"]]
         out.append("")
