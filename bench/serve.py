@@ -140,7 +140,7 @@ def run(settings: Settings, quick: bool, console: Console) -> BenchResult:
     result = BenchResult("serve", quick, {"rates": rates, "seconds_per_rate": seconds,
                                           "batch_size": batch_size, "customers": CUSTOMERS,
                                           "load_avg_1m_at_start": round(load_avg, 2)})
-    base = settings.model_copy(update={"alert_consumer": False, "rate_limit_per_second": 0.0,
+    base = settings.model_copy(update={"case_intake": False, "rate_limit_per_second": 0.0,
                                        "log_level": "WARNING", "mlflow_tracking_uri": None})
     with private_services(base, with_redis=True) as own:
         console.print("registering a synthetic champion and seeding Redis …")

@@ -12,18 +12,26 @@
   and changes nothing. Each one appends to the action log in the same transaction.
 - **Retention** (:meth:`prune`): closed cases older than the retention go, with their alerts
   and evidence; open or escalated cases and cases with a SAR are never pruned.
+- **Listings** for the API: :meth:`alerts` (``GET /v1/alerts``) and :meth:`open_alerts` (the
+  insights' ``open_alerts``: one indexed query), and :meth:`label_via_api` (``POST
+  /v1/labels`` with an ``alert_id``: the verdict in the case's action log).
 
 The store migrates its database to the newest schema when it starts (``migrate=True``).
+A database that does not answer (connection refused or lost, a lock wait that timed out) is
+:class:`~kestrel.errors.CaseStoreUnavailable` from every method (HTTP 503 with Retry-After);
+:meth:`reachable` gives the same translation to a caller's own SQL.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import Select, delete, func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Select, delete, func, select, text, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -42,13 +50,50 @@ from cases.models import (
     utcnow,
 )
 from cases.records import Flag, check_id, check_text, flag_of_alert, flag_of_decision
-from cases.views import CaseSummary, CaseView, Intake, Pruned, QueuePage, summary_of, view_of
-from kestrel.errors import Conflict, NotFound
+from cases.views import (
+    AlertPage,
+    CaseSummary,
+    CaseView,
+    Intake,
+    ListedAlert,
+    Pruned,
+    QueuePage,
+    summary_of,
+    view_of,
+)
+from kestrel.errors import CaseStoreUnavailable, Conflict, NotFound
 from kestrel.settings import Settings
 
 INTAKE_ACTOR = "kestrel-intake"
 NOTE_MAX_CHARS = 10_000
 UPSERT_TRIES = 5
+OPEN_ALERTS_LIMIT = 100  # the insights list at most this many of a case's newest alerts
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def unavailable(url: str, exc: BaseException) -> CaseStoreUnavailable | None:
+    """The CaseStoreUnavailable a connection-level SQL error means (``url`` is shown without
+    its password); None for any other error (a constraint, a bug: not the database's
+    absence)."""
+    if isinstance(exc, DBAPIError) and not isinstance(exc, IntegrityError) and (
+            isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated):
+        cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200]
+        return CaseStoreUnavailable(
+            f"the case store at {url} is unreachable ({type(exc).__name__}: {cause}); check "
+            "that the database is up and that KESTREL_CASE_STORE_URL points at it. Scoring "
+            "is unaffected and the case intake catches up once it answers; retry shortly")
+    return None
+
+
+def _guarded(method: Callable[Concatenate[CaseStore, P], R]
+             ) -> Callable[Concatenate[CaseStore, P], R]:
+    """The method, with connection-level SQL errors raised as CaseStoreUnavailable."""
+    @functools.wraps(method)
+    def call(self: CaseStore, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self.reachable():
+            return method(self, *args, **kwargs)
+    return call
 
 
 class CaseStore:
@@ -57,10 +102,29 @@ class CaseStore:
     def __init__(self, url: str, *, busy_timeout_ms: int = 5000,
                  retention_days: int = 365, migrate_on_start: bool = True):
         self.engine = make_engine(url, busy_timeout_ms)
+        self.url = self.engine.url.render_as_string(hide_password=True)
         self.retention_days = retention_days
         if migrate_on_start:
-            migrate(self.engine)
+            with self.reachable():
+                migrate(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def reachable(self) -> Iterator[None]:
+        """Connection-level SQL errors in the block are raised as CaseStoreUnavailable."""
+        try:
+            yield
+        except DBAPIError as exc:
+            down = unavailable(self.url, exc)
+            if down is None:
+                raise
+            raise down from exc
+
+    @_guarded
+    def ping(self) -> None:
+        """One round trip to the database; CaseStoreUnavailable when it does not answer."""
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CaseStore:
@@ -80,6 +144,7 @@ class CaseStore:
         """Upsert a flagged decision (key txn_id) into the customer's open case."""
         return self.add_flag(flag_of_decision(decision), now)
 
+    @_guarded
     def add_flag(self, flag: Flag, now: datetime | None = None) -> Intake:
         for _ in range(UPSERT_TRIES):
             try:
@@ -91,6 +156,7 @@ class CaseStore:
                        "tries against concurrent writers; retry it (the upsert is idempotent)")
 
     # --- reads ---------------------------------------------------------------------------
+    @_guarded
     def get(self, case_id: int) -> CaseView:
         """A case with everything in it; NotFound when there is none."""
         with self._sessions() as s:
@@ -102,17 +168,26 @@ class CaseStore:
                 raise NotFound(f"no case {case_id}; list the queue for the open ones")
             return view_of(case)
 
+    @_guarded
     def case_of_alert(self, kind: str, key: str) -> int | None:
         """The case an alert (``kind="alert"``, alert_id) or decision (txn_id) is in."""
         with self._sessions() as s:
             return s.scalar(select(CaseAlert.case_id).where(CaseAlert.kind == kind,
                                                             CaseAlert.key == key))
 
+    @_guarded
+    def case_of_key(self, key: str) -> int | None:
+        """The case holding an alert (by alert_id) or else a flagged decision (txn_id)."""
+        with self._sessions() as s:
+            return _case_of_key(s, key)
+
+    @_guarded
     def open_case_of(self, customer_id: str) -> CaseSummary | None:
         with self._sessions() as s:
             case = s.scalar(select(Case).where(Case.open_customer_id == customer_id))
             return None if case is None else summary_of(case)
 
+    @_guarded
     def cases_of(self, customer_id: str) -> tuple[CaseSummary, ...]:
         """Every case of a customer, newest first (the case page's past cases)."""
         with self._sessions() as s:
@@ -120,6 +195,7 @@ class CaseStore:
                              .order_by(Case.id.desc()))
             return tuple(summary_of(c) for c in rows)
 
+    @_guarded
     def queue(self, *, status: str | None = None, rule: str | None = None,
               min_score: float | None = None, max_score: float | None = None,
               assignee: str | None = None, unassigned: bool = False,
@@ -152,6 +228,49 @@ class CaseStore:
                              .limit(limit).offset(offset))
             return QueuePage(tuple(summary_of(c) for c in rows), total,
                              {k: by_status.get(k, 0) for k in STATUSES})
+
+    @_guarded
+    def alerts(self, status: str = "open", offset: int = 0, limit: int = 50) -> AlertPage:
+        """Alerts and flagged decisions, newest received first, whose case is ``open``
+        (escalated counts as open), ``closed``, or ``all``."""
+        statuses = {"open": OPEN_STATUSES, "closed": ("closed",), "all": STATUSES}.get(status)
+        if statuses is None:
+            raise NotFound(f"no alert status {status!r}; use open, closed or all")
+        where = Case.status.in_(statuses)
+        with self._sessions() as s:
+            total = s.scalar(select(func.count(CaseAlert.id)).join(Case).where(where)) or 0
+            order = (CaseAlert.received_at.desc(), CaseAlert.id.desc())
+            return AlertPage(_listed(s, where, order, limit, offset), int(total))
+
+    @_guarded
+    def open_alerts(self, customer_id: str) -> tuple[ListedAlert, ...]:
+        """The alerts of the customer's open case, newest first (at most
+        OPEN_ALERTS_LIMIT); empty when the customer has none. One query on the unique
+        open-customer index."""
+        with self._sessions() as s:
+            return _listed(s, Case.open_customer_id == customer_id, (CaseAlert.id.desc(),),
+                           OPEN_ALERTS_LIMIT)
+
+    @_guarded
+    def label_via_api(self, alert_id: str, txn_id: str, is_fraud: bool,
+                      reason: str | None, *, actor: str) -> int:
+        """Record a verdict published by ``POST /v1/labels`` in the action log of the case
+        holding ``alert_id`` (an alert's id, or a flagged decision's txn_id); returns the
+        case id. No outbox row: the route published the label itself. NotFound when no
+        case holds it."""
+        check_id("alert_id", alert_id)
+        check_id("txn_id", txn_id)
+        check_text("reason", reason or "", 500)
+        check_text("actor", actor, 256)
+        with self._sessions.begin() as s:
+            case_id = _case_of_key(s, alert_id)
+            if case_id is None:
+                raise NotFound(f"no alert {alert_id!r} in the case store; list them with "
+                               "GET /v1/alerts (or send the label without alert_id)")
+            s.add(Action(case_id=case_id, actor=actor, action="label", at=utcnow(),
+                         detail={"txn_id": txn_id, "is_fraud": is_fraud, "reason": reason,
+                                 "alert_id": alert_id, "via": "api"}))
+            return case_id
 
     # --- actions -------------------------------------------------------------------------
     def assign(self, case_id: int, assignee: str | None, *, version: int,
@@ -214,6 +333,7 @@ class CaseStore:
             return {"txn_id": txn_id, "is_fraud": is_fraud, "reason": reason}
         return self._edit(case_id, version, actor, "label", change)
 
+    @_guarded
     def unpublished_labels(self, limit: int = 500) -> list[tuple[int, dict[str, Any]]]:
         """Outbox rows not yet published, oldest first: (id, LabelEvent payload)."""
         with self._sessions() as s:
@@ -221,12 +341,14 @@ class CaseStore:
                 LabelOutbox.published_at.is_(None)).order_by(LabelOutbox.id).limit(limit))
             return [(i, dict(p)) for i, p in rows.tuples()]
 
+    @_guarded
     def mark_published(self, ids: list[int], now: datetime | None = None) -> None:
         with self._sessions.begin() as s:
             s.execute(update(LabelOutbox).where(LabelOutbox.id.in_(ids))
                       .values(published_at=now or utcnow()))
 
     # --- retention -----------------------------------------------------------------------
+    @_guarded
     def prune(self, days: int | None = None, now: datetime | None = None) -> Pruned:
         """Delete closed cases (with their alerts, evidence, notes, history and actions)
         closed more than ``days`` ago, and published outbox rows as old; never an open or
@@ -258,6 +380,7 @@ class CaseStore:
             return {"from": before, "to": to, "outcome": outcome}
         return self._edit(case_id, version, actor, name, change)
 
+    @_guarded
     def _edit(self, case_id: int, version: int, actor: str, name: str,
               change: Callable[[Case, datetime], dict[str, Any]]) -> CaseSummary:
         check_text("actor", actor, 256)
@@ -304,6 +427,42 @@ def _session_of(case: Case) -> Session:
 def _counts(query: Select[Any]) -> Select[Any]:
     sub = query.subquery()
     return select(sub.c.status, func.count()).group_by(sub.c.status)
+
+
+def _case_of_key(s: Session, key: str) -> int | None:
+    for kind in ("alert", "decision"):
+        case_id = s.scalar(select(CaseAlert.case_id).where(CaseAlert.kind == kind,
+                                                           CaseAlert.key == key))
+        if case_id is not None:
+            return case_id
+    return None
+
+
+def _listed(s: Session, where: Any, order: tuple[Any, ...], limit: int,
+            offset: int = 0) -> tuple[ListedAlert, ...]:
+    """A page of alerts (each with its case's id and status) and their evidence txn ids, in
+    one query: the page is a derived table, the evidence left-joined to it, the page's
+    order kept by a row number."""
+    page = select(CaseAlert.id.label("row_id"), CaseAlert.key, CaseAlert.kind,
+                  CaseAlert.customer_id, CaseAlert.card_id, CaseAlert.rule, CaseAlert.score,
+                  CaseAlert.action, CaseAlert.event_time, CaseAlert.received_at,
+                  Case.id.label("case_id"), Case.status.label("case_status"),
+                  func.row_number().over(order_by=order).label("pos"),
+                  ).join(Case, Case.id == CaseAlert.case_id).where(where).order_by(*order)
+    sub = page.limit(limit).offset(offset).subquery()
+    rows = s.execute(select(sub, Evidence.txn_id).outerjoin(
+        Evidence, Evidence.alert_id == sub.c.row_id).order_by(sub.c.pos, Evidence.id))
+    out: dict[int, list[Any]] = {}
+    for row in rows:
+        entry = out.get(row[0])
+        if entry is None:
+            out[row[0]] = entry = [*row[1:12], []]
+        if row[-1] is not None:
+            entry[-1].append(row[-1])
+    return tuple(ListedAlert(alert_id=k, kind=kind, customer_id=c, card_id=card, rule=rule,
+                             score=score, action=action, evidence_txn_ids=tuple(ev),
+                             event_time=et, received_at=ra, case_id=cid, case_status=st)
+                 for k, kind, c, card, rule, score, action, et, ra, cid, st, ev in out.values())
 
 
 def _upsert(s: Session, flag: Flag, now: datetime) -> Intake:

@@ -88,6 +88,43 @@ class QueuePage:
 
 
 @dataclass(frozen=True)
+class ListedAlert:
+    """An alert or flagged decision as ``GET /v1/alerts`` and the insights list it: the
+    alert's own fields, its evidence txn ids and the case it is in (with the case's status:
+    an escalated case counts as open)."""
+
+    alert_id: str  # the key: alert_id of an alert, txn_id of a decision
+    kind: str
+    customer_id: str
+    card_id: str | None
+    rule: str | None
+    score: float | None
+    action: str | None
+    evidence_txn_ids: tuple[str, ...]
+    event_time: datetime | None
+    received_at: datetime
+    case_id: int
+    case_status: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON document (times as datetimes: the caller's encoder writes them)."""
+        return {"alert_id": self.alert_id, "kind": self.kind, "customer_id": self.customer_id,
+                "card_id": self.card_id, "rule": self.rule, "score": self.score,
+                "action": self.action, "evidence_txn_ids": list(self.evidence_txn_ids),
+                "event_time": self.event_time, "received_at": self.received_at,
+                "case_id": self.case_id, "case_status": self.case_status,
+                "status": "closed" if self.case_status == "closed" else "open"}
+
+
+@dataclass(frozen=True)
+class AlertPage:
+    """One page of alerts, newest first, and how many the filter matched."""
+
+    alerts: tuple[ListedAlert, ...]
+    total: int
+
+
+@dataclass(frozen=True)
 class Intake:
     """What an upsert did: ``created`` False means the alert or decision was already in."""
 

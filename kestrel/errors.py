@@ -1,7 +1,7 @@
 """Kestrel's error tree: one root, one subclass per kind of failure.
 
 The HTTP layer maps these to status codes in one table (serving/http_errors.py: 400, 401/403,
-404, 413, 429, 503); the CLI prints their message and exits non-zero. Messages say what to
+404, 409, 413, 429, 503); the CLI prints their message and exits non-zero. Messages say what to
 do, not only what went wrong.
 """
 
@@ -26,6 +26,11 @@ class ServiceError(KestrelError):
 
 class ServiceUnavailable(ServiceError):
     """A service the operation needs does not answer (maps to HTTP 503)."""
+
+
+class CaseStoreUnavailable(ServiceUnavailable):
+    """The case store's database does not answer (HTTP 503 with Retry-After). Scoring does
+    not need it; the case intake keeps its records and retries until it answers."""
 
 
 @dataclass(frozen=True)

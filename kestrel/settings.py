@@ -22,13 +22,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kestrel.errors import ConfigError
 
 MIN_SECRET_LENGTH = 32
 SecretName = Literal["pan_token_key", "jwt_secret", "audit_key"]
+CASE_DECISION_ACTIONS = ("decline", "challenge")  # the decision actions that may open a case
 MAX_TOKEN_TTL_SECONDS = 24 * 3600
 
 
@@ -315,6 +316,20 @@ class Settings(BaseSettings):
         "`*`: any other); the queue shows overdue cases first within their priority."
     )
 
+    @field_validator("case_decision_actions")
+    @classmethod
+    def _case_actions(cls, value: str) -> str:
+        """A comma list of known actions, normalised (``challenge, DECLINE`` →
+        ``challenge,decline``); an unknown one is a ConfigError, never ignored."""
+        actions = [a.strip().lower() for a in value.split(",") if a.strip()]
+        unknown = sorted(set(actions) - set(CASE_DECISION_ACTIONS))
+        if unknown:
+            raise ConfigError(
+                f"KESTREL_CASE_DECISION_ACTIONS names {', '.join(map(repr, unknown))}: give a "
+                f"comma list of {' and '.join(CASE_DECISION_ACTIONS)} (e.g. `decline` or "
+                "`decline,challenge`); an allowed payment never opens a case")
+        return ",".join(a for a in CASE_DECISION_ACTIONS if a in actions)
+
     # --- Investigator console (serving/console/) ------------------------------------------
     console_session_ttl_seconds: int = Field(
         8 * 3600, ge=60, description="A console session ends this long after sign-in (and "
@@ -364,6 +379,11 @@ class Settings(BaseSettings):
                 "store's database (postgresql+psycopg://… or mysql+pymysql://… for TiDB); "
                 "the SQLite default under var/ is for KESTREL_ENV=dev and test")
         return f"sqlite:///{(self.var_dir / 'cases' / 'cases.db').resolve()}"
+
+    @property
+    def case_actions(self) -> frozenset[str]:
+        """The decision actions that open or join a case (KESTREL_CASE_DECISION_ACTIONS)."""
+        return frozenset(a for a in self.case_decision_actions.split(",") if a)
 
     @property
     def event_time_ahead(self) -> int:

@@ -89,6 +89,27 @@ def _top_contributions(contribs: Any) -> Any:
     return np.argsort(-values, axis=1, kind="stable")[:, :TOP_REASONS]
 
 
+def decision_record(event: TransactionEvent, row: int, frame: FeatureFrame | None,
+                    flagged: bool) -> bytes:
+    """The fields the `decisions` record carries besides the response, as ``,"k":v…`` to
+    splice in: ``customer_id``, ``card_id``, ``event_time``; for a decision that is not an
+    allow (what a case is opened from, a few in a hundred) also the ``transaction`` and the
+    scored ``features`` (``{name: value}``, a missing value as null; null when the features
+    could not be read)."""
+    head = {"customer_id": event.customer_id, "card_id": event.card_id,
+            "event_time": event.event_time}
+    if flagged:
+        head["transaction"] = {k: getattr(event, k) for k in _TRANSACTION}
+        head["features"] = None if frame is None else {
+            n: None if v != v else v for n, v in zip(frame.names, frame.x[row].tolist(),
+                                                      strict=True)}
+    return b"," + orjson.dumps(head, option=orjson.OPT_UTC_Z)[1:-1]
+
+
+_TRANSACTION = ("amount", "currency", "country", "lat", "lon", "mcc", "terminal_id", "channel",
+                "event_time")
+
+
 @dataclass(frozen=True)
 class Decisions:
     """Decisions in request order, each encoded once as JSON: the response, the
@@ -202,7 +223,7 @@ class Decider:
             metrics.DECISIONS.labels(action, str(degraded).lower()).inc(count)
         decided = Decisions([orjson.dumps(d) for d in out])
         self._publish(events, decided, frame, version, cause, route,
-                      audited=audited)
+                      [d["action"] != "allow" for d in out], audited=audited)
         return decided
 
     @staticmethod
@@ -251,18 +272,20 @@ class Decider:
 
     def _publish(self, events: Sequence[TransactionEvent], decided: Decisions,
                  frame: FeatureFrame | None, version: str | None, cause: str | None,
-                 route: Route, audited: bool = True) -> None:
+                 route: Route, flagged: list[bool], audited: bool = True) -> None:
         now = datetime.now(UTC)
         inputs = [e.to_json() for e in events]  # one encoding for the topic and the audit
         if self.publisher is not None:
-            # a decision's record is its response JSON with ``decided_at`` appended
+            # a decision's record is its response JSON with what a case needs appended
+            # (decision_record) and ``decided_at``
             stamp = b',"decided_at":' + orjson.dumps(now, option=orjson.OPT_UTC_Z) + b"}"
             try:  # never blocks: produced without waiting, or spooled (serving/publisher.py)
                 self.publisher.publish(route, (
                     (TRANSACTIONS, [(e.customer_id, raw)
                                     for e, raw in zip(events, inputs, strict=True)]),
-                    (DECISIONS, [(e.txn_id, raw[:-1] + stamp)
-                                 for e, raw in zip(events, decided.encoded, strict=True)])))
+                    (DECISIONS, [(e.txn_id, raw[:-1] + decision_record(e, i, frame, f) + stamp)
+                                 for i, (e, raw, f) in enumerate(
+                                     zip(events, decided.encoded, flagged, strict=True))])))
             except Exception:  # a decision is answered even then; the audit below keeps it
                 log.exception("could not publish or spool %d decisions", len(events))
         # the feature vector as values in the order of ``feature_names`` (one list of names,

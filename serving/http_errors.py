@@ -2,7 +2,8 @@
 
 Every 4xx and 5xx the service gives has one shape, :class:`ErrorBody`:
 ``{"error": code, "message": text, "errors": [{"path", "reason"}]}``. Invalid input is 400
-(FastAPI's 422 never appears, in answers or in the spec); 401 carries
+(FastAPI's 422 never appears, in answers or in the spec); 409 is an edit made from a stale
+read (the case store's version check); 401 carries
 ``WWW-Authenticate: Bearer``; 429 and 503 carry ``Retry-After``. The router's own answers (404
 unknown path, 405 wrong method) and an unexpected exception (500) take the same shape, and no
 error body repeats a card number the request held (an unknown field's name is quoted in its
@@ -33,6 +34,7 @@ from kestrel.errors import (
     AuthError,
     BatchTooLarge,
     BodyTooLarge,
+    Conflict,
     EventValidationError,
     Forbidden,
     KestrelError,
@@ -134,6 +136,7 @@ HANDLERS: dict[type[Exception], Handler] = {
     AuthError: answer(401, "unauthenticated", {"WWW-Authenticate": "Bearer"}),
     Forbidden: answer(403, "forbidden"),
     NotFound: answer(404, "not_found"),
+    Conflict: answer(409, "conflict"),  # a stale edit: reload and apply it again
     BatchTooLarge: answer(413, "batch_too_large"),
     BodyTooLarge: answer(413, "body_too_large"),
     RateLimited: _limited,  # 429 rate_limited, Retry-After: the client's own wait
@@ -228,6 +231,7 @@ DESCRIPTIONS = {
     "401": "Missing, invalid or expired bearer token",
     "403": "The token's role or customer may not do this",
     "404": "Nothing found",
+    "409": "Changed by someone else since it was read: reload it and apply the change again",
     "413": "Request body or batch too large",
     "429": "The client is over its request rate (see Retry-After)",
     "503": "A store or the broker is unavailable (see Retry-After)",

@@ -7,7 +7,11 @@ Sources (each optional — a missing one leaves its part empty, listed in ``sour
 - the stream's list of recent transactions ``kestrel:recent:{id}`` (newest first, 20 kept);
   days after the doc's ``as_of`` are counted from it, so they are complete only as far as
   those 20 transactions reach;
-- the alert store (open alerts of the customer).
+- the case store (cases/): the alerts of the customer's open case, newest first — one
+  indexed SQL query; ``risk_level`` is ``high`` while the customer has an open case. When the
+  store does not answer the insights are answered without them (``sources.cases:
+  "unavailable"``) and not cached; for a second after a failure the store is not asked again
+  (the route runs on the event loop).
 
 "Today" is the latest day any source knows of for the customer (the simulated data lives in
 2018, so the wall clock would say nothing). The composed document is cached at
@@ -21,19 +25,25 @@ Redis is frozen or gone the routes answer 503 with Retry-After at once instead o
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import suppress
 from datetime import date, timedelta
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import orjson
 from redis import Redis
 
+from cases.store import CaseStore
+from kestrel.errors import CaseStoreUnavailable
 from kestrel.mcc import category_of as mcc_category
 from kestrel.redis_keys import insight_cache_key, insight_doc_key, recent_key, top_spenders_key
 from kestrel.resp import resp_command, roundtrip
-from serving.alerts import AlertStore
 from serving.redis_guard import RedisGuard, RedisUnavailable
+
+CASES_PAUSE_S = 1.0  # after the case store failed, the insights do not ask it for this long
+Cases = Literal["ok", "unavailable"]
 
 FIELDS = ("as_of", "today", "spend_today", "spend_7d", "spend_30d", "trend", "top_categories",
           "recent_transactions", "open_alerts", "risk_level", "sources")
@@ -44,8 +54,9 @@ def _pct(now: float, before: float) -> float | None:
 
 
 def compose(customer_id: str, doc: dict[str, Any] | None, recent: list[dict[str, Any]],
-            alerts: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The insights document, or None when no source knows the customer."""
+            alerts: list[dict[str, Any]], cases: Cases = "ok") -> dict[str, Any] | None:
+    """The insights document, or None when no source knows the customer. ``alerts``: those
+    of the customer's open case (``cases``: whether the case store could be read)."""
     if doc is None and not recent and not alerts:
         return None
     by_day: dict[str, float] = defaultdict(float)
@@ -96,20 +107,21 @@ def compose(customer_id: str, doc: dict[str, Any] | None, recent: list[dict[str,
     out["risk_level"] = ("high" if alerts else
                          "elevated" if ratio is not None and ratio > 1.0 else "normal")
     out["sources"] = {"insight_doc": doc is not None, "recent_transactions": bool(recent),
-                      "alerts": bool(alerts)}
+                      "alerts": bool(alerts), "cases": cases}
     return out
 
 
 class Insights:
     """Reads (and caches) insights; Redis errors raise RedisUnavailable (HTTP 503)."""
 
-    def __init__(self, redis: Redis, alerts: AlertStore, schema: int, ttl_seconds: int,
-                 guard: RedisGuard):
+    def __init__(self, redis: Redis, cases: Callable[[], CaseStore], schema: int,
+                 ttl_seconds: int, guard: RedisGuard):
         self.redis = redis
-        self.alerts = alerts
+        self.cases = cases
         self.schema = schema
         self.ttl = ttl_seconds
         self.guard = guard
+        self._cases_down_until = 0.0  # time.monotonic(): the store failed, not asked till then
 
     def cached(self, customer_id: str) -> bytes | None:
         """The cached body, by a GET on a pooled connection without redis-py's command
@@ -127,15 +139,32 @@ class Insights:
         raw_doc, raw_recent = self.guard.call("insights", pipe.execute)
         doc = orjson.loads(raw_doc) if raw_doc else None
         recent = [orjson.loads(r) for r in raw_recent]
-        result = compose(customer_id, doc, recent, self.alerts.for_customer(customer_id))
+        alerts, cases = self.open_alerts(customer_id)
+        result = compose(customer_id, doc, recent, alerts, cases)
         if result is None:
+            if cases == "unavailable":  # the case store might know the customer: say so
+                raise CaseStoreUnavailable("the customer is in no insight source that answers "
+                                           "and the case store is unreachable; retry shortly")
             return None
-        body = orjson.dumps(result)
+        body = orjson.dumps(result, option=orjson.OPT_UTC_Z)
+        if cases == "unavailable":  # incomplete: the next call composes it again
+            return body
         # the answer is composed: a cache it cannot write only costs the next call a rebuild
         with suppress(RedisUnavailable):  # (the breaker logs the outage)
             self.guard.call("insights", self.redis.set,
                             insight_cache_key(customer_id, self.schema), body, ex=self.ttl)
         return body
+
+    def open_alerts(self, customer_id: str) -> tuple[list[dict[str, Any]], Cases]:
+        """The alerts of the customer's open case, and whether the case store answered."""
+        if time.monotonic() < self._cases_down_until:
+            return [], "unavailable"
+        try:
+            listed = self.cases().open_alerts(customer_id)
+        except CaseStoreUnavailable:
+            self._cases_down_until = time.monotonic() + CASES_PAUSE_S
+            return [], "unavailable"
+        return [a.as_dict() for a in listed], "ok"
 
     def top_spenders(self, day: str, n: int) -> list[dict[str, Any]] | None:
         raw: Any = self.guard.call("insights", self.redis.get, top_spenders_key(day))

@@ -9,6 +9,11 @@ starts after the last alert's evidence ended (remembered in the card's state, wh
 committed atomically with the offsets). The alert id is derived from the card, the rule and
 the first evidence txn_id, so a replay after a crash re-emits the same id and consumers can
 deduplicate.
+
+The alert record (topic `alerts`, key card_id; its fields are listed in docs/events.md) is
+built here only, by :func:`evaluate`. ``evidence`` carries each evidence transaction as the
+card's state holds it (txn_id, event_time, amount, country, lat, lon, terminal_id): the case
+store keeps the record as received, and an investigator's case page reads them from it.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kestrel.pan import hex_as_letters
-from pipelines.stream.state import COUNTRY, TIME, TXN, EventLog
+from pipelines.stream.state import AMOUNT, COUNTRY, LAT, LON, TERMINAL, TIME, TXN, Event, EventLog
 
 FIVE_MIN_US = 5 * 60 * 1_000_000
 TEN_MIN_US = 10 * 60 * 1_000_000
@@ -46,6 +51,11 @@ def _iso(us: int) -> str:
     return datetime.fromtimestamp(us / 1e6, UTC).isoformat().replace("+00:00", "Z")
 
 
+def _evidence(e: Event) -> dict[str, Any]:
+    return {"txn_id": e[TXN], "event_time": _iso(e[TIME]), "amount": e[AMOUNT],
+            "country": e[COUNTRY], "lat": e[LAT], "lon": e[LON], "terminal_id": e[TERMINAL]}
+
+
 def evaluate(card_id: str, customer_id: str, log: EventLog, rule: Rule,
              now: datetime) -> dict[str, Any] | None:
     """The alert this card's latest state raises for ``rule``, if any."""
@@ -67,6 +77,7 @@ def evaluate(card_id: str, customer_id: str, log: EventLog, rule: Rule,
         "alert_id": alert_id, "card_id": card_id, "customer_id": customer_id,
         "rule": rule.name, "window": rule.window_label,
         "evidence_txn_ids": [e[TXN] for e in chunk],
+        "evidence": [_evidence(e) for e in chunk],
         "countries": sorted({e[COUNTRY] for e in chunk}),
         "first_event_time": _iso(chunk[0][TIME]), "last_event_time": _iso(chunk[-1][TIME]),
         "emitted_at": now.isoformat().replace("+00:00", "Z"), "status": "open",

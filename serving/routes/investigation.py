@@ -1,5 +1,7 @@
-"""``GET /v1/alerts`` (the alert queue) and ``POST /v1/labels`` (an investigator's verdict,
-published to ``labels``); role ``investigator``."""
+"""``GET /v1/alerts`` (the alerts and flagged decisions of the case store, newest first) and
+``POST /v1/labels`` (an investigator's verdict, published to ``labels``); role
+``investigator``. Both read or write the case store in a worker thread: SQL is not run on
+the event loop."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from kestrel.errors import EventValidationError
+from kestrel.errors import EventValidationError, NotFound
 from kestrel.events import FreeText, Identifier, LabelEvent, field_errors
 from kestrel.topics import LABELS
 from serving.http_errors import answers
@@ -25,29 +27,35 @@ class LabelIn(BaseModel):
     txn_id: Identifier
     is_fraud: bool
     reason: FreeText | None = None
-    alert_id: Identifier | None = Field(None, description="Closes this alert in the queue.")
+    alert_id: Identifier | None = Field(
+        None, description="The alert (or flagged decision's txn_id) the verdict is about: "
+        "recorded in its case's action log (404 when no case holds it).")
 
 
 def router(ctx: RouteContext) -> APIRouter:
     routes = APIRouter()
     settings = ctx.settings
 
-    @routes.get("/v1/alerts", tags=["investigation"], summary="The alert queue, newest first",
+    @routes.get("/v1/alerts", tags=["investigation"],
+                summary="Alerts and flagged decisions from the case store, newest first",
                 openapi_extra=answers(503))
     async def alerts(request: Request,
-                     status: str = Query("open", pattern="^(open|closed|all)$"),
+                     status: str = Query("open", pattern="^(open|closed|all)$", description=(
+                         "By the status of the alert's case: `open` (escalated counts as "
+                         "open), `closed`, `all`")),
                      limit: int = Query(50, ge=1, le=500),
                      offset: int = Query(0, ge=0, le=1_000_000)) -> Response:
         ctx.guard(request, "alerts")
-        page, total = ctx.runtime().alerts.page(None if status == "all" else status, offset,
-                                                limit)
-        nxt = offset + len(page) if offset + len(page) < total else None
-        return json_response({"alerts": page, "total": total, "offset": offset,
+        rt = ctx.runtime()
+        page = await run_in_threadpool(lambda: rt.case_store().alerts(status, offset, limit))
+        listed = [a.as_dict() for a in page.alerts]
+        nxt = offset + len(listed) if offset + len(listed) < page.total else None
+        return json_response({"alerts": listed, "total": page.total, "offset": offset,
                               "limit": limit, "next_offset": nxt})
 
     @routes.post("/v1/labels", status_code=202, tags=["investigation"],
                  summary="Label a transaction fraud or legit (published to `labels`)",
-                 openapi_extra=answers(413, 503, body={"required": True, "content": {
+                 openapi_extra=answers(404, 413, 503, body={"required": True, "content": {
                      "application/json": {"schema": LabelIn.model_json_schema()}}}))
     async def labels(request: Request) -> Response:
         principal = ctx.guard(request, "labels")
@@ -64,12 +72,20 @@ def router(ctx: RouteContext) -> APIRouter:
                                reason=label_in.reason, labelled_at=datetime.now(UTC))
         except ValidationError as exc:
             raise EventValidationError(field_errors(exc)) from None
-        if label_in.alert_id:  # a 503 after publishing would make the retry a second label
-            rt.redis_guard.check("labels")
+        alert_id = label_in.alert_id
+        if alert_id:  # known before publishing: a 404 or 503 then publishes nothing
+            case = await run_in_threadpool(rt.case_store().case_of_key, alert_id)
+            if case is None:
+                raise NotFound(f"no alert {alert_id!r} in the case store; list them with "
+                               "GET /v1/alerts (or send the label without alert_id)")
         await run_in_threadpool(_publish_label, rt, label)
-        closed = rt.alerts.close(label_in.alert_id) if label_in.alert_id else None
+        case_id = None
+        if alert_id:  # published directly (acknowledged): the case's log says so, no outbox
+            case_id = await run_in_threadpool(lambda: rt.case_store().label_via_api(
+                alert_id, label.txn_id, label.is_fraud, label.reason,
+                actor=principal.subject))
         return json_response({"accepted": True, "label": label.model_dump(mode="json"),
-                              "alert_closed": closed}, 202)
+                              "case_id": case_id}, 202)
 
     return routes
 

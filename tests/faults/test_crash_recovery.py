@@ -12,15 +12,16 @@ this module started are ever signalled; never the machine's Redis on 6379):
   commit point, what the staging folder left behind shows), in round 2 80 ms later,
   wherever it is; then restarted and drained.
 
-Each run also feeds its `alerts` topic into an alert store (serving/alerts.py, in this
-process, as `kestrel serve` does), running through the crashes. Compared: the online store
-(every Redis key the stream wrote, and the state its snapshots and changelogs rebuild), the
-offline feature log, the alert store (its documents but for ``emitted_at``, the wall-clock
-time the stream sent the alert; its queues and their scores) and the lake (every row).
+Each run also feeds its `alerts` topic into a case store (serving/case_intake.py, in this
+process, as `kestrel serve` does; SQLite in the run's var dir), running through the crashes.
+Compared: the online store (every Redis key the stream wrote, and the state its snapshots and
+changelogs rebuild), the offline feature log, the case store (each customer's cases and their
+alerts as received but for ``emitted_at``, the wall-clock time the stream sent the alert)
+and the lake (every row).
 
 tests/stream/test_processor.py and tests/pipelines/test_archive.py kill each process alone
 (the stream three times against an in-process clean run, the archiver three times against
-the input); this test kills them together and adds the alert store and the lake compared
+the input); this test kills them together and adds the case store and the lake compared
 with a clean run's.
 """
 
@@ -42,6 +43,7 @@ import psutil
 import pytest
 import redis
 
+from cases.store import CaseStore
 from kestrel.lake import read_table
 from kestrel.lake_commit import CommitLog
 from kestrel.pan import CardTokenizer
@@ -61,8 +63,7 @@ from pipelines.simulator.config import SimulationConfig
 from pipelines.simulator.to_kafka import stream_to_kafka
 from pipelines.stream.offline_log import log_dir
 from pipelines.stream.processor import offsets_key
-from serving.alerts import PREFIX, AlertConsumer, AlertStore
-from serving.redis_guard import RedisGuard
+from serving.case_intake import CaseIntake
 from tests.conftest import TEST_SECRET, env_for, make_settings
 from tests.pipelines.test_archive import read_topic
 from tests.stream.test_processor import _snapshot
@@ -94,12 +95,12 @@ def redis_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @dataclass
 class Run:
-    """One run's broker, var dir, online-store db and alert-store db."""
+    """One run's broker, var dir, online-store db and case store."""
 
     settings: Settings
-    alerts_url: str
+    cases: CaseStore
     logs: Path
-    consumer: AlertConsumer | None = None
+    consumer: CaseIntake | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     outs: list[IO[bytes]] = field(default_factory=list)
 
@@ -138,28 +139,25 @@ def new_run(tmp_path: Path, name: str, redis_base: str, db: int) -> Run:
     settings = make_settings(var, kafka_bootstrap=f"127.0.0.1:{free_port()}",
                              redis_url=f"{redis_base}/{db}", stream_batch_ms=100,
                              archive_batch_seconds=0.5)
-    run = Run(settings, f"{redis_base}/{db + 1}", var)
-    for url in (settings.redis_url, run.alerts_url):
-        redis.Redis.from_url(url).flushdb()  # our own server, our own dbs
+    run = Run(settings, CaseStore(f"sqlite:///{var / 'cases.db'}"), var)
+    redis.Redis.from_url(settings.redis_url).flushdb()  # our own server, our own db
     start_broker(settings)
     stream_to_kafka(CONFIG, settings, CardTokenizer(TEST_SECRET.encode()).token,
                     with_labels=False)
-    # the alert store, fed as `kestrel serve` feeds it, through whatever happens
-    store = AlertStore(redis.Redis.from_url(run.alerts_url), RedisGuard(run.alerts_url))
-    run.consumer = AlertConsumer(settings, store, EventProducer(settings))
+    # the case store, fed as `kestrel serve` feeds it, through whatever happens
+    run.consumer = CaseIntake(settings, lambda: run.cases, EventProducer(settings))
     run.consumer.start()
     return run
 
 
 def finish(run: Run) -> tuple[int, int]:
-    """Wait until the alert store holds every alert of the topic, then stop its consumer;
+    """Wait until the case store holds every alert of the topic, then stop its intake;
     the topic's records and distinct alerts."""
     records = [orjson.loads(m.value())["alert_id"] for m in read_topic(run.settings, ALERTS, 1)]
     alerts = set(records)
     assert alerts, "the input raises no alerts: nothing to compare"
-    client: Any = redis.Redis.from_url(run.alerts_url)
     deadline = time.monotonic() + 60
-    while client.zcard(f"{PREFIX}all") < len(alerts) and time.monotonic() < deadline:
+    while run.cases.alerts("all").total < len(alerts) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert run.consumer is not None
     run.consumer.stop()
@@ -169,18 +167,19 @@ def finish(run: Run) -> tuple[int, int]:
     return len(records), len(alerts)
 
 
-def alert_store(url: str) -> dict[str, Any]:
-    """Every key of the alert store; documents without ``emitted_at`` (wall-clock)."""
-    client = redis.Redis.from_url(url)
+def case_store(store: CaseStore) -> dict[str, Any]:
+    """Per customer, their cases (status, rules) and each case's alerts as received, without
+    ``emitted_at`` (wall-clock) and the store's own ids and times."""
     out: dict[str, Any] = {}
-    for key in client.scan_iter(count=1000):
-        kind = client.type(key)
-        if kind == b"zset":
-            out[key.decode()] = client.zrange(key, 0, -1, withscores=True)
-        else:
-            doc = orjson.loads(client.get(key))  # type: ignore[arg-type]
-            doc.pop("emitted_at")
-            out[key.decode()] = doc
+    page = store.queue(limit=100_000)
+    assert page.total == len(page.cases)
+    for summary in page.cases:
+        case = store.get(summary.id)
+        alerts = sorted(({k: v for k, v in a.payload.items() if k != "emitted_at"}
+                         | {"evidence": list(a.evidence_txn_ids)} for a in case.alerts),
+                        key=lambda a: a["alert_id"])
+        out.setdefault(case.customer_id, []).append(
+            {"status": case.status, "rules": sorted(case.rules), "alerts": alerts})
     return out
 
 
@@ -246,10 +245,10 @@ def test_kill_9_of_stream_and_archiver_mid_batch_ends_as_a_clean_run(
         assert crashed_store == clean_store
         for entity in clean_logs:
             pd.testing.assert_frame_equal(crashed_logs[entity], clean_logs[entity])
-        # the alert store
-        clean_alerts = alert_store(clean.alerts_url)
-        assert any(k.startswith(f"{PREFIX}doc:") for k in clean_alerts)
-        assert alert_store(crashed.alerts_url) == clean_alerts
+        # the case store
+        clean_cases = case_store(clean.cases)
+        assert clean_cases
+        assert case_store(crashed.cases) == clean_cases
         # the lake: every row once, the same rows
         crashed_lake = lake(crashed.settings)
         assert len({r["txn_id"] for r in crashed_lake}) == len(crashed_lake) == total

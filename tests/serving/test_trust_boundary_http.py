@@ -286,7 +286,7 @@ def test_the_service_in_production_takes_identity_provider_tokens_only(tmp_path:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Jwks)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     settings = make_settings(tmp_path / "var", env="prod", jwt_secret=None,
-                             jwt_audience="kestrel-api", alert_consumer=False,
+                             jwt_audience="kestrel-api", case_intake=False,
                              jwt_jwks_url=f"http://127.0.0.1:{server.server_port}/jwks")
     now = int(time.time())
     claims = {"sub": "auth0|gateway", "role": "scorer", "client": "gateway", "iss": "kestrel",

@@ -1,10 +1,12 @@
-"""Threads that must not die, 2: the alert consumer.
+"""Threads that must not die, 2: the case intake (serving/case_intake.py; it replaced the
+alert consumer), writing to a real case store (SQLite in the test's tmp dir).
 
 A commit that fails for real (the broker gone between a batch's store and its commit:
 librdkafka raises a KafkaException) is ridden out in place (no alert lost, no restart,
-readiness unaffected by it) and the consumer stores new alerts once a broker answers again;
+readiness unaffected by it) and the intake stores new alerts once a broker answers again;
 anything else that ends its loop gets a new consumer after a capped exponential backoff,
-counted, with ``healthy`` False in between.
+counted, with ``healthy`` False in between. The consumers of the supervisor tests are
+stand-ins handing out prepared batches (a real consumer cannot be made to fail on cue).
 """
 
 from __future__ import annotations
@@ -16,21 +18,20 @@ from typing import Any
 
 import orjson
 import pytest
-import redis
 from confluent_kafka import KafkaError, KafkaException
 
+from cases.records import Flag
+from cases.store import CaseStore
+from cases.views import Intake
 from kestrel.producer import EventProducer
 from kestrel.services import BROKER, free_port, start_broker, stop
 from kestrel.settings import Settings
 from kestrel.topics import ALERTS
-from serving.alerts import PREFIX, AlertConsumer, AlertStore
-from serving.redis_guard import RedisGuard
+from serving.case_intake import CaseIntake
 from tests.conftest import make_settings
 from tests.faults.probes import counter, wait_for
 
 pytestmark = [pytest.mark.faults]
-
-
 
 
 class FakeMessage:
@@ -83,28 +84,25 @@ class FakeConsumer:
         self.closed = True
 
 
-class CountingStore:
-    def __init__(self) -> None:
-        self.ids: list[str] = []
-
-    def add(self, alert: dict[str, Any]) -> bool:
-        new = alert["alert_id"] not in self.ids
-        self.ids.append(alert["alert_id"])
-        return new
-
-
 def alert(i: int) -> bytes:
     return orjson.dumps({"alert_id": f"al-{i}", "card_id": "card-1", "customer_id": "C1",
+                         "rule": "velocity", "evidence_txn_ids": [f"t{i}"],
                          "last_event_time": "2018-04-01T00:00:00Z"})
 
 
+def alert_ids(store: CaseStore) -> list[str]:
+    """The store's alert ids in the order they were received."""
+    return [a.alert_id for a in reversed(store.alerts("all", 0, 500).alerts)]
+
+
 def supervised(settings: Settings, consumers: list[FakeConsumer],
-               backoff: tuple[float, float]) -> tuple[AlertConsumer, CountingStore]:
-    store = CountingStore()
+               backoff: tuple[float, float]) -> tuple[CaseIntake, CaseStore]:
+    store = CaseStore(f"sqlite:///{settings.var_dir / 'cases.db'}")
     made = iter(consumers)
-    consumer = AlertConsumer(settings, store, None, consumer_factory=lambda _: next(made))  # type: ignore[arg-type]
-    consumer.BACKOFF_S = backoff
-    return consumer, store
+    intake = CaseIntake(settings, lambda: store, None,  # type: ignore[arg-type]  # no DLQ
+                        consumer_factory=lambda _: next(made))
+    intake.BACKOFF_S = backoff
+    return intake, store
 
 
 def test_a_consumer_that_fails_is_replaced_after_a_backoff_and_counted(
@@ -116,7 +114,7 @@ def test_a_consumer_that_fails_is_replaced_after_a_backoff_and_counted(
                           [FakeMessage(b"", 3, fatal)]])
     crashing = FakeConsumer([], fail=KafkaException(KafkaError(KafkaError.NETWORK_EXCEPTION)))
     last = FakeConsumer([[FakeMessage(alert(i), i) for i in range(3, 6)]])
-    restarts = counter("kestrel_alert_consumer_restarts_total")
+    restarts = counter("kestrel_case_intake_restarts_total")
     consumer, store = supervised(settings, [first, crashing, last], (0.3, 0.6))
     seen_down = threading.Event()
     consumer.start()
@@ -132,11 +130,11 @@ def test_a_consumer_that_fails_is_replaced_after_a_backoff_and_counted(
         consumer.stop()
     assert consumer.state == "stopped" and not consumer.healthy
     assert consumer.restarts == 2
-    assert counter("kestrel_alert_consumer_restarts_total") - restarts == 2
+    assert counter("kestrel_case_intake_restarts_total") - restarts == 2
     # the first batch was committed, so the first delay is the base, then it doubles
     assert elapsed >= 0.3 + 0.6 - 0.05
     assert first.closed and crashing.closed and last.closed
-    assert store.ids == [f"al-{i}" for i in range(6)]
+    assert alert_ids(store) == [f"al-{i}" for i in range(6)]
 
 
 def test_the_backoff_is_capped(settings: Settings) -> None:
@@ -156,7 +154,7 @@ def test_a_failed_commit_is_ridden_out_without_a_restart(settings: Settings) -> 
     rebalance = KafkaException(KafkaError(KafkaError.REBALANCE_IN_PROGRESS))
     only = FakeConsumer([[FakeMessage(alert(0), 0)], [FakeMessage(alert(1), 1)]],
                         commit_error=rebalance)
-    failures = counter("kestrel_alert_consumer_commit_failures_total")
+    failures = counter("kestrel_case_intake_commit_failures_total")
     consumer, store = supervised(settings, [only], (0.1, 0.2))
     consumer.start()
     try:
@@ -165,35 +163,32 @@ def test_a_failed_commit_is_ridden_out_without_a_restart(settings: Settings) -> 
     finally:
         consumer.stop()
     assert consumer.restarts == 0 and consumer.commit_failures == 1
-    assert counter("kestrel_alert_consumer_commit_failures_total") - failures == 1
-    assert store.ids == ["al-0", "al-1"]
+    assert counter("kestrel_case_intake_commit_failures_total") - failures == 1
+    assert alert_ids(store) == ["al-0", "al-1"]
 
 
+# --- the case intake against a real broker that goes away ---------------------------------------
 
-# --- the alert consumer against a real broker that goes away ------------------------------------
-
-class GatedStore(AlertStore):
-    """The real alert store, whose writes wait while ``gate`` is closed (so the test knows a
+class GatedStore(CaseStore):
+    """The real case store, whose writes wait while ``gate`` is closed (so the test knows a
     batch is between its store and its commit)."""
 
     def __init__(self, url: str):
-        super().__init__(redis.Redis.from_url(url), RedisGuard(url))
+        super().__init__(url)
         self.gate = threading.Event()
         self.gate.set()
         self.waiting = threading.Event()
 
-    def add(self, alert: dict[str, Any]) -> bool:
+    def add_flag(self, flag: Flag, now: Any = None) -> Intake:
         if not self.gate.is_set():
             self.waiting.set()
             self.gate.wait(60)
-        return super().add(alert)
+        return super().add_flag(flag, now)
 
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_a_commit_that_fails_for_real_does_not_end_the_alert_consumer(
-    tmp_path: Path, redis_url: str
-) -> None:
+def test_a_commit_that_fails_for_real_does_not_end_the_case_intake(tmp_path: Path) -> None:
     """A batch is stored, the broker goes before its offsets are committed: librdkafka's
     commit raises a real KafkaException (_WAIT_COORD, after about the session timeout).
     It is counted and ridden out, the consumer stays up (readiness unaffected by it), and
@@ -201,15 +196,12 @@ def test_a_commit_that_fails_for_real_does_not_end_the_alert_consumer(
     accepts commits during a rebalance (a second member joining while a batch waits to be
     committed changes nothing), so the broker's departure is the real failure available
     here."""
-    url = redis_url.rsplit("/", 1)[0] + "/13"  # a db of the tests' own server
-    redis.Redis.from_url(url).flushdb()
-    settings = make_settings(tmp_path / "var", kafka_bootstrap=f"127.0.0.1:{free_port()}",
-                             redis_url=url)
+    settings = make_settings(tmp_path / "var", kafka_bootstrap=f"127.0.0.1:{free_port()}")
     start_broker(settings)
-    store = GatedStore(url)
-    consumer = AlertConsumer(settings, store, EventProducer(settings))
-    failures = counter("kestrel_alert_consumer_commit_failures_total")
-    stored = lambda: int(redis.Redis.from_url(url).zcard(f"{PREFIX}all"))  # noqa: E731
+    store = GatedStore(f"sqlite:///{tmp_path / 'cases.db'}")
+    consumer = CaseIntake(settings, lambda: store, EventProducer(settings))
+    failures = counter("kestrel_case_intake_commit_failures_total")
+    stored = lambda: store.alerts("all").total  # noqa: E731
 
     def produce(ids: range) -> None:
         producer = EventProducer(settings)
@@ -227,16 +219,20 @@ def test_a_commit_that_fails_for_real_does_not_end_the_alert_consumer(
         t0 = time.monotonic()
         store.gate.set()
         healthy: list[bool] = []
-        to_fail = wait_for(lambda: healthy.append(consumer.healthy) or (
-            consumer.commit_failures == 1), 60, 0.05)
+
+        def failed_once() -> bool:
+            healthy.append(consumer.healthy)
+            return consumer.commit_failures == 1
+
+        to_fail = wait_for(failed_once, 60, 0.05)
         assert all(healthy) and consumer.restarts == 0 and consumer.healthy
         assert stored() == 10  # stored before the commit failed: nothing lost
-        assert counter("kestrel_alert_consumer_commit_failures_total") - failures == 1
+        assert counter("kestrel_case_intake_commit_failures_total") - failures == 1
         start_broker(settings)  # a new broker on the same address (memory storage: empty)
         produce(range(10, 15))
         to_resume = wait_for(lambda: stored() == 15, 90, 0.05)
         assert consumer.healthy and consumer.restarts == 0
-        print(f"\nalert consumer: group joined in {joined:.1f} s; broker gone: the commit "
+        print(f"\ncase intake: group joined in {joined:.1f} s; broker gone: the commit "
               f"failed after {to_fail:.1f} s (counted, no restart); new broker: new alerts "
               f"stored {to_resume:.1f} s after they were sent ({time.monotonic() - t0:.1f} s "
               f"after the broker went)")
