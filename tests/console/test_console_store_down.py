@@ -22,10 +22,11 @@ from serving.auth import mint_token
 from serving.fixtures import register_tiny_model, transaction
 from serving.process import running_service
 from tests.cases.conftest import new_database
+from tests.console.conftest import console_settings, open_console
 from tests.console.proxy import Proxy
 from tests.console.records import alert
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration]
 
 
 @pytest.fixture
@@ -63,6 +64,37 @@ def _score(base: str, settings: Settings) -> httpx.Response:
                       headers={"authorization": f"Bearer {token}"})
 
 
+def test_the_app_answers_the_503_page_while_the_store_is_cut_and_recovers(
+        proxied_store: tuple[str, str, Proxy], tmp_path: Path) -> None:
+    """In process (the app alone, TestClient): the same pages, the session kept across."""
+    direct, proxied, proxy = proxied_store
+    seed = CaseStore(direct)
+    case_id = seed.add_alert(alert("C1", "card-1")).case_id
+    seed.dispose()
+    for console in open_console(console_settings(tmp_path / "var", proxied)):
+        console.sign_in()
+        pages = ("/console/", f"/console/cases/{case_id}", "/console/report",
+                 f"/console/cases/{case_id}/sar.md")
+        assert [console.page(p).status_code for p in pages] == [200] * len(pages)
+        proxy.down()
+        for path in pages:
+            down = console.page(path)
+            assert down.status_code == 503, (path, down.text[:300])
+            assert "The case store is unavailable" in down.text
+            assert down.headers["retry-after"] == "5"
+            assert "Traceback" not in down.text
+        token = mint_token(console.settings, "scorer", "gateway")
+        scored = console.http.post("/v1/score", content=orjson.dumps(transaction(1)),
+                                   headers={"authorization": f"Bearer {token}"})
+        assert scored.status_code == 200, scored.text  # no model here: rules alone
+        proxy.up()
+        deadline = time.monotonic() + 30
+        while console.page("/console/").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+
+
+@pytest.mark.slow
 def test_console_pages_answer_503_while_the_store_is_down_and_scoring_goes_on(
         services: Settings, proxied_store: tuple[str, str, Proxy], tmp_path: Path) -> None:
     direct, proxied, proxy = proxied_store
