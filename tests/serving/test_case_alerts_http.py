@@ -134,3 +134,16 @@ def test_without_the_case_store_scoring_and_insights_still_answer(
         with server.connect() as conn:
             conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
         server.dispose()
+
+
+def test_a_stale_edit_is_a_409_and_an_unreachable_store_a_503() -> None:
+    """The one error table (FastAPI picks the most specific class of the exception's MRO)."""
+    from kestrel.errors import CaseStoreUnavailable, Conflict, ServiceUnavailable
+    from serving.http_errors import DESCRIPTIONS, HANDLERS
+
+    stale = HANDLERS[Conflict](None, Conflict("case 3 changed since you read it"))  # type: ignore[arg-type]
+    assert stale.status_code == 409 and orjson.loads(stale.body)["error"] == "conflict"
+    assert "409" in DESCRIPTIONS
+    assert issubclass(CaseStoreUnavailable, ServiceUnavailable)
+    down = HANDLERS[ServiceUnavailable](None, CaseStoreUnavailable("the case store at …"))  # type: ignore[arg-type]
+    assert down.status_code == 503 and down.headers["retry-after"] == "1"
