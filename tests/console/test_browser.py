@@ -1,11 +1,12 @@
 """The console in a real browser (Debian's Chromium driven by Playwright), against the app
 served by uvicorn on a free port, with a real broker and Redis: cases come in through the
-case intake (records on `alerts` and `decisions`), the label relay publishes console labels to
-`labels`. An investigator signs in by typing a token, filters the queue, opens a case, sees
-the SHAP chart and the map, adds a note (one holding a ``<script>``), labels a transaction
-fraud and closes the case; the label is then on `labels`. Also: a bot token is refused, a
-form stripped of its CSRF token is refused, and no page logs a console error. The run writes
-the README's screenshots (docs/img/console-queue.png, docs/img/console-case.png)."""
+case intake (records on `alerts` and `decisions`), the label relay publishes console labels
+to `labels`. An investigator signs in by typing a token, filters the queue, opens a case,
+sees the SHAP chart and the map, adds a note (one holding a ``<script>``), labels a
+transaction fraud and closes the case; the label is then on `labels` and, through the label
+intake, in the label store. Also: a bot token is refused, a form stripped of its CSRF token
+is refused, and no page logs a console error. The run writes the README's screenshots
+(docs/img/console-queue.png, docs/img/console-case.png)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ from kestrel.kafka import producer_config
 from kestrel.services import free_port
 from kestrel.settings import Settings
 from kestrel.topics import ALERTS, DECISIONS, LABELS
+from labels.intake import LabelIntake
+from labels.store import latest_labels
 from serving.app import create_app
 from serving.auth import mint_token
 from serving.case_intake import CaseIntake
@@ -208,9 +211,13 @@ def test_an_investigator_works_a_case_in_the_browser(served: Served) -> None:
             expect(page.locator(".flash")).to_have_text("The case is closed.")
             expect(page.locator(".case-head")).to_contain_text("confirmed fraud")
 
-            for path in ("/console/report", f"/console/cases/{case_id}/sar"):
-                page.goto(base + path)
-                assert page.locator("svg").count() > 0 or path.endswith("/sar")
+            page.goto(base + "/console/report", wait_until="networkidle")
+            expect(page.locator("h1")).to_have_text("Report")
+            expect(page.locator("svg.chart-columns")).to_have_count(1)
+            # the printable SAR draft (networkidle: the browser's icon request included)
+            page.goto(f"{base}/console/cases/{case_id}/sar", wait_until="networkidle")
+            expect(page.locator("h1")).to_contain_text(f"case {case_id}")
+            expect(page.locator("body")).to_contain_text("called the customer")
             assert errors == [], errors  # the investigator's pages: not one console error
             # the refusals: the browser reports the 403 status of the page, nothing else
             assert len(refusal_errors) == 2, refusal_errors
@@ -223,3 +230,10 @@ def test_an_investigator_works_a_case_in_the_browser(served: Served) -> None:
     assert labels[0]["is_fraud"] is True and labels[0]["analyst_id"] == "ana"
     assert labels[0]["source"] == "investigator"
     assert served.store.get(case_id).status == "closed"
+    # and on into the label store training reads (the label intake: `labels` → the lake)
+    LabelIntake(served.settings).run(idle_seconds=2.0)
+    stored = latest_labels(served.settings.lake_dir)
+    row = stored[stored["txn_id"] == "txn-88af21"]
+    assert len(row) == 1 and bool(row["is_fraud"].iloc[0])
+    assert row["source"].iloc[0] == "investigator"
+    assert row["reason"].iloc[0] == "customer confirms the card was stolen"
