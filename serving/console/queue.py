@@ -142,6 +142,7 @@ class Filters:
         values = {"status": self.status, "rule": self.rule, "band": self.band,
                   "assignee": self.assignee, "age": self.age, "page": self.page}
         values.update(changes)
-        kept = {k: v for k, v in values.items() if v not in ("", None) and
-                not (k == "page" and v == 1)}
+        defaults = {"status": "open", "page": 1}  # left out of the URL
+        kept = {k: v for k, v in values.items()
+                if v not in ("", None) and defaults.get(k) != v}
         return "/console/" + ("?" + urlencode(kept) if kept else "")

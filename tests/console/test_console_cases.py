@@ -223,3 +223,37 @@ def test_an_investigator_works_a_case_end_to_end(
     case = store.get(case_id)
     assert case.status == "closed" and case.notes[0].body == "called the customer"
     assert [p["txn_id"] for _, p in store.unpublished_labels()] == ["txn-7"]
+
+
+def test_the_queue_pages_through_its_cases(console: Console, store: CaseStore) -> None:
+    for i in range(30):
+        store.add_decision(decision(f"P{i:02d}", f"card-p{i}", f"txn-p{i}", 0.5 + i / 100))
+    console.sign_in()
+    first = console.page("/console/").text
+    assert len(_rows(first)) == 25 and "page 1 of 2" in first
+    assert 'href="/console/?page=2" rel="next"' in first
+    second = console.page("/console/?page=2").text
+    assert len(_rows(second)) == 5 and 'rel="prev"' in second
+    assert not set(_rows(first)) & set(_rows(second))
+
+
+def test_the_sar_draft_downloads_as_markdown_and_prints_as_a_page(
+        console: Console, seeded: dict[str, int]) -> None:
+    case_id = seeded["old_multi"]
+    console.sign_in(subject="ana")
+    console.act(case_id, "note", body="customer called: <b>not me</b>")
+    md = console.page(f"/console/cases/{case_id}/sar.md")
+    assert md.status_code == 200 and md.headers["content-type"].startswith("text/markdown")
+    assert md.headers["content-disposition"] == (
+        f'attachment; filename="case-{case_id}-sar-draft.md"')
+    assert f"case {case_id}" in md.text and "DRAFT" in md.text and "a-C1-t0" in md.text
+    printable = console.page(f"/console/cases/{case_id}/sar")
+    assert printable.status_code == 200 and "<script" not in printable.text
+    assert "&lt;b&gt;not me&lt;/b&gt;" in printable.text
+    csp = printable.headers["content-security-policy"]
+    assert "script-src" not in csp and "default-src 'none'" in csp
+    runtime = console.http.app.state.runtime()  # type: ignore[attr-defined]
+    assert runtime.audit.flush(5.0)
+    exports = [r for r in audit_records(console.settings) if r["event"] == "sar_export"]
+    assert [(r["case_id"], r["format"], r["sub"]) for r in exports] == [
+        (case_id, "markdown", "ana"), (case_id, "html", "ana")]
