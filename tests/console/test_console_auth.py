@@ -7,6 +7,10 @@ import time
 from http.cookies import SimpleCookie
 from pathlib import Path
 
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from cases.store import CaseStore
 from serving.app import create_app
 from tests.console.conftest import (
@@ -163,3 +167,23 @@ def test_sign_in_goes_back_to_the_page_asked_for_and_never_off_site(console: Con
         "csrf": csrf.group(1), "token": console.token(), "next": "//evil.example/"},
         follow_redirects=False)
     assert answer.headers["location"] == "/console/"
+
+
+def test_an_identity_providers_rs256_token_signs_in(tmp_path: Path) -> None:
+    """As in production: RS256 tokens checked against the provider's public key."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = tmp_path / "idp.pem"
+    pem.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    settings = console_settings(tmp_path / "var", f"sqlite:///{tmp_path / 'c.db'}",
+                                jwt_public_key_file=pem)
+    now = int(time.time())
+    claims = {"sub": "idp-analyst-7", "role": "investigator", "client": "console",
+              "iss": settings.jwt_issuer, "iat": now, "exp": now + 600}
+    for console in open_console(settings):
+        answer = console.sign_in(token=jwt.encode(claims, key, algorithm="RS256"))
+        assert answer.status_code == 303
+        assert "idp-analyst-7" in console.page("/console/").text
+        other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        forged = console.sign_in(token=jwt.encode(claims, other, algorithm="RS256"))
+        assert forged.status_code == 401
