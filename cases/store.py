@@ -35,6 +35,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
+from cases import listing
 from cases.engine import make_engine, migrate
 from cases.models import (
     OPEN_STATUSES,
@@ -105,8 +106,12 @@ class CaseStore:
         self.url = self.engine.url.render_as_string(hide_password=True)
         self.retention_days = retention_days
         if migrate_on_start:
-            with self.reachable():
-                migrate(self.engine)
+            try:
+                with self.reachable():
+                    migrate(self.engine)
+            except BaseException:
+                self.engine.dispose()
+                raise
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -179,7 +184,7 @@ class CaseStore:
     def case_of_key(self, key: str) -> int | None:
         """The case holding an alert (by alert_id) or else a flagged decision (txn_id)."""
         with self._sessions() as s:
-            return _case_of_key(s, key)
+            return listing.case_of_key(s, key)
 
     @_guarded
     def open_case_of(self, customer_id: str) -> CaseSummary | None:
@@ -240,7 +245,7 @@ class CaseStore:
         with self._sessions() as s:
             total = s.scalar(select(func.count(CaseAlert.id)).join(Case).where(where)) or 0
             order = (CaseAlert.received_at.desc(), CaseAlert.id.desc())
-            return AlertPage(_listed(s, where, order, limit, offset), int(total))
+            return AlertPage(listing.listed(s, where, order, limit, offset), int(total))
 
     @_guarded
     def open_alerts(self, customer_id: str) -> tuple[ListedAlert, ...]:
@@ -248,8 +253,8 @@ class CaseStore:
         OPEN_ALERTS_LIMIT); empty when the customer has none. One query on the unique
         open-customer index."""
         with self._sessions() as s:
-            return _listed(s, Case.open_customer_id == customer_id, (CaseAlert.id.desc(),),
-                           OPEN_ALERTS_LIMIT)
+            return listing.listed(s, Case.open_customer_id == customer_id,
+                                  (CaseAlert.id.desc(),), OPEN_ALERTS_LIMIT)
 
     @_guarded
     def label_via_api(self, alert_id: str, txn_id: str, is_fraud: bool,
@@ -263,7 +268,7 @@ class CaseStore:
         check_text("reason", reason or "", 500)
         check_text("actor", actor, 256)
         with self._sessions.begin() as s:
-            case_id = _case_of_key(s, alert_id)
+            case_id = listing.case_of_key(s, alert_id)
             if case_id is None:
                 raise NotFound(f"no alert {alert_id!r} in the case store; list them with "
                                "GET /v1/alerts (or send the label without alert_id)")
@@ -427,42 +432,6 @@ def _session_of(case: Case) -> Session:
 def _counts(query: Select[Any]) -> Select[Any]:
     sub = query.subquery()
     return select(sub.c.status, func.count()).group_by(sub.c.status)
-
-
-def _case_of_key(s: Session, key: str) -> int | None:
-    for kind in ("alert", "decision"):
-        case_id = s.scalar(select(CaseAlert.case_id).where(CaseAlert.kind == kind,
-                                                           CaseAlert.key == key))
-        if case_id is not None:
-            return case_id
-    return None
-
-
-def _listed(s: Session, where: Any, order: tuple[Any, ...], limit: int,
-            offset: int = 0) -> tuple[ListedAlert, ...]:
-    """A page of alerts (each with its case's id and status) and their evidence txn ids, in
-    one query: the page is a derived table, the evidence left-joined to it, the page's
-    order kept by a row number."""
-    page = select(CaseAlert.id.label("row_id"), CaseAlert.key, CaseAlert.kind,
-                  CaseAlert.customer_id, CaseAlert.card_id, CaseAlert.rule, CaseAlert.score,
-                  CaseAlert.action, CaseAlert.event_time, CaseAlert.received_at,
-                  Case.id.label("case_id"), Case.status.label("case_status"),
-                  func.row_number().over(order_by=order).label("pos"),
-                  ).join(Case, Case.id == CaseAlert.case_id).where(where).order_by(*order)
-    sub = page.limit(limit).offset(offset).subquery()
-    rows = s.execute(select(sub, Evidence.txn_id).outerjoin(
-        Evidence, Evidence.alert_id == sub.c.row_id).order_by(sub.c.pos, Evidence.id))
-    out: dict[int, list[Any]] = {}
-    for row in rows:
-        entry = out.get(row[0])
-        if entry is None:
-            out[row[0]] = entry = [*row[1:12], []]
-        if row[-1] is not None:
-            entry[-1].append(row[-1])
-    return tuple(ListedAlert(alert_id=k, kind=kind, customer_id=c, card_id=card, rule=rule,
-                             score=score, action=action, evidence_txn_ids=tuple(ev),
-                             event_time=et, received_at=ra, case_id=cid, case_status=st)
-                 for k, kind, c, card, rule, score, action, et, ra, cid, st, ev in out.values())
 
 
 def _upsert(s: Session, flag: Flag, now: datetime) -> Intake:
