@@ -221,7 +221,14 @@ def seed(url: str, n: int, seed_value: int = 7) -> dict[str, Any]:
                 for table in ("cases", "case_alerts"):
                     conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                                       f"(SELECT max(id) FROM {table}))"))
-            conn.execute(text("ANALYZE"))  # the planner's statistics, as after a day's use
+            if store.engine.dialect.name == "sqlite":
+                conn.execute(text("ANALYZE"))  # the planner's statistics
+        if store.engine.dialect.name == "postgresql":
+            # statistics and the visibility map (index-only scans), as autovacuum leaves a
+            # table in use; VACUUM runs outside a transaction
+            with store.engine.connect().execution_options(
+                    isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(text("VACUUM ANALYZE"))
         with store.engine.connect() as conn:
             counts = {s: int(c) for s, c in conn.execute(
                 text("SELECT status, count(*) FROM cases GROUP BY status"))}
