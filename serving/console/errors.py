@@ -76,7 +76,10 @@ def error_page(request: Request, exc: BaseException) -> Response:
                       "answers again; scoring is not affected. Try again in a few seconds.",
                       headers={"Retry-After": str(STORE_RETRY_AFTER_S)}, retry=True)
     if isinstance(exc, Conflict):
-        return _error(409, "This case changed since you opened it",
+        # the store's words for a stale version or a status that no longer allows it
+        stale = "changed since" in str(exc) or "cannot" in str(exc)
+        return _error(409, "This case changed since you opened it" if stale else
+                      "That action is not possible now",
                       f"{str(exc).rstrip('.')}. Nothing was changed by your action: reload "
                       "the case to see its current state, then act again.",
                       reload=_case_of(request))

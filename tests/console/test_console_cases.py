@@ -100,6 +100,20 @@ def test_a_stale_version_answers_409_and_changes_nothing(console: Console, store
     assert case.status == "open" and [n.author for n in case.notes] == ["bo"]
 
 
+def test_reopening_while_the_customer_has_another_open_case_is_refused(
+        console: Console, store: CaseStore, seeded: dict[str, int]) -> None:
+    case_id = seeded["mid"]
+    console.sign_in()
+    assert console.act(case_id, "close", outcome="false_positive").status_code == 303
+    store.add_decision(decision("C3", "card-3", "txn-mid-2", 0.9))  # opens a new case
+    refused = console.act(case_id, "reopen")
+    assert refused.status_code == 409 and "That action is not possible now" in refused.text
+    assert "another open case" in refused.text
+    assert store.get(case_id).status == "closed"
+    twice = console.act(case_id, "close", store.get(case_id).version, outcome="false_positive")
+    assert twice.status_code == 409 and "changed since you opened it" in twice.text
+
+
 def test_a_note_with_a_script_renders_as_text(console: Console, store: CaseStore,
                                               seeded: dict[str, int]) -> None:
     case_id = seeded["hot"]
