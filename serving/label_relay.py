@@ -17,14 +17,15 @@ broker's acknowledgement and then stamps ``published_at``. When nothing is pendi
   published again. The read runs before every batch, not only at start: another worker's
   relay may have died between the two steps a moment ago. It costs one fetch per partition
   (labels are made by people: the tail read is a few records).
-- *two relays at once*: every worker runs one. Only one publishes at a time, in id order:
-  on PostgreSQL and MySQL/TiDB the batch's rows are claimed with ``SELECT … FOR UPDATE SKIP
-  LOCKED`` in a transaction held until they are stamped, and a relay whose claim does not
-  start at the oldest pending row (another holds older rows) backs off; the database drops
-  the locks of a relay that dies. On SQLite a transaction would hold the database's single
-  write lock through a broker round trip (every console edit and intake write waiting on
-  it), so the claim is an exclusive ``flock`` on ``<database>.label-relay.lock`` — SQLite is
-  on one host, and the kernel drops the lock of a process that dies.
+- *two relays at once*: every worker runs one. Only one publishes at a time, in id order,
+  holding a lock for its batch that the database (or the kernel) drops if the relay dies:
+  PostgreSQL's ``pg_try_advisory_xact_lock`` (the batch's transaction), MySQL's and TiDB's
+  ``GET_LOCK`` (the session; TiDB does not implement ``SKIP LOCKED``, so row claims are not
+  an option there), and on SQLite an exclusive ``flock`` on ``<database>.label-relay.lock``
+  (a transaction would hold SQLite's single write lock through a broker round trip, every
+  console edit and intake write waiting on it; SQLite is on one host, so a file lock does).
+  A relay that does not get the lock waits for its next turn. Rows stay unlocked: a console
+  label (an insert) never waits on a relay.
 
 What is left: a produce request that had reached the broker when its relay was killed, but
 that the broker appended only after another relay's read of the topic (the window is the
@@ -70,6 +71,8 @@ HEADER = "kestrel-outbox-id"
 BATCH = 500
 IDLE_S = 0.5
 SCAN_MARGIN_S = 300.0  # clock skew between the database's writer and the broker's clock
+PG_LOCK = 310002  # pg_try_advisory_xact_lock key (cases/engine.py's migration lock is 310001)
+MYSQL_LOCK = "kestrel_label_relay"
 _MEMORY_LOCK = threading.Lock()  # an in-memory SQLite database: this process only
 
 
@@ -351,16 +354,23 @@ def _claim(engine: Engine) -> Iterator[_Claim]:
                 conn.rollback()
             yield _Claim(None, engine, rows)
         return
-    # READ COMMITTED: InnoDB takes no gap locks then, so a console label (an insert) never
-    # waits on a claim held through a broker round trip
-    with engine.connect().execution_options(isolation_level="READ COMMITTED") as conn, \
-            conn.begin():
-        rows = _rows(conn.execute(_PENDING.with_for_update(skip_locked=True)))
-        oldest = conn.scalar(select(func.min(LabelOutbox.id))
-                             .where(LabelOutbox.published_at.is_(None)))
-        if rows and oldest is not None and oldest < rows[0].id:
-            rows = []  # another relay holds older rows: its turn first, in id order
-        yield _Claim(conn, engine, rows)
+    with engine.connect() as conn, conn.begin():
+        held = _server_lock(conn, engine.dialect.name)
+        try:
+            yield _Claim(conn, engine, _rows(conn.execute(_PENDING)) if held else [])
+        finally:
+            if held and engine.dialect.name != "postgresql":  # GET_LOCK is the session's
+                conn.exec_driver_sql(f"SELECT RELEASE_LOCK('{MYSQL_LOCK}')")
+
+
+def _server_lock(conn: Connection, dialect: str) -> bool:
+    """The relays' lock on a database server, without waiting: PostgreSQL's advisory lock
+    of the transaction, MySQL's (and TiDB's) named lock of the session. Either goes with
+    the connection of a relay that dies."""
+    if dialect == "postgresql":
+        return bool(conn.exec_driver_sql(f"SELECT pg_try_advisory_xact_lock({PG_LOCK})")
+                    .scalar())
+    return conn.exec_driver_sql(f"SELECT GET_LOCK('{MYSQL_LOCK}', 0)").scalar() == 1
 
 
 @contextmanager

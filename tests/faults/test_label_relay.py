@@ -1,5 +1,5 @@
 """Labels out exactly once (issue 31 item 3): the label outbox → `labels` through the relay
-(serving/label_relay.py), on a real broker and a real SQLite / PostgreSQL case store.
+(serving/label_relay.py), on a real broker and a real SQLite / PostgreSQL / MariaDB case store.
 
 - A: the process that wrote console labels (CaseStore.label) is killed with SIGKILL before
   any relay published them; a relay started afterwards publishes each exactly once.
@@ -38,7 +38,7 @@ LABELLED = 12
 SPAWN = multiprocessing.get_context("spawn")
 
 
-@pytest.fixture(params=("sqlite", "postgresql"))
+@pytest.fixture(params=("sqlite", "postgresql", "mysql"))
 def case_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield from new_database(request.param, tmp_path)
 
