@@ -18,8 +18,8 @@ from cases.views import AlertView, CaseSummary, CaseView
 from kestrel.errors import ServiceUnavailable
 from kestrel.redis_keys import recent_key
 from serving.console.charts import shap_bars
-from serving.console.evidence import Txn, transactions_of
-from serving.console.geo import MapPoint, map_svg
+from serving.console.evidence import Txn, map_points, transactions_of
+from serving.console.geo import map_svg
 from serving.console.narrative import narrative
 from serving.runtime import Runtime
 
@@ -137,8 +137,7 @@ def _source(source: str) -> str:
 
 
 def map_of(txns: list[Txn]) -> Markup | None:
-    points = [MapPoint(t.lat, t.lon, f"{t.txn_id} {t.country or ''}".strip(), True)
-              for t in txns if t.lat is not None and t.lon is not None]
+    points = map_points(txns)
     return map_svg(points) if points else None
 
 

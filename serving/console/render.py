@@ -11,6 +11,7 @@ from typing import Any
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from serving.console.narrative import feature_value
 from serving.console.security import CSP, secure_headers
 
 HERE = Path(__file__).resolve().parent
@@ -22,16 +23,17 @@ OUTCOME_WORDS = {"confirmed_fraud": "confirmed fraud", "false_positive": "false 
 
 
 def when(value: datetime | None) -> str:
-    """``2026-12-07 20:53 UTC``; an unknown time says so."""
+    """``07 Dec 2026, 20:53 UTC``; an unknown time says so. (Not ``2026-12-07 20:53``: twelve
+    digits joined by dashes and spaces read as a card number to kestrel.pan.pan_like.)"""
     if value is None:
         return "unknown"
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return value.astimezone(UTC).strftime("%d %b %Y, %H:%M UTC")
 
 
 def when_s(value: datetime | None) -> str:
     if value is None:
         return "unknown"
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return value.astimezone(UTC).strftime("%d %b %Y, %H:%M:%S UTC")
 
 
 def duration(value: timedelta | float | None) -> str:
@@ -63,17 +65,10 @@ def outcome(value: str | None) -> str:
     return "" if value is None else OUTCOME_WORDS.get(value, value)
 
 
-def plain(value: Any) -> str:
-    """A feature value as a person reads it: numbers rounded, missing said in words."""
-    if value is None:
-        return "missing"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        if value != value:  # NaN
-            return "missing"
-        return f"{value:,.4g}" if abs(value) < 1e6 else f"{value:,.0f}"
-    return str(value)
+def feature(value: Any, name: str) -> str:
+    """A feature-vector value, with the feature's unit; a sentinel (−1 for "no previous
+    payment", NaN) in words (serving.console.narrative.feature_value)."""
+    return feature_value(name, value)
 
 
 def source(value: str) -> str:
@@ -87,7 +82,8 @@ def _environment() -> Environment:
                       autoescape=select_autoescape(default=True, default_for_string=True),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(when=when, when_s=when_s, duration=duration, score=score,
-                       amount=amount, outcome=outcome, plain=plain, source=source)
+                       amount=amount, outcome=outcome, source=source,
+                       feature=feature)
     return env
 
 

@@ -40,7 +40,8 @@ def decision(customer: str, card: str, txn: str, score: float = 0.97, *,
     features = {"card_txn_count_1h": 6.0, "card_txn_count_10m": 5.0,
                 "card_distinct_countries_1h": 4.0, "amount_zscore_30d": 3.2,
                 "customer_txn_count_24h": 3.0, "card_km_from_last": 1054.7,
-                "card_seconds_since_last": 48.0}
+                "card_seconds_since_last": 48.0,
+                "km_from_home": -1.0, "seconds_since_last_txn": -1.0}  # the sentinels
     return {
         "txn_id": txn, "customer_id": customer, "card_id": card, "event_time": iso(at),
         "score": score, "action": action,

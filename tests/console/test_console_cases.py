@@ -146,6 +146,11 @@ def test_the_case_page_shows_the_decision_its_chart_the_map_and_past_cases(
     assert 'class="chart-shap"' in text or "chart-shap" in text  # H3's SHAP bars
     assert "chart-map" in text and "<circle" in text  # the evidence on the map
     assert "card_km_from_last" in text and "1,055" in text  # the feature vector
+    # sentinels in words, never as numbers (issue 32 item 4)
+    assert '<code>km_from_home</code></td><td class="num">unknown</td>' in text
+    assert ('<code>seconds_since_last_txn</code></td><td class="num">no previous payment'
+            '</td>') in text
+    assert '<td class="num">-1' not in text
     assert "Declined: the fraud score 0.97" in text and "Model version" in text
     assert "5 countries" in text  # the narrative
     for i in range(5):
