@@ -13,6 +13,11 @@ made: ``{}`` normally; per topic ``"spooled"`` (the broker is stalled or gone: k
 local spool, republished in order when it answers) or ``"dropped"`` (the spool is full: lost,
 and counted). It is not ``degraded``, which is about the score only.
 
+The `decisions` record is the answer with ``customer_id``, ``card_id``, ``event_time`` and
+``decided_at`` spliced in, and — for a decision that is not an allow, what a case is opened
+from — the ``transaction`` and the scored ``features`` (:func:`decision_record`;
+docs/events.md). An allow's record stays small: most decisions are allows.
+
 Reasons are XGBoost's exact TreeSHAP values (``pred_contribs``): the features that pushed the
 score up the most, each with its value and a sentence.
 

@@ -74,7 +74,7 @@ def router(ctx: RouteContext) -> APIRouter:
             raise EventValidationError(field_errors(exc)) from None
         alert_id = label_in.alert_id
         if alert_id:  # known before publishing: a 404 or 503 then publishes nothing
-            case = await run_in_threadpool(rt.case_store().case_of_key, alert_id)
+            case = await run_in_threadpool(lambda: rt.case_store().case_of_key(alert_id))
             if case is None:
                 raise NotFound(f"no alert {alert_id!r} in the case store; list them with "
                                "GET /v1/alerts (or send the label without alert_id)")
