@@ -54,5 +54,5 @@ CONSUMER_GROUPS: dict[str, tuple[str, ...]] = {
     "kestrel-archiver": (TRANSACTIONS,),
     "kestrel-stream": (TRANSACTIONS, TRANSACTIONS_BY_TERMINAL),
     "kestrel-labels": (LABELS,),
-    "kestrel-alert-store": (ALERTS,),
+    "kestrel-case-intake": (ALERTS, DECISIONS),
 }

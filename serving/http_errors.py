@@ -164,7 +164,7 @@ class PlainErrors:
     """ASGI middleware for the server the app is mounted in (BentoML's outer app): a 4xx or
     5xx it answers in plain text itself — a path none of the app's routes matches, or one with
     a newline (``%0A``), which its mount's pattern does not match — gets the error body.
-    Answers in JSON (the app's) pass as they are."""
+    Answers in JSON (the API's) or HTML (the console's error pages) pass as they are."""
 
     def __init__(self, app: Any):
         self.app = app
@@ -179,7 +179,7 @@ class PlainErrors:
         async def sent(message: Any) -> None:
             nonlocal start
             if message["type"] == "http.response.start" and message["status"] >= 400 and \
-                    not _is_json(message.get("headers", [])):
+                    not _is_own(message.get("headers", [])):
                 start = message  # held: the body is replaced
                 return
             if start is None:
@@ -207,8 +207,11 @@ _PLAIN_MESSAGES = {404: "no such route; the OpenAPI spec at /openapi.json lists 
                    405: "this route does not take that method (see Allow)"}
 
 
-def _is_json(headers: list[tuple[bytes, bytes]]) -> bool:
-    return any(k.lower() == b"content-type" and v.split(b";")[0].strip() == b"application/json"
+_OWN_TYPES = (b"application/json", b"text/html")  # the API's errors, the console's pages
+
+
+def _is_own(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(k.lower() == b"content-type" and v.split(b";")[0].strip() in _OWN_TYPES
                for k, v in headers)
 
 

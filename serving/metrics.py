@@ -53,15 +53,8 @@ REPUBLISHED = bentoml.metrics.Counter(
 PUBLISH_DROPPED = bentoml.metrics.Counter(
     name="kestrel_publish_dropped_total", documentation="Records lost because the local spool "
     "was full (each decision concerned says so), by topic", labelnames=["topic"])
-# threads that must not die (issue 28, part 3): the alert consumer, restarted with backoff
-# (serving/alerts.py), and the audit writer, failed while its disk is full (serving/audit.py)
-ALERT_CONSUMER_RESTARTS = bentoml.metrics.Counter(
-    name="kestrel_alert_consumer_restarts_total", documentation="Restarts of the alert "
-    "consumer after it failed (restarted with capped exponential backoff)")
-ALERT_CONSUMER_COMMIT_FAILURES = bentoml.metrics.Counter(
-    name="kestrel_alert_consumer_commit_failures_total", documentation="Offset commits of "
-    "the alert consumer that failed (a rebalance, the broker gone): its records come again, "
-    "the store ignores them")
+# threads that must not die (issue 28, part 3): the case intake counts its own restarts
+# (serving/case_intake.py), the audit writer fails while its disk is full (serving/audit.py)
 AUDIT_WRITE_ERRORS = bentoml.metrics.Counter(
     name="kestrel_audit_write_errors_total", documentation="Writes, fsyncs or anchors of the "
     "audit log that failed (a full or failing disk); the writer holds its records and tries "

@@ -6,7 +6,7 @@ the server and the operational endpoints: ``/healthz`` and ``/livez`` (liveness)
 ``GET /v1/ready`` shows the checks); the app serves ``/metrics`` itself (Prometheus: the
 ``kestrel_*`` metrics of serving/metrics.py, summed over the workers). Start it with
 `kestrel serve` (or `bentoml serve serving.service:Kestrel`). Each worker loads the champion
-model when it starts and runs the alert-store consumer thread (KESTREL_ALERT_CONSUMER).
+model when it starts and runs the case intake thread (KESTREL_CASE_INTAKE, serving/case_intake.py).
 """
 
 from __future__ import annotations
