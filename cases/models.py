@@ -47,6 +47,8 @@ OPEN_STATUSES = ("open", "escalated")
 OUTCOMES = ("confirmed_fraud", "false_positive", "needs_more_information")
 KINDS = ("alert", "decision")  # a stream rule's alert (key alert_id) or a decision (txn_id)
 ID = String(ID_MAX_LENGTH)
+# a score: FLOAT is single precision on MySQL/TiDB (a stored 0.9 then fails `>= 0.9`)
+SCORE = Float().with_variant(mysql.DOUBLE(asdecimal=False), "mysql", "mariadb")
 SUBJECT = String(256)  # who acted, as the identity provider names them
 
 # one naming convention, so migrations name constraints the same on every backend
@@ -100,7 +102,7 @@ class Case(Base):
     sar: Mapped[bool] = mapped_column(Boolean, default=False)
     assignee: Mapped[str | None] = mapped_column(SUBJECT, index=True)
     assigned_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
-    max_score: Mapped[float | None] = mapped_column(Float, index=True)
+    max_score: Mapped[float | None] = mapped_column(SCORE, index=True)
     rules: Mapped[list[str]] = mapped_column(JSON, default=list)  # rules of its alerts
     opened_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
@@ -131,7 +133,7 @@ class CaseAlert(Base):
     customer_id: Mapped[str] = mapped_column(ID)
     card_id: Mapped[str | None] = mapped_column(ID)
     rule: Mapped[str | None] = mapped_column(String(64), index=True)
-    score: Mapped[float | None] = mapped_column(Float)
+    score: Mapped[float | None] = mapped_column(SCORE)
     action: Mapped[str | None] = mapped_column(String(16))
     model_version: Mapped[str | None] = mapped_column(String(64))
     decision: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # score, reasons, explanation

@@ -42,6 +42,7 @@ class Flag(FlagFields):
 
 def flag_of_alert(alert: dict[str, Any]) -> Flag:
     """An `alerts` record (alert_id, customer_id, card_id, rule, evidence_txn_ids, …)."""
+    check_strings("alert", alert)
     return Flag(
         kind="alert", key=check_id("alert_id", alert.get("alert_id")),
         customer_id=check_id("customer_id", alert.get("customer_id")),
@@ -55,6 +56,7 @@ def flag_of_alert(alert: dict[str, Any]) -> Flag:
 def flag_of_decision(decision: dict[str, Any]) -> Flag:
     """A flagged decision (txn_id, customer_id, score, action, reasons, explanation,
     model_version, features …); its one evidence transaction is itself."""
+    check_strings("decision", decision)
     txn_id = check_id("txn_id", decision.get("txn_id"))
     rules = decision.get("rules") or []
     first_rule = rules[0].get("rule") if rules and isinstance(rules[0], dict) else None
@@ -85,6 +87,23 @@ def check_id(name: str, value: Any) -> str:
         _invalid(name, "looks like a card number (12 or more digits); the case store keeps "
                        "tokens only: send the card_id token")
     return text
+
+
+def check_strings(name: str, value: Any) -> None:
+    """Every string anywhere in a record as received (it is stored whole, as ``payload``):
+    one that looks like a card number refuses the record. Numbers are not strings here: a
+    float's many digits are no card number."""
+    if isinstance(value, str):
+        if pan_like(value):
+            _invalid(name, "contains what looks like a card number (12 or more digits); the "
+                           "case store keeps tokens only")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_strings(f"{name}.{key}", key)
+            check_strings(f"{name}.{key}", item)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            check_strings(f"{name}[{i}]", item)
 
 
 def check_text(name: str, value: str, limit: int) -> str:

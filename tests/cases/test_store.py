@@ -185,6 +185,8 @@ def test_retention_prunes_old_closed_cases_never_open_ones_or_sars(store: CaseSt
     {"customer_id": "4111111111111111"},
     {"card_id": "4111 1111 1111 1111"},
     {"evidence_txn_ids": ["t1", "5500-0000-0000-0004"]},
+    {"evidence": [{"txn_id": "t1", "terminal_id": "term 4111 1111 1111 1111"}]},
+    {"note": {"4111111111111111": "a card number as a key"}},
 ])
 def test_a_pan_like_id_is_refused_and_nothing_is_stored(store: CaseStore,
                                                         bad: dict[str, Any]) -> None:
@@ -192,6 +194,23 @@ def test_a_pan_like_id_is_refused_and_nothing_is_stored(store: CaseStore,
         store.add_alert({**alert("a1"), **bad})
     assert "4111" not in str(caught.value) and "5500" not in str(caught.value)
     assert store.queue().total == 0
+
+
+def test_a_card_number_anywhere_in_a_decision_refuses_it(store: CaseStore) -> None:
+    bad = {**decision("t9"), "transaction": {"terminal_id": "T-4111-1111-1111-1111",
+                                             "lat": 48.856613456789012}}
+    with pytest.raises(EventValidationError, match="card number"):
+        store.add_decision(bad)
+    ok = {**decision("t9"), "transaction": {"terminal_id": "T-1", "lat": 48.856613456789012}}
+    assert store.add_decision(ok).created  # a float's digits are no card number
+
+
+def test_a_score_at_a_band_edge_is_in_the_band(store: CaseStore) -> None:
+    """FLOAT is single precision on MySQL/TiDB: a stored 0.9 read back as 0.8999999762 and
+    fell out of `min_score=0.9` (migration 0003 makes scores DOUBLE there)."""
+    store.add_decision(decision("t1", score=0.9))
+    assert store.queue(min_score=0.9).total == 1
+    assert store.queue(max_score=0.9).total == 0  # the upper bound is exclusive
 
 
 def test_a_note_with_a_card_number_is_refused(store: CaseStore) -> None:
