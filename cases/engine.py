@@ -49,11 +49,17 @@ def backend_of(url: str) -> str:
     return name
 
 
+CONNECT_TIMEOUT_S = 3
+
+
 def make_engine(url: str, busy_timeout_ms: int = 5000) -> Engine:
     """The engine for ``url``, set up for concurrent writers (see the module doc)."""
     backend = backend_of(url)
     if backend != "sqlite":
-        return create_engine(url, pool_pre_ping=True, pool_recycle=3600)
+        # a server that does not answer fails a connection within CONNECT_TIMEOUT_S instead
+        # of the operating system's minutes: the console answers 503, the intake retries
+        return create_engine(url, pool_pre_ping=True, pool_recycle=3600,
+                             connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
     database = make_url(url).database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)

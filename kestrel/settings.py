@@ -275,6 +275,10 @@ class Settings(BaseSettings):
         True, description="`kestrel serve` runs the case intake: topics `alerts` and "
         "`decisions` into the case store (serving/case_intake.py)."
     )
+    label_relay: bool = Field(
+        True, description="`kestrel serve` runs the label relay: the case store's label "
+        "outbox to topic `labels`, each label once (serving/label_relay.py)."
+    )
     audit_fsync_ms: float = Field(
         100.0, ge=0, description="Audit records are written at once and fsynced at most this "
         "often (0: after every write)."

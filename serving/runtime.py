@@ -7,9 +7,9 @@ once with an error, and each caller knows what to do with it (score degraded, ra
 fails open, insights answer 503). All of them share one circuit breaker (``redis_guard``,
 serving/redis_guard.py): once Redis is frozen or gone, calls fail at once until it answers.
 
-The case store (cases/, SQL) is opened on first use (:meth:`Runtime.case_store`): a database
-that is down when the service starts does not stop it — scoring never needs it — and each
-call tries again until it answers. The case intake (serving/case_intake.py) feeds it.
+The case store, its intake and its label relay are one collaborator, ``cases``
+(serving/case_services.py): the store is opened on first use (:meth:`Runtime.case_store`), so a
+database that is down when the service starts does not stop it — scoring never needs it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from cases.store import CaseStore
-from kestrel.errors import CaseStoreUnavailable, KestrelError, ServiceUnavailable
+from kestrel.errors import ServiceUnavailable
 from kestrel.events import TimeBounds
 from kestrel.kafka import broker_answers
 from kestrel.pan import CardTokenizer
@@ -32,7 +32,7 @@ from kestrel.redis_keys import insight_cache_key
 from kestrel.settings import Settings
 from serving import metrics
 from serving.audit import AuditLog
-from serving.case_intake import CaseIntake
+from serving.case_services import CaseServices
 from serving.decisions import Decider
 from serving.features import OnlineFeatures
 from serving.ingest import Ingestor
@@ -67,8 +67,7 @@ class Runtime:
                               key=settings.secret("audit_key"),
                               max_queued=settings.audit_queue_records)
         self.rules = RulesEngine.from_file(settings.rules_path)
-        self._case_store: CaseStore | None = None
-        self._case_store_lock = threading.Lock()
+        self.cases = CaseServices(settings, self.producer, self.invalidate_insights)
         self.insights = Insights(self.redis, self.case_store, settings.insight_schema_version,
                                  settings.insight_cache_ttl_seconds, self.redis_guard)
         self.limiter = RateLimiter(settings, self.redis, self.redis_guard)
@@ -87,33 +86,19 @@ class Runtime:
         self.batch_decider = Decider(settings, self.batch_features, self.model, self.rules,
                                      None, self.audit)
         self.batch_decider.budget_s = float("inf")  # a batch is throughput, not latency
-        self.intake: CaseIntake | None = None
         self.started = False
 
     def case_store(self) -> CaseStore:
-        """The case store, opened (and migrated) on first use; CaseStoreUnavailable while
-        its database does not answer (the next call tries again)."""
-        store = self._case_store
-        if store is not None:
-            return store
-        with self._case_store_lock:
-            if self._case_store is None:
-                try:
-                    self._case_store = CaseStore.from_settings(self.settings)
-                except CaseStoreUnavailable:
-                    raise
-                except OSError as exc:  # e.g. the SQLite file's directory cannot be made
-                    raise CaseStoreUnavailable(
-                        f"the case store could not be opened ({exc}); check "
-                        "KESTREL_CASE_STORE_URL and that its place is writable") from exc
-            return self._case_store
+        """The case store (CaseStoreUnavailable while its database does not answer)."""
+        return self.cases.store()
 
     def invalidate_insights(self, customer_id: str) -> None:
         """Drop the customer's cached insights (the case intake opened or joined a case)."""
         self.redis.delete(insight_cache_key(customer_id, self.settings.insight_schema_version))
 
     def start(self) -> None:
-        """Load the model, start the poll and the case intake (idempotent)."""
+        """Load the model, start the poll, the case intake and the label relay
+        (idempotent)."""
         with self._lock:
             if self.started:
                 return
@@ -127,10 +112,7 @@ class Runtime:
         self.decider.publisher = self._publisher
         self.batch_decider.publisher = self._publisher
         metrics.watch_spool(lambda: spool_depth(self.settings.spool_dir))
-        if self.settings.case_intake:
-            self.intake = CaseIntake(self.settings, self.case_store, self.producer(),
-                                     invalidate=self.invalidate_insights)
-            self.intake.start()
+        self.cases.start()
 
     def producer(self) -> EventProducer:
         with self._lock:
@@ -165,35 +147,22 @@ class Runtime:
         spool = spool_depth(self.settings.spool_dir)  # every worker's, from disk
         checks = {"redis": redis_ok, "broker": broker, "model": model is not None,
                   "spool": not spool["over_half"]}
-        # this worker's threads: the audit writer can write, the case intake is not down
-        # waiting to restart or waiting for the case store (serving/audit.py,
-        # serving/case_intake.py)
-        intake = self.intake
+        # this worker's threads: the audit writer can write, the case intake and the label
+        # relay are not down waiting to restart (serving/audit.py, serving/case_services.py);
+        # the case store unreachable is reported, not a check: scoring does not need it
+        case_checks, case_details = self.cases.readiness()
         checks["audit"] = self.audit.healthy
-        checks["case_intake"] = intake is None or intake.healthy
+        checks.update(case_checks)
         return {"ready": all(checks.values()), "checks": checks,
-                "audit": self.audit.status(),
-                "case_intake": intake.status() if intake is not None else None,
-                # not a check: scoring does not need the case store (investigation does)
-                "case_store": self._case_store_status(),
+                "audit": self.audit.status(), **case_details,
                 "spool": {k: spool[k] for k in ("records", "bytes", "over_half")},
                 "model_version": model.version if model else None,
                 "model_error": self.model.last_error, "redis_error": self.redis_guard.reason}
 
-    def _case_store_status(self) -> dict[str, Any]:
-        try:
-            self.case_store().ping()
-        except KestrelError as exc:  # unreachable, or not configured (KESTREL_ENV=prod)
-            return {"reachable": False, "error": str(exc)}
-        return {"reachable": True, "error": None}
-
     def stop(self) -> None:
         self.model.stop()
         self.redis_guard.close()
-        if self.intake is not None:
-            self.intake.stop()
-        if self._case_store is not None:
-            self._case_store.dispose()
+        self.cases.stop()
         if self._publisher is not None:  # what the broker does not take stays spooled
             self._publisher.close(10.0)
         for producer in (self._producer,):

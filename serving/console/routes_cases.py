@@ -183,6 +183,8 @@ def router(console: Console) -> APIRouter:
             raise
         console.audit(action, analyst.subject, case_id=case_id, version=after.version,
                       **detail)
+        if action == "label":  # in the outbox: the relay publishes it now, not when idle ends
+            console.ctx.runtime().cases.label_written()
         back = safe_next(form.get("next")) if form.get("next") else \
             f"/console/cases/{case_id}"
         return _back(back, done)

@@ -14,6 +14,7 @@ import pytest
 
 from cases.store import CaseStore
 from cases.views import CaseView
+from kestrel.errors import EventValidationError
 from kestrel.pan import canonical, pan_like
 from serving.console.evidence import transactions_of
 from serving.console.narrative import narrative
@@ -103,16 +104,23 @@ def test_the_printable_page_holds_every_section_and_no_script(worked: CaseView):
 
 
 def test_no_card_number_reaches_a_sar(cases: CaseStore):
-    """The case store refuses card numbers in ids and notes; a payload field it keeps as
-    received (a terminal id) is where one could hide: every form of it is redacted."""
-    case_id = 0
+    """The case store refuses a card number anywhere in a record (cases.records); a record
+    stored before that check could still hold one in a payload field (a terminal id): the
+    SAR redacts every form of it."""
+    planted = []
     for i, digits in enumerate(PLANTED):
         for j, (name, form) in enumerate(forms(digits).items()):
             rec = alert("cu-pan", "card_pan", 1, tag=f"p{i}{j}")
             rec["evidence"][0]["terminal_id"] = f"term {form}"
             rec["evidence"][0]["country"] = form if name == "embedded" else "FR"
-            case_id = cases.add_alert(rec).case_id
-    case = cases.get(case_id)
+            with pytest.raises(EventValidationError, match="card number"):
+                cases.add_alert(rec)
+            planted.append(rec)
+    clean = cases.get(cases.add_alert(alert("cu-pan", "card_pan", 1, tag="clean")).case_id)
+    template = clean.alerts[0]
+    case = replace(clean, alerts=tuple(
+        replace(template, key=rec["alert_id"], payload=rec,
+                evidence_txn_ids=tuple(rec["evidence_txn_ids"])) for rec in planted))
     txns = transactions_of(case)
     assert len(txns) == len(PLANTED) * len(forms())
     md = sar_markdown(case, txns, generated_by="ana", now=NOW)
