@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from fastapi.testclient import TestClient
@@ -112,3 +113,21 @@ def audit_records(settings: Settings, kind: str = "console") -> list[dict[str, A
     return [orjson.loads(line) for path in sorted((settings.var_dir / "audit" / kind)
                                                   .glob("*.jsonl"))
             for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def sign_in_over_http(base: str, settings: Settings, subject: str = "ana") -> dict[str, str]:
+    """Sign in to a running service's console through the form; the Cookie header of the
+    session (sent by hand: the cookie is Secure and this client speaks plain http to
+    127.0.0.1)."""
+    form = httpx.get(base + "/console/sign-in", timeout=30)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert csrf is not None
+    pre = form.cookies["kestrel_console_signin"]
+    token = mint_token(settings, "investigator", "console", subject=subject)
+    answer = httpx.post(base + "/console/sign-in", timeout=30,
+                        data={"csrf": csrf.group(1), "token": token, "next": "/console/"},
+                        headers={"cookie": f"kestrel_console_signin={pre}"})
+    assert answer.status_code == 303, answer.text
+    found = re.search(r"kestrel_console=([^;]+);", answer.headers["set-cookie"])
+    assert found is not None
+    return {"cookie": f"kestrel_console={found.group(1)}"}

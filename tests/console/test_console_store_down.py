@@ -6,7 +6,6 @@ forwarder the test cuts (tests/console/proxy.py)."""
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from serving.auth import mint_token
 from serving.fixtures import register_tiny_model, transaction
 from serving.process import running_service
 from tests.cases.conftest import new_database
-from tests.console.conftest import console_settings, open_console
+from tests.console.conftest import console_settings, open_console, sign_in_over_http
 from tests.console.proxy import Proxy
 from tests.console.records import alert
 
@@ -39,23 +38,6 @@ def proxied_store(tmp_path: Path) -> Iterator[tuple[str, str, Proxy]]:
             yield url, url.replace("localhost:5432", f"127.0.0.1:{proxy.port}"), proxy
         finally:
             proxy.down()
-
-
-def _session(base: str, settings: Settings) -> dict[str, str]:
-    """Sign in through the form; the Cookie header of the session (sent by hand: the
-    cookie is Secure and this client speaks plain http to 127.0.0.1)."""
-    form = httpx.get(base + "/console/sign-in", timeout=30)
-    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
-    assert csrf is not None
-    pre = form.cookies["kestrel_console_signin"]
-    token = mint_token(settings, "investigator", "console", subject="ana")
-    answer = httpx.post(base + "/console/sign-in", timeout=30,
-                        data={"csrf": csrf.group(1), "token": token, "next": "/console/"},
-                        headers={"cookie": f"kestrel_console_signin={pre}"})
-    assert answer.status_code == 303, answer.text
-    found = re.search(r"kestrel_console=([^;]+);", answer.headers["set-cookie"])
-    assert found is not None
-    return {"cookie": f"kestrel_console={found.group(1)}"}
 
 
 def _score(base: str, settings: Settings) -> httpx.Response:
@@ -108,7 +90,7 @@ def test_console_pages_answer_503_while_the_store_is_down_and_scoring_goes_on(
         while _score(base, settings).json().get("model_version") is None:
             assert time.monotonic() < deadline, "the service never loaded its model"
             time.sleep(1)
-        cookie = _session(base, settings)
+        cookie = sign_in_over_http(base, settings)
         pages = ("/console/", f"/console/cases/{case_id}", "/console/report")
         for path in pages:
             assert httpx.get(base + path, headers=cookie, timeout=30).status_code == 200, path
