@@ -32,8 +32,6 @@ from labels.intake import LabelIntake
 from labels.store import latest_labels
 from serving.app import create_app
 from serving.auth import mint_token
-from serving.case_intake import CaseIntake
-from serving.label_relay import LabelRelay
 from tests.console.records import PLACES, alert, decision
 from tests.pipelines.test_archive import read_topic
 
@@ -56,14 +54,11 @@ def served(services: Settings, tmp_path: Path) -> Iterator[Served]:
         "case_store_url": f"sqlite:///{tmp_path / 'cases.db'}"})
     app = create_app(settings)
     runtime = app.state.runtime()
-    intake = CaseIntake(settings, runtime.case_store, runtime.producer())
-    relay = LabelRelay(settings, runtime.case_store)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
-    intake.start()
-    relay.start()
+    runtime.cases.start()  # the worker's case intake and label relay, as `kestrel serve` runs
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
@@ -74,8 +69,6 @@ def served(services: Settings, tmp_path: Path) -> Iterator[Served]:
     finally:
         server.should_exit = True
         thread.join(10)
-        relay.stop()
-        intake.stop()
         runtime.stop()
 
 
