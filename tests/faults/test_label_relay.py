@@ -9,6 +9,8 @@
 - C: two relays at once (two service workers) never publish the same row.
 - D: while the broker is down the labels stay in the outbox and the relay is unhealthy; it
   publishes them once a broker answers again.
+- E: a row that is not a valid LabelEvent stops the relay there (rows go out in order), with
+  an error naming it.
 """
 
 from __future__ import annotations
@@ -19,13 +21,17 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
+from sqlalchemy import insert
 
+from cases.models import LabelOutbox
 from cases.store import CaseStore
+from kestrel.errors import ServiceError
 from kestrel.services import BROKER, start_broker, stop
 from kestrel.settings import Settings
 from kestrel.topics import LABELS
@@ -226,4 +232,26 @@ def test_broker_down_keeps_the_labels_until_it_answers(case_url: str, tmp_path: 
         _exactly_once(services, store)
     finally:
         relay.stop()
+        store.dispose()
+
+
+def test_a_row_that_is_no_label_stops_the_relay_in_order(services: Settings,
+                                                          tmp_path: Path) -> None:
+    store = CaseStore(f"sqlite:///{tmp_path / 'cases.db'}")
+    try:
+        now = datetime.now(UTC)
+        with store.engine.begin() as conn:  # a row no console wrote: is_fraud is no boolean
+            conn.execute(insert(LabelOutbox), [
+                {"txn_id": "txn_bad", "created_at": now, "payload": {
+                    "txn_id": "txn_bad", "is_fraud": "maybe", "source": "investigator",
+                    "analyst_id": "analyst_1", "labelled_at": now.isoformat()}},
+                {"txn_id": "txn_ok", "created_at": now, "payload": {
+                    "txn_id": "txn_ok", "is_fraud": True, "source": "investigator",
+                    "analyst_id": "analyst_1", "labelled_at": now.isoformat()}}])
+        relay = LabelRelay(services, lambda: store)
+        with pytest.raises(ServiceError, match="label outbox row 1 is not a valid LabelEvent"):
+            relay.run_once()
+        assert [i for i, _ in store.unpublished_labels()] == [1, 2]  # nothing overtook it
+        assert on_topic(services) == []
+    finally:
         store.dispose()
