@@ -23,12 +23,18 @@ Entry points and forms:
 - records produced straight to Kafka `transactions` and `labels` (the PAN in every field and
   form, as the key, as garbage): `kestrel stream`, `kestrel archive` and `kestrel labels
   intake` (run as the commands) must send the invalid ones to the DLQ, redacted.
+- records produced straight to `alerts` and `decisions` (the PAN as every id, in the evidence
+  details, in a decision's transaction and reasons): the service's case intake must send them
+  to the DLQ, redacted; and the investigator console: sign-in with the PAN as ``sub``, notes,
+  label reasons and close outcomes holding it (refused), clean ones accepted, then the queue,
+  the case page, the report and the SAR drafts (tests/security/plant_cases.py).
 
 The scanner (what it reads, which decodings) is tests/security/pan_scan.py.
 
-SQL: Kestrel has no SQL store of its own; the one SQL database under the var dir is MLflow's
-registry (SQLite). Every SQLite file found under the var dir is scanned through queries, so a
-SQL store that appears later is covered.
+SQL: every SQLite file under the var dir is scanned through queries: the case store
+(`var/cases/cases.db`: cases, alerts, notes, the action log, the label outbox, the console's
+sessions) and MLflow's registry; a control copy of the case store with a PAN in a note shows
+the scan finds one in a case-store table.
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ from kestrel.kafka import admin, producer_config
 from kestrel.pan import REDACTED, CardTokenizer
 from kestrel.services import BROKER, REDIS, free_port, start_broker, start_redis, stop
 from kestrel.settings import Settings
-from kestrel.topics import LABELS, TRANSACTIONS, TRANSACTIONS_DLQ
+from kestrel.topics import ALERTS, DECISIONS, LABELS, TRANSACTIONS, TRANSACTIONS_DLQ
 from serving.auth import mint_token
 from serving.fixtures import register_tiny_model, transaction
 from serving.process import running_service
@@ -76,6 +82,14 @@ from tests.security.pan_scan import (
     scan_http,
     scan_kafka,
     scan_redis,
+)
+from tests.security.plant_cases import (
+    CASE_GROUP,
+    check_case_store,
+    plant_case_records,
+    plant_case_store_control,
+    plant_through_console,
+    wait_for_case_dlq,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -378,6 +392,10 @@ def test_no_card_number_in_any_store_or_answer(tmp_path: Path) -> None:
             accepted = plant_over_http(client)
             # 2. straight into Kafka, while the service's alert consumer runs
             inputs = plant_in_kafka(settings)
+            # … and to `alerts` and `decisions` (the case intake), then the console
+            inputs |= plant_case_records(settings)
+            labelled = plant_through_console(client)
+            wait_for_case_dlq(settings, inputs)
             # 3. the consumers, as the commands they are
             for name, args in (("stream", ["stream", "--idle-seconds", "3"]),
                                ("archive", ["archive", "--idle-seconds", "3"]),
@@ -391,6 +409,8 @@ def test_no_card_number_in_any_store_or_answer(tmp_path: Path) -> None:
 
         # 4. the positive controls, then one scan of everything
         controls, echo = plant_controls(settings, var)
+        check_case_store(var, labelled)  # what the console wrote, before the scan reads it
+        controls |= plant_case_store_control(var)
         scan = Scan()
         records = scan_kafka(scan, settings)
         scan_redis(scan, settings.redis_url)
@@ -422,7 +442,7 @@ def test_no_card_number_in_any_store_or_answer(tmp_path: Path) -> None:
     sources = {(d["consumer"], d["source"]["topic"], d["source"]["offset"],
                 d["source"]["partition"]) for d in dlq}
     consumers = {(TRANSACTIONS, "kestrel-stream"), (TRANSACTIONS, "kestrel-archiver"),
-                 (LABELS, "kestrel-labels")}
+                 (LABELS, "kestrel-labels"), (ALERTS, CASE_GROUP), (DECISIONS, CASE_GROUP)}
     for (topic, part, off), label in inputs.items():
         if label.endswith(" key only"):
             continue
@@ -431,6 +451,7 @@ def test_no_card_number_in_any_store_or_answer(tmp_path: Path) -> None:
                 assert (group, topic, off, part) in sources, \
                     f"{label} ({topic}[{part}]@{off}) is not in the DLQ from {group}"
     assert any(REDACTED in d["payload"] for d in dlq)
+    assert any(REDACTED in d["payload"] for d in dlq if d["consumer"] == CASE_GROUP)
 
     # one token per card, whatever the form it was sent in
     token = CardTokenizer(TEST_SECRET.encode()).token(PAN)
