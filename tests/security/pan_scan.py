@@ -144,14 +144,15 @@ def scan_kafka(scan: Scan, settings: Settings) -> dict[str, list[Any]]:
     deadline = time.monotonic() + 60
     while end and time.monotonic() < deadline:
         for m in consumer.consume(1000, 0.5):
-            if m.error() is not None:
-                continue
             topic, part, off = m.topic(), m.partition(), m.offset()
+            if m.error() is not None or topic is None or part is None or off is None:
+                continue
             records[topic].append(m)
             where = f"kafka:{topic}[{part}]@{off}"
             scan.check("kafka", where + " key", m.key())
             scan.check("kafka", where + " value", m.value())
-            for name, value in m.headers() or []:
+            headers: list[Any] = list(m.headers() or [])
+            for name, value in headers:
                 scan.check("kafka", f"{where} header {name}", f"{name}={value!r}")
             if off + 1 >= end.get((topic, part), 0):
                 end.pop((topic, part), None)
@@ -167,11 +168,11 @@ def db_url(url: str, db: int) -> str:
 
 def scan_redis(scan: Scan, url: str) -> None:
     """Every key and value of every database of the (private) Redis server."""
-    base = Redis.from_url(url)
+    base: Any = Redis.from_url(url)
     dbs = [int(name[2:]) for name in base.info("keyspace")]
     base.close()
     for db in dbs:
-        client = Redis.from_url(db_url(url, db))
+        client: Any = Redis.from_url(db_url(url, db))  # sync: its typing says maybe-awaitable
         for key in client.scan_iter(count=1000):
             where = f"redis:db{db}:{key.decode('utf-8', errors='replace')}"
             scan.check("redis", where + " (key)", key)
