@@ -21,7 +21,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -35,7 +35,7 @@ from kestrel.errors import ServiceError
 from kestrel.services import BROKER, start_broker, stop
 from kestrel.settings import Settings
 from kestrel.topics import LABELS
-from serving.label_relay import HEADER, LabelRelay
+from serving.label_relay import HEADER, LabelRelay, oldest_pending_age
 from tests.cases.conftest import new_database
 from tests.conftest import make_settings
 
@@ -161,6 +161,8 @@ def test_labels_of_a_killed_writer_are_published_once(services: Settings, case_u
     try:
         assert len(store.unpublished_labels()) == LABELLED
         assert on_topic(services) == []  # nothing published before the relay
+        waited = oldest_pending_age(store)
+        assert waited is not None and waited > timedelta(0)
         relay = LabelRelay(services, lambda: store)
         relay.start()
         try:
@@ -171,6 +173,7 @@ def test_labels_of_a_killed_writer_are_published_once(services: Settings, case_u
             relay.stop()
         _exactly_once(services, store)
         assert (relay.published, relay.deduplicated) == (LABELLED, 0)
+        assert oldest_pending_age(store) is None
     finally:
         store.dispose()
 
