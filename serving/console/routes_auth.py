@@ -11,12 +11,14 @@ session. Every attempt, accepted or refused, is in the audit log (never the toke
 from __future__ import annotations
 
 import hmac
+from urllib.parse import unquote, unquote_plus
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse
 
 from kestrel.errors import AuthError, EventValidationError, Forbidden
+from kestrel.pan import pan_like
 from serving.console.core import CONSOLE_ROLES, Console
 from serving.console.errors import ConsoleRoute
 from serving.console.render import page
@@ -32,9 +34,12 @@ from serving.console.security import (
 
 
 def safe_next(target: str | None) -> str:
-    """Where to go after signing in: a console path only (never another site)."""
+    """Where to go after signing in or an action: a console path only (never another site),
+    and never one holding a card number (it would come back in a Location header or the
+    sign-in page; serving/screen.py checks URLs, not form fields)."""
     if target and target.startswith("/console/") and not target.startswith("/console//") \
-            and "\\" not in target and "\n" not in target and "\r" not in target:
+            and "\\" not in target and "\n" not in target and "\r" not in target \
+            and not pan_like(unquote(target)) and not pan_like(unquote_plus(target)):
         return target
     return "/console/"
 

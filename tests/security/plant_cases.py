@@ -191,8 +191,11 @@ class ConsoleSession:
         assert form.status_code == 200, form.text[:300]
         csrf = CSRF.search(form.text)
         assert csrf is not None
+        # `next` holds a card number too: it must not come back in a Location header or
+        # the sign-in page (serving/console/routes_auth.safe_next)
         return self.request(label, "POST", "/console/sign-in",
-                            {"csrf": csrf[1], "next": "/console/", "token": token})
+                            {"csrf": csrf[1], "next": "/console/cases/" + forms()["dashes"],
+                             "token": token})
 
     def page(self, label: str, path: str) -> httpx.Response:
         r = self.request(label, "GET", path)
@@ -276,7 +279,8 @@ def plant_through_console(c: Caller) -> str:
     _, after = browser.form_of(case_id)
     assert after == before, "a refused action changed the case"
 
-    r = browser.act("a clean note", case_id, "note", body=CLEAN_NOTE)
+    r = browser.act("a clean note", case_id, "note", body=CLEAN_NOTE,
+                    next="/console/?rule=" + forms()["spaces"])
     assert r.status_code == 303, r.text[:300]
     r = browser.act("a clean label", case_id, "label", txn_id=txn, verdict="fraud",
                     reason=CLEAN_REASON)
