@@ -29,6 +29,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -124,7 +125,10 @@ class CaseAlert(Base):
     """One alert or flagged decision in a case, with what flagged it, as received."""
 
     __tablename__ = "case_alerts"
-    __table_args__ = (UniqueConstraint("kind", "key", name="uq_case_alerts_kind_key"),)
+    # (case_id, rule): the queue's rule filter is answered from the index alone, without
+    # reading each alert row (and its JSON payload) to test the rule
+    __table_args__ = (UniqueConstraint("kind", "key", name="uq_case_alerts_kind_key"),
+                      Index("ix_case_alerts_case_id_rule", "case_id", "rule"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)

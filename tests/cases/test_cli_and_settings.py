@@ -26,10 +26,10 @@ def kestrel(*args: str, var: Path) -> subprocess.CompletedProcess[str]:
 def test_kestrel_cases_migrate_brings_a_database_to_head_once(tmp_path: Path) -> None:
     first = kestrel("cases", "migrate", var=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert "schema empty → 0003" in first.stdout
+    assert "schema empty → 0004" in first.stdout
     assert (tmp_path / "cases" / "cases.db").exists()
     again = kestrel("cases", "migrate", var=tmp_path)
-    assert again.returncode == 0 and "schema 0003 → 0003" in again.stdout
+    assert again.returncode == 0 and "schema 0004 → 0004" in again.stdout
     for cmd in ("cases", "cases migrate", "cases prune"):
         assert "Usage" in kestrel(*cmd.split(), "--help", var=tmp_path).stdout, cmd
 

@@ -21,7 +21,7 @@ def test_migrations_build_exactly_the_models(case_url: str) -> None:
         with engine.connect() as conn:
             ctx = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(ctx, Base.metadata) == []
-        assert current_revision(engine) == "0003"
+        assert current_revision(engine) == "0004"
         assert set(inspect(engine).get_table_names()) == {
             *Base.metadata.tables, "alembic_version"}
     finally:
