@@ -277,6 +277,18 @@ class CaseStore:
                                  "alert_id": alert_id, "via": "api"}))
             return case_id
 
+    @_guarded
+    def log_action(self, case_id: int, action: str, *, actor: str,
+                   detail: dict[str, Any]) -> None:
+        """Append to a case's action log what changes nothing in it (a SAR draft exported):
+        no version bump, so nobody's open page goes stale."""
+        check_text("actor", actor, 256)
+        with self._sessions.begin() as s:
+            if s.get(Case, case_id) is None:
+                raise NotFound(f"no case {case_id}; list the queue for the open ones")
+            s.add(Action(case_id=case_id, actor=actor, action=action, at=utcnow(),
+                         detail=detail))
+
     # --- actions -------------------------------------------------------------------------
     def assign(self, case_id: int, assignee: str | None, *, version: int,
                actor: str) -> CaseSummary:

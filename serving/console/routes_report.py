@@ -49,14 +49,19 @@ def router(console: Console) -> APIRouter:
                     by_rule=by_rule, by_band=by_band, days=REPORT_DAYS, now=now,
                     nav="report", flash=None)
 
-    async def sar_parts(request: Request, case_id: int) -> tuple[str, CaseView, list[Txn]]:
+    async def sar_parts(request: Request, case_id: int,
+                        fmt: str) -> tuple[str, CaseView, list[Txn]]:
+        """The case, after the export is in its action log (and, by the caller, the audit)."""
         analyst = await console.analyst(request)
-        view = await run_in_threadpool(console.store().get, case_id)
+        store = console.store()
+        await run_in_threadpool(store.log_action, case_id, "sar_export",
+                                actor=analyst.subject, detail={"format": fmt})
+        view = await run_in_threadpool(store.get, case_id)
         return analyst.subject, view, list(transactions_of(view))
 
     @routes.get("/console/cases/{case_id}/sar.md")
     async def sar_md(request: Request, case_id: int) -> Response:
-        who, view, txns = await sar_parts(request, case_id)
+        who, view, txns = await sar_parts(request, case_id, "markdown")
         text = sar_markdown(view, txns, generated_by=who,
                             now=datetime.now(UTC))
         console.audit("sar_export", who, case_id=case_id, format="markdown")
@@ -66,7 +71,7 @@ def router(console: Console) -> APIRouter:
 
     @routes.get("/console/cases/{case_id}/sar")
     async def sar_html(request: Request, case_id: int) -> Response:
-        who, view, txns = await sar_parts(request, case_id)
+        who, view, txns = await sar_parts(request, case_id, "html")
         context = sar_context(view, txns, generated_by=who,
                               now=datetime.now(UTC))
         console.audit("sar_export", who, case_id=case_id, format="html")

@@ -276,3 +276,7 @@ def test_the_sar_draft_downloads_as_markdown_and_prints_as_a_page(
     exports = [r for r in audit_records(console.settings) if r["event"] == "sar_export"]
     assert [(r["case_id"], r["format"], r["sub"]) for r in exports] == [
         (case_id, "markdown", "ana"), (case_id, "html", "ana")]
+    case = runtime.case_store().get(case_id)  # and in the case's own action log
+    logged = [(a.action, a.actor, a.detail) for a in case.actions if a.action == "sar_export"]
+    assert logged == [("sar_export", "ana", {"format": "markdown"}),
+                      ("sar_export", "ana", {"format": "html"})]
