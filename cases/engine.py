@@ -2,9 +2,10 @@
 
 - SQLite (``sqlite:///path``, the embedded default under the var dir): WAL mode (readers do
   not block the writer), a busy timeout (a writer waits for the other instead of failing
-  with "database is locked"), foreign keys on, and every transaction ``BEGIN IMMEDIATE``:
-  it takes the write lock at its start, so two workers queue on the busy timeout rather
-  than deadlock when both read and then try to write.
+  with "database is locked"), foreign keys on, and every writing transaction
+  ``BEGIN IMMEDIATE``: it takes the write lock at its start, so two workers queue on the
+  busy timeout rather than deadlock when both read and then try to write. A read-only
+  session (``READS``) begins deferred: it reads its snapshot and never waits on a writer.
 - PostgreSQL (``postgresql+psycopg://``) and MySQL-protocol stores such as TiDB or MariaDB
   (``mysql+pymysql://``): a connection pool with pre-ping; migrations take a database lock
   (an advisory lock, ``GET_LOCK``) so two workers starting together migrate once.
@@ -50,6 +51,10 @@ def backend_of(url: str) -> str:
 
 
 CONNECT_TIMEOUT_S = 3
+_READ_OPTION = "kestrel_read_only"
+READS = {_READ_OPTION: True}
+"""Execution options of a read-only session (``engine.execution_options(**READS)``): on SQLite
+its transaction begins deferred, without the write lock; elsewhere they change nothing."""
 
 
 def make_engine(url: str, busy_timeout_ms: int = 5000) -> Engine:
@@ -77,7 +82,11 @@ def make_engine(url: str, busy_timeout_ms: int = 5000) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # a writer takes the write lock at its start (two writers queue on the busy timeout
+        # instead of failing on a lock upgrade); a read (READS) takes none: in WAL mode it
+        # reads its snapshot while a writer writes, and never waits behind one
+        read = conn.get_execution_options().get(_READ_OPTION, False)
+        conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
 
     return engine
 

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from cases import listing
-from cases.engine import make_engine, migrate
+from cases.engine import READS, make_engine, migrate
 from cases.models import (
     OPEN_STATUSES,
     OUTCOMES,
@@ -113,6 +113,9 @@ class CaseStore:
                 self.engine.dispose()
                 raise
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # reads begin without taking SQLite's write lock (cases/engine.py READS)
+        self._reads = sessionmaker(self.engine.execution_options(**READS),
+                                   expire_on_commit=False)
 
     @contextmanager
     def reachable(self) -> Iterator[None]:
@@ -164,7 +167,7 @@ class CaseStore:
     @_guarded
     def get(self, case_id: int) -> CaseView:
         """A case with everything in it; NotFound when there is none."""
-        with self._sessions() as s:
+        with self._reads() as s:
             case = s.scalar(select(Case).where(Case.id == case_id).options(
                 selectinload(Case.alerts).selectinload(CaseAlert.evidence),
                 selectinload(Case.notes), selectinload(Case.history),
@@ -176,26 +179,26 @@ class CaseStore:
     @_guarded
     def case_of_alert(self, kind: str, key: str) -> int | None:
         """The case an alert (``kind="alert"``, alert_id) or decision (txn_id) is in."""
-        with self._sessions() as s:
+        with self._reads() as s:
             return s.scalar(select(CaseAlert.case_id).where(CaseAlert.kind == kind,
                                                             CaseAlert.key == key))
 
     @_guarded
     def case_of_key(self, key: str) -> int | None:
         """The case holding an alert (by alert_id) or else a flagged decision (txn_id)."""
-        with self._sessions() as s:
+        with self._reads() as s:
             return listing.case_of_key(s, key)
 
     @_guarded
     def open_case_of(self, customer_id: str) -> CaseSummary | None:
-        with self._sessions() as s:
+        with self._reads() as s:
             case = s.scalar(select(Case).where(Case.open_customer_id == customer_id))
             return None if case is None else summary_of(case)
 
     @_guarded
     def cases_of(self, customer_id: str) -> tuple[CaseSummary, ...]:
         """Every case of a customer, newest first (the case page's past cases)."""
-        with self._sessions() as s:
+        with self._reads() as s:
             rows = s.scalars(select(Case).where(Case.customer_id == customer_id)
                              .order_by(Case.id.desc()))
             return tuple(summary_of(c) for c in rows)
@@ -223,7 +226,7 @@ class CaseStore:
             query = query.where(Case.assignee == assignee)
         if older_than is not None:
             query = query.where(Case.opened_at <= (now or utcnow()) - older_than)
-        with self._sessions() as s:
+        with self._reads() as s:
             by_status: dict[str, int] = {k: int(n) for k, n in s.execute(_counts(query))}
             if status is not None:
                 query = query.where(Case.status == status)
@@ -242,7 +245,7 @@ class CaseStore:
         if statuses is None:
             raise NotFound(f"no alert status {status!r}; use open, closed or all")
         where = Case.status.in_(statuses)
-        with self._sessions() as s:
+        with self._reads() as s:
             total = s.scalar(select(func.count(CaseAlert.id)).join(Case).where(where)) or 0
             order = (CaseAlert.received_at.desc(), CaseAlert.id.desc())
             return AlertPage(listing.listed(s, where, order, limit, offset), int(total))
@@ -252,7 +255,7 @@ class CaseStore:
         """The alerts of the customer's open case, newest first (at most
         OPEN_ALERTS_LIMIT); empty when the customer has none. One query on the unique
         open-customer index."""
-        with self._sessions() as s:
+        with self._reads() as s:
             return listing.listed(s, Case.open_customer_id == customer_id,
                                   (CaseAlert.id.desc(),), OPEN_ALERTS_LIMIT)
 
@@ -353,7 +356,7 @@ class CaseStore:
     @_guarded
     def unpublished_labels(self, limit: int = 500) -> list[tuple[int, dict[str, Any]]]:
         """Outbox rows not yet published, oldest first: (id, LabelEvent payload)."""
-        with self._sessions() as s:
+        with self._reads() as s:
             rows = s.execute(select(LabelOutbox.id, LabelOutbox.payload).where(
                 LabelOutbox.published_at.is_(None)).order_by(LabelOutbox.id).limit(limit))
             return [(i, dict(p)) for i, p in rows.tuples()]

@@ -13,10 +13,10 @@ made: ``{}`` normally; per topic ``"spooled"`` (the broker is stalled or gone: k
 local spool, republished in order when it answers) or ``"dropped"`` (the spool is full: lost,
 and counted). It is not ``degraded``, which is about the score only.
 
-The `decisions` record is the answer with ``customer_id``, ``card_id``, ``event_time`` and
-``decided_at`` spliced in, and — for a decision that is not an allow, what a case is opened
-from — the ``transaction`` and the scored ``features`` (:func:`decision_record`;
-docs/events.md). An allow's record stays small: most decisions are allows.
+The `decisions` record is the answer with ``decided_at`` spliced in and — for a decision that
+is not an allow, what a case is opened from — ``customer_id``, ``card_id``, ``event_time``, the
+``transaction`` and the scored ``features`` (:func:`decision_record`; docs/events.md). An
+allow's record stays as small as the answer: most decisions are allows.
 
 Reasons are XGBoost's exact TreeSHAP values (``pred_contribs``): the features that pushed the
 score up the most, each with its value and a sentence.
@@ -96,18 +96,20 @@ def _top_contributions(contribs: Any) -> Any:
 
 def decision_record(event: TransactionEvent, row: int, frame: FeatureFrame | None,
                     flagged: bool) -> bytes:
-    """The fields the `decisions` record carries besides the response, as ``,"k":v…`` to
-    splice in: ``customer_id``, ``card_id``, ``event_time``; for a decision that is not an
-    allow (what a case is opened from, a few in a hundred) also the ``transaction`` and the
-    scored ``features`` (``{name: value}``, a missing value as null; null when the features
-    could not be read)."""
+    """What the `decisions` record of a decision that is not an allow (what a case is opened
+    from, a few in a hundred) carries besides the response, as ``,"k":v…`` to splice in:
+    ``customer_id``, ``card_id``, ``event_time``, the ``transaction`` and the scored
+    ``features`` (``{name: value}``, a missing value as null; null when the features could
+    not be read). An allow's record is the response alone (``b""`` here): most decisions
+    are allows, and a batch of 10,000 pays for every byte."""
+    if not flagged:
+        return b""
     head = {"customer_id": event.customer_id, "card_id": event.card_id,
-            "event_time": event.event_time}
-    if flagged:
-        head["transaction"] = {k: getattr(event, k) for k in _TRANSACTION}
-        head["features"] = None if frame is None else {
-            n: None if v != v else v for n, v in zip(frame.names, frame.x[row].tolist(),
-                                                      strict=True)}
+            "event_time": event.event_time,
+            "transaction": {k: getattr(event, k) for k in _TRANSACTION},
+            "features": None if frame is None else {
+                n: None if v != v else v for n, v in zip(frame.names, frame.x[row].tolist(),
+                                                          strict=True)}}
     return b"," + orjson.dumps(head, option=orjson.OPT_UTC_Z)[1:-1]
 
 

@@ -53,3 +53,24 @@ def test_two_processes_write_sqlite_at_once(tmp_path: Path) -> None:
         assert sorted(keys) == sorted(f"w{w}_a{i}" for w in (0, 1) for i in range(PER_WORKER))
     finally:
         store.dispose()
+
+
+def test_a_read_does_not_wait_for_a_writer_holding_the_lock(tmp_path: Path) -> None:
+    """Reads (the queue, a case page, the insights' open alerts) begin deferred: while
+    another process holds SQLite's write lock they read their snapshot at once instead of
+    waiting on the busy timeout (and failing with "database is locked" after it)."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'cases.db'}"
+    store = CaseStore(url, busy_timeout_ms=200)
+    case_id = store.add_alert({"alert_id": "a1", "customer_id": "c1", "card_id": "k1",
+                               "rule": "velocity", "evidence_txn_ids": ["t1"]}).case_id
+    writer = sqlite3.connect(tmp_path / "cases.db", isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # another process's write in progress
+        assert store.get(case_id).customer_id == "c1"
+        assert store.queue().total == 1 and store.open_alerts("c1")
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        store.dispose()
