@@ -123,11 +123,12 @@ def router(console: Console) -> APIRouter:
         store = console.store()
         found = await in_pool(store.queue, **filters.store_query(analyst.subject, now))
         pages = max((found.total + PAGE_SIZE - 1) // PAGE_SIZE, 1)
-        return page("queue.html", analyst=analyst, filters=filters,
-                    rows=rows_of(found.cases, sla, now), total=found.total,
-                    by_status=found.by_status, pages=pages, bands=list(BANDS),
-                    ages=AGE_WORDS, rules=known_rules, flash=flash_of(request),
-                    here=filters.link(), now=now, nav="queue")
+        # rendered in a worker thread: a page's template must not hold /v1/score's event loop
+        return await in_pool(page, "queue.html", analyst=analyst, filters=filters,
+                             rows=rows_of(found.cases, sla, now), total=found.total,
+                             by_status=found.by_status, pages=pages, bands=list(BANDS),
+                             ages=AGE_WORDS, rules=known_rules, flash=flash_of(request),
+                             here=filters.link(), now=now, nav="queue")
 
     @routes.get("/console/queue")
     async def queue_alias(request: Request) -> Response:
@@ -164,8 +165,8 @@ def router(console: Console) -> APIRouter:
         view = await in_pool(store.get, case_id)
         past = await in_pool(store.cases_of, view.customer_id)
         shown = await in_pool(case_page.context, console.ctx.runtime(), view, past)
-        return page("case.html", analyst=analyst, flash=flash_of(request),
-                    outcomes=OUTCOME_CHOICES, nav="case", **shown)
+        return await in_pool(page, "case.html", analyst=analyst, flash=flash_of(request),
+                             outcomes=OUTCOME_CHOICES, nav="case", **shown)
 
     @routes.post("/console/cases/{case_id}/{action}")
     async def act(request: Request, case_id: int, action: str) -> Response:

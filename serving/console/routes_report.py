@@ -45,9 +45,10 @@ def router(console: Console) -> APIRouter:
         by_band = bar_chart([(s.name, s.rate) for s in made.by_band],
                             title="Share of closed cases confirmed as fraud, per score band",
                             percent=True)
-        return page("report.html", analyst=analyst, report=made, per_day=per_day,
-                    by_rule=by_rule, by_band=by_band, days=REPORT_DAYS, now=now,
-                    nav="report", flash=None)
+        return await run_in_threadpool(  # rendered off the event loop, as the other pages
+            page, "report.html", analyst=analyst, report=made, per_day=per_day,
+            by_rule=by_rule, by_band=by_band, days=REPORT_DAYS, now=now, nav="report",
+            flash=None)
 
     async def sar_parts(request: Request, case_id: int,
                         fmt: str) -> tuple[str, CaseView, list[Txn]]:
