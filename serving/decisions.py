@@ -40,10 +40,9 @@ import numpy as np
 import orjson
 
 from kestrel.events import TransactionEvent
-from kestrel.features import FEATURES
+from kestrel.feature_words import WHOLE_NUMBERS, missing
 from kestrel.settings import Settings
 from kestrel.topics import DECISIONS, TRANSACTIONS
-from kestrel.windows import BATCH_WINDOWS
 from serving import metrics
 from serving.audit import AuditLog
 from serving.features import BudgetSpent, FeatureFrame, OnlineFeatures
@@ -66,19 +65,19 @@ _TEXT: dict[str, str] = {
     "txn_is_night": "night-time payment flag is {v:.0f}",
     "txn_is_weekend": "weekend flag is {v:.0f}",
 }
-# features declared as whole numbers (counts): said without decimals
-_WHOLE_NUMBERS = frozenset({f.name for f in FEATURES if f.dtype == "int64"}
-                           | {w.name for w in BATCH_WINDOWS if w.aggregation == "count"})
 _ACTION_WORD = {"allow": "Allowed", "challenge": "Challenged", "decline": "Declined"}
 
 
 def reason_text(feature: str, value: float) -> str:
-    if value != value:
-        return f"{feature} is unknown"
+    """A reason as a sentence; a sentinel (−1 for "no earlier payment", NaN) in words, never
+    as a number (kestrel.feature_words)."""
+    unknown = missing(feature, value)
+    if unknown is not None:
+        return unknown.sentence
     template = _TEXT.get(feature)
     if template:
         return template.format(v=value)
-    if feature in _WHOLE_NUMBERS:
+    if feature in WHOLE_NUMBERS:
         return f"{feature.replace('_', ' ')} is {value:.0f}"
     return f"{feature.replace('_', ' ')} is {value:.2f}"
 

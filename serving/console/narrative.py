@@ -21,19 +21,14 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from kestrel.features import FEATURES
-from kestrel.windows import BATCH_WINDOWS
+from kestrel.feature_words import MISSING_WHEN_NEGATIVE, WHOLE_NUMBERS
 
 if TYPE_CHECKING:
     from cases.views import AlertView, CaseView
     from serving.console.evidence import Txn
 
 # request features whose negative value means "nothing to measure from"
-NONE_IF_NEGATIVE = {"seconds_since_last_txn": "no previous payment",
-                    "km_from_last_txn": "no previous payment",
-                    "km_from_home": "unknown", "amount_to_avg_30d": "unknown"}
-WHOLE_NUMBERS = frozenset({f.name for f in FEATURES if f.dtype == "int64"}
-                          | {w.name for w in BATCH_WINDOWS if w.aggregation == "count"})
+NONE_IF_NEGATIVE = {name: m.value for name, m in MISSING_WHEN_NEGATIVE.items()}
 ACTIONS = {"decline": "declined", "challenge": "challenged", "allow": "allowed"}
 OUTCOME_WORDS = {"confirmed_fraud": "confirmed fraud", "false_positive": "a false positive",
                  "needs_more_information": "needing more information"}

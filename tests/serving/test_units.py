@@ -10,6 +10,7 @@ import pytest
 
 from kestrel.errors import ConfigError
 from kestrel.events import TransactionEvent
+from serving.decisions import reason_text
 from serving.insights import compose
 from serving.ratelimit import Limit, parse_overrides
 from serving.rules import DEFAULT_RULES, RulesEngine
@@ -88,7 +89,7 @@ def test_compose_partial_sources() -> None:
     assert doc["today"] == "2018-06-02" and doc["spend_7d"] == 7.5
     assert doc["top_categories"] == [{"category": "fuel", "amount": 7.5}]
     assert doc["sources"] == {"insight_doc": False, "recent_transactions": True,
-                              "alerts": False}
+                              "alerts": False, "cases": "ok"}
     alert_only = compose("C1", None, [], [{"alert_id": "a"}])
     assert alert_only is not None and alert_only["risk_level"] == "high"
 
@@ -205,3 +206,22 @@ def test_native_scoring_equals_xgboost_predict() -> None:
     one = model.matrix(FeatureFrame(features, x[5:6].copy()))
     assert np.array_equal(model.probabilities(one), expected[5:6])
     assert model.contributions(one, [0]).shape == (1, len(features) + 1)
+
+
+@pytest.mark.parametrize(("feature", "value", "words"), [
+    ("km_from_home", -1.0, "the customer's home location is not known"),
+    ("km_from_last_txn", -1.0, "the card has no earlier payment to compare with"),
+    ("seconds_since_last_txn", -1.0, "the card has no earlier payment to compare with"),
+    ("amount_to_avg_30d", -1.0, "the customer has no 30-day average amount yet"),
+    ("card_txn_count_1h", float("nan"), "card txn count 1h is not known"),
+])
+def test_a_reason_never_shows_a_sentinel(feature: str, value: float, words: str) -> None:
+    """Issue 32 item 4: 'the payment is -1 km from the customer's home' said in words."""
+    text = reason_text(feature, value)
+    assert text == words and "-1" not in text and "nan" not in text.lower()
+
+
+def test_a_reason_shows_a_real_value_with_its_unit() -> None:
+    assert reason_text("km_from_home", 0.0) == "the payment is 0 km from the customer's home"
+    assert reason_text("km_from_home", 1234.4) == "the payment is 1234 km from the customer's home"
+    assert reason_text("card_txn_count_1h", 6.0) == "card txn count 1h is 6"
