@@ -9,12 +9,13 @@
 - the **label relay** (serving/label_relay.py): the store's label outbox → topic `labels`
   (``KESTREL_LABEL_RELAY``).
 
-Readiness (:meth:`readiness`): a thread that is down waiting to restart (its consumer or
-producer failed) is a failed check; the case store being unreachable is *reported*, never a
-check — a worker that cannot reach SQL still decides payments, so it must stay in the load
-balancer. The store's reachability is probed at most every ``PROBE_EVERY_S`` (a probe of an
-unreachable server waits up to the engine's connect timeout, cases/engine.py), so a
-readiness probe answers at once in between.
+Readiness (:meth:`readiness`): the intake down waiting to restart (its consumer failed) is a
+failed check, as the alert consumer's was; the case store being unreachable and the label
+relay's state are *reported*, never checks — a worker that cannot reach SQL, or whose relay
+waits out a broker outage in its backoff, still decides payments, so it must stay in the
+load balancer (the broker has its own check). The store's reachability is probed at most
+every ``PROBE_EVERY_S`` (a probe of an unreachable server waits up to the engine's connect
+timeout, cases/engine.py), so a readiness probe answers at once in between.
 """
 
 from __future__ import annotations
@@ -88,7 +89,6 @@ class CaseServices:
             # waiting for the store is not a failure of this worker (see the module doc)
             "case_intake": intake is None or intake.healthy
             or intake.state == "waiting_for_store",
-            "label_relay": relay is None or relay.healthy or not self._reachable(),
         }
         details = {"case_intake": intake.status() if intake is not None else None,
                    "label_relay": relay.status() if relay is not None else None,
@@ -108,9 +108,6 @@ class CaseServices:
             status = {"reachable": False, "error": str(exc)}
         self._probe = (now, status)
         return status
-
-    def _reachable(self) -> bool:
-        return bool(self.probe()["reachable"])
 
     def stop(self) -> None:
         for thread in (self.intake, self.relay):
