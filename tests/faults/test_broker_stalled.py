@@ -245,10 +245,13 @@ def _read(settings: Settings, topic: str) -> list[tuple[bytes | None, dict[str, 
     return out
 
 
+CASE_FIELDS = ("customer_id", "card_id", "event_time", "transaction", "features")
+
+
 def _check_topics(stack: Stack, load: Load) -> dict[str, int]:
     """Every decision answered during the load is on `decisions` (the very record, plus
-    ``decided_at``) and its transaction on `transactions`, in order per customer; returns the
-    duplicates per topic."""
+    ``decided_at`` and, when not an allow, what a case needs) and its transaction on
+    `transactions`, in order per customer; returns the duplicates per topic."""
     answered = {a["txn_id"]: i for i, a in load.answers.items()}
     duplicates = {}
     for topic in (TRANSACTIONS, DECISIONS):
@@ -261,8 +264,13 @@ def _check_topics(stack: Stack, load: Load) -> dict[str, int]:
             for key, v in records:
                 i = answered[v["txn_id"]]
                 assert key == v["txn_id"].encode()
-                decided = {k: x for k, x in v.items() if k != "decided_at"}
-                assert decided == load.answers[i], (decided, load.answers[i])
+                answer = load.answers[i]
+                # what a case needs rides on a flagged decision only (docs/events.md)
+                extra = set(CASE_FIELDS) if answer["action"] != "allow" else set()
+                assert set(v) - set(answer) == {"decided_at", *extra}, (v, answer)
+                assert {k: v[k] for k in answer} == answer, (v, answer)
+                if extra:
+                    assert v["customer_id"] == transaction(i)["customer_id"]
             continue
         first_seen: dict[bytes | None, list[int]] = defaultdict(list)
         done: set[str] = set()
