@@ -40,7 +40,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import bentoml
 import orjson
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -52,25 +51,10 @@ from kestrel.errors import CaseStoreUnavailable, Conflict, EventValidationError,
 from kestrel.producer import EventProducer
 from kestrel.settings import Settings
 from kestrel.topics import ALERTS, DECISIONS, TRANSACTIONS_DLQ
+from serving import metrics
 
 log = logging.getLogger("kestrel.serving.case_intake")
 GROUP = "kestrel-case-intake"
-
-RESTARTS = bentoml.metrics.Counter(
-    name="kestrel_case_intake_restarts_total", documentation="Restarts of the case intake's "
-    "consumer after it failed (restarted with capped exponential backoff)")
-COMMIT_FAILURES = bentoml.metrics.Counter(
-    name="kestrel_case_intake_commit_failures_total", documentation="Offset commits of the "
-    "case intake that failed (a rebalance, the broker gone): its records come again, the "
-    "store ignores them")
-STORE_WAITS = bentoml.metrics.Counter(
-    name="kestrel_case_intake_store_retries_total", documentation="Batches the case intake "
-    "had to write again because the case store did not answer")
-RECORDS = bentoml.metrics.Counter(
-    name="kestrel_case_intake_records_total", documentation="Records the case intake read, "
-    "by what became of them: stored, duplicate, skipped (a decision the policy does not "
-    "flag), dead_lettered", labelnames=["result"])
-
 
 def kafka_consumer(settings: Settings) -> Any:
     """The intake's consumer of the group ``kestrel-case-intake``, subscribed."""
@@ -150,7 +134,7 @@ class CaseIntake:
             except Exception as exc:
                 self.state, self.error = "restarting", f"{type(exc).__name__}: {exc}"
                 self.restarts += 1
-                RESTARTS.inc()
+                metrics.CASE_INTAKE_RESTARTS.inc()
                 if self._committed:  # it worked for a while: a fresh failure
                     delay = self.BACKOFF_S[0]
                 log.exception("case intake failed; a new consumer in %.1f s", delay)
@@ -194,7 +178,7 @@ class CaseIntake:
                 raise
             # stored already: the records come again, the store ignores them
             self.commit_failures += 1
-            COMMIT_FAILURES.inc()
+            metrics.CASE_INTAKE_COMMIT_FAILURES.inc()
             log.warning("case intake offsets not committed (%s); the batch is stored and "
                         "comes again", exc)
 
@@ -259,7 +243,7 @@ class CaseIntake:
                     written.add(i)
             except (CaseStoreUnavailable, Conflict) as exc:
                 self.store_retries += 1
-                STORE_WAITS.inc()
+                metrics.CASE_INTAKE_STORE_RETRIES.inc()
                 if isinstance(exc, CaseStoreUnavailable):
                     self.state, self.error = "waiting_for_store", str(exc)
                 log.warning("case store write failed (%s); the batch of %d is kept and "
@@ -301,7 +285,7 @@ class CaseIntake:
 
     def _count(self, result: str) -> None:
         self.counts[result] += 1
-        RECORDS.labels(result).inc()
+        metrics.CASE_INTAKE_RECORDS.labels(result).inc()
 
     def _dead_letter(self, m: Any, error: EventValidationError) -> None:
         log.warning("%s record %s:%s to the DLQ: %s", m.topic(), m.partition(), m.offset(),

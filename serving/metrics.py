@@ -53,8 +53,23 @@ REPUBLISHED = bentoml.metrics.Counter(
 PUBLISH_DROPPED = bentoml.metrics.Counter(
     name="kestrel_publish_dropped_total", documentation="Records lost because the local spool "
     "was full (each decision concerned says so), by topic", labelnames=["topic"])
-# threads that must not die (issue 28, part 3): the case intake counts its own restarts
-# (serving/case_intake.py), the audit writer fails while its disk is full (serving/audit.py)
+# threads that must not die (issue 28, part 3): the case intake, restarted with backoff
+# (serving/case_intake.py), and the audit writer, failed while its disk is full
+# (serving/audit.py)
+CASE_INTAKE_RESTARTS = bentoml.metrics.Counter(
+    name="kestrel_case_intake_restarts_total", documentation="Restarts of the case intake's "
+    "consumer after it failed (restarted with capped exponential backoff)")
+CASE_INTAKE_COMMIT_FAILURES = bentoml.metrics.Counter(
+    name="kestrel_case_intake_commit_failures_total", documentation="Offset commits of the "
+    "case intake that failed (a rebalance, the broker gone): its records come again, the "
+    "store ignores them")
+CASE_INTAKE_STORE_RETRIES = bentoml.metrics.Counter(
+    name="kestrel_case_intake_store_retries_total", documentation="Batches the case intake "
+    "had to write again because the case store did not answer")
+CASE_INTAKE_RECORDS = bentoml.metrics.Counter(
+    name="kestrel_case_intake_records_total", documentation="Records the case intake read, "
+    "by what became of them: stored, duplicate, skipped (a decision the policy does not "
+    "flag), dead_lettered", labelnames=["result"])
 AUDIT_WRITE_ERRORS = bentoml.metrics.Counter(
     name="kestrel_audit_write_errors_total", documentation="Writes, fsyncs or anchors of the "
     "audit log that failed (a full or failing disk); the writer holds its records and tries "
